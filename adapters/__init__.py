@@ -1,0 +1,1 @@
+"""Backend drivers. Each imports its own SDK lazily, behind an extra."""

@@ -1,0 +1,1 @@
+"""Integrations for serverless platforms and web frameworks."""

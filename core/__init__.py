@@ -1,0 +1,1 @@
+"""batchbridge.core: decode, normalise and publish batch lifecycle events. Imports no cloud SDK."""

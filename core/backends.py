@@ -1,0 +1,51 @@
+"""Open a publisher or subscriber from a URI: the registry, the driver and the portable layer in one call."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from .errors import BatchBridgeError, ConfigError
+from .publisher import AsyncPublisher, Publisher, wrap_error
+from .registry import parse_uri
+from .subscriber import AsyncSubscriber, Subscriber
+
+
+def _open(uri: str, method: str, what: str) -> tuple[Any, Any]:
+    backend, parsed = parse_uri(uri)
+    opener = getattr(backend, method, None)
+    if opener is None:
+        raise ConfigError(f"{parsed.scheme}:// has no {what}", where=parsed.redacted)
+    try:
+        return opener(parsed), parsed
+    except BatchBridgeError:
+        raise
+    except Exception as exc:  # an SDK refusing its arguments; its text may hold a secret
+        raise wrap_error(exc, False, parsed.redacted) from None
+
+
+def open_publisher(uri: str, **options: Any) -> Publisher:
+    """``open_publisher("sqs://jobs?region=eu-west-1")`` -> a :class:`Publisher`; keyword options
+    override the URI's query options."""
+    driver, parsed = _open(uri, "open_publisher", "publisher")
+    return Publisher(driver, parsed, options)
+
+
+def open_subscriber(uri: str, **options: Any) -> Subscriber:
+    driver, parsed = _open(uri, "open_subscriber", "subscriber")
+    return Subscriber(driver, parsed, options)
+
+
+def open_async_publisher(uri: str, **options: Mapping[str, Any]) -> AsyncPublisher:
+    """Native async driver where the adapter has one (``open_async_publisher``), else threads."""
+    backend, parsed = parse_uri(uri)
+    method = "open_async_publisher" if hasattr(backend, "open_async_publisher") else "open_publisher"
+    driver, parsed = _open(uri, method, "publisher")
+    return AsyncPublisher(driver, parsed, options)
+
+
+def open_async_subscriber(uri: str, **options: Any) -> AsyncSubscriber:
+    backend, parsed = parse_uri(uri)
+    method = "open_async_subscriber" if hasattr(backend, "open_async_subscriber") else "open_subscriber"
+    driver, parsed = _open(uri, method, "subscriber")
+    return AsyncSubscriber(driver, parsed, options)

@@ -1,0 +1,136 @@
+"""The small interface each backend adapter implements (as in Go CDK's ``pubsub/driver``).
+
+A driver only moves bytes: send one batch, receive one batch, ack/nack, close, and say whether an
+exception is worth retrying. Batching, concurrency, retries, ordering keys, de-duplication ids and
+the CloudEvents binding live once, in :mod:`batchbridge.core.publisher` and
+:mod:`batchbridge.core.binding`, for every backend.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One outgoing message, already in the backend's binding (see ``binding.to_message``)."""
+
+    body: bytes
+    #: binding attributes, already named with the backend's prefix (``ce-id`` / ``cloudEvents_id``)
+    attributes: dict[str, str]
+    content_type: str
+    #: the job or environment id; drivers map it to MessageGroupId / ordering_key / session_id
+    ordering_key: str | None = None
+    #: the CloudEvent id; drivers map it to MessageDeduplicationId / message_id
+    dedup_id: str | None = None
+    #: the CloudEvent type (Service Bus puts it in ``subject``)
+    event_type: str | None = None
+
+    @property
+    def size(self) -> int:
+        """Bytes the message occupies against a backend limit: body plus attribute names and values."""
+        return len(self.body) + sum(len(k.encode()) + len(v.encode()) for k, v in self.attributes.items())
+
+
+@dataclass(slots=True)
+class ReceivedMessage:
+    """One incoming message as the driver got it."""
+
+    body: bytes
+    attributes: dict[str, str]
+    #: opaque handle the driver needs to ack/nack (receipt handle, ack id, lock token, ...)
+    ack_id: Any
+    content_type: str | None = None
+    delivery_count: int | None = None
+    ordering_key: str | None = None
+    #: backend-native message id, for logs
+    message_id: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@runtime_checkable
+class PublisherDriver(Protocol):
+    #: the most messages one ``send_batch`` call may carry
+    max_batch_count: int
+    #: the most bytes (``Message.size`` summed) one ``send_batch`` call may carry
+    max_batch_bytes: int
+    #: the most bytes one message may have; larger ones are refused before sending
+    max_message_bytes: int
+    #: how binding attributes are named on this backend: ``"ce-"`` or ``"cloudEvents_"``
+    attribute_prefix: str
+    #: the most binding attributes one message may carry (SQS/SNS: 10)
+    max_attributes: int
+
+    def send_batch(self, messages: Sequence[Message]) -> list[BaseException | None]:
+        """Send ``messages`` as one batch.
+
+        Returns one entry per message: ``None`` when the backend confirmed it, else the exception for
+        that message (so a partial failure is never reported as success). Raises when the whole batch
+        failed (connection lost, entity missing); the portable layer classifies it with
+        :meth:`is_retryable`.
+        """
+        ...
+
+    def is_retryable(self, exc: BaseException) -> bool: ...
+
+    def close(self) -> None: ...
+
+
+@runtime_checkable
+class SubscriberDriver(Protocol):
+    #: the most messages one ``receive_batch`` call may ask for
+    max_receive_count: int
+
+    def receive_batch(self, max_messages: int, timeout: float) -> list[ReceivedMessage]:
+        """Wait up to ``timeout`` seconds for at most ``max_messages``; return what arrived (maybe none)."""
+        ...
+
+    def ack(self, messages: Sequence[ReceivedMessage]) -> None: ...
+
+    def nack(self, messages: Sequence[ReceivedMessage]) -> None:
+        """Make the messages available for redelivery as soon as the backend allows."""
+        ...
+
+    def is_retryable(self, exc: BaseException) -> bool: ...
+
+    def close(self) -> None: ...
+
+
+class DeadLetterCapable(Protocol):
+    """Optional: a subscriber driver whose backend has a native dead-letter queue (Service Bus)."""
+
+    def dead_letter(self, messages: Sequence[ReceivedMessage], reason: str, description: str) -> None: ...
+
+
+@runtime_checkable
+class AsyncPublisherDriver(Protocol):
+    """Optional native asyncio driver; without one, the portable layer runs the sync driver in threads."""
+
+    max_batch_count: int
+    max_batch_bytes: int
+    max_message_bytes: int
+    attribute_prefix: str
+    max_attributes: int
+
+    async def send_batch(self, messages: Sequence[Message]) -> list[BaseException | None]: ...
+
+    def is_retryable(self, exc: BaseException) -> bool: ...
+
+    async def close(self) -> None: ...
+
+
+@runtime_checkable
+class AsyncSubscriberDriver(Protocol):
+    max_receive_count: int
+
+    async def receive_batch(self, max_messages: int, timeout: float) -> list[ReceivedMessage]: ...
+
+    async def ack(self, messages: Sequence[ReceivedMessage]) -> None: ...
+
+    async def nack(self, messages: Sequence[ReceivedMessage]) -> None: ...
+
+    def is_retryable(self, exc: BaseException) -> bool: ...
+
+    async def close(self) -> None: ...

@@ -1,0 +1,342 @@
+"""The portable publisher: what every backend gets for free on top of its tiny driver.
+
+* the CloudEvents binding (structured or ``?mode=binary``),
+* per-message size checks against the driver's limit, before anything is sent,
+* batching up to the driver's count and byte limits,
+* bounded concurrency in *lanes*: all messages with one ordering key go through one lane, in order,
+  so ordering per job/environment holds while different keys are sent in parallel,
+* retries with tenacity on what the driver classifies as retryable, resending only the messages
+  the backend did not confirm,
+* one :class:`PublishResult` per event, so a partial batch failure is never reported as success.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import zlib
+from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from tenacity import (
+    AsyncRetrying,
+    RetryError,
+    Retrying,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_exponential_jitter,
+)
+
+from . import binding
+from .driver import AsyncPublisherDriver, Message, PublisherDriver
+from .errors import BackendError, BatchBridgeError, ClosedError, MessageTooLargeError
+from .registry import BackendURI
+from .secrets import redact
+
+log = logging.getLogger("batchbridge.publisher")
+
+
+@dataclass(frozen=True, slots=True)
+class PublishResult:
+    event_id: str | None
+    error: BatchBridgeError | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def is_retryable(driver: Any, exc: BaseException) -> bool:
+    """Typed errors carry their own verdict; anything else the driver classifies."""
+    if isinstance(exc, BackendError):
+        return exc.retryable
+    if isinstance(exc, BatchBridgeError):
+        return False
+    return bool(driver.is_retryable(exc))
+
+
+class _Retryable(Exception):
+    """Raised inside a retry loop when some messages of a batch failed retryably."""
+
+
+def wrap_error(exc: BaseException, retryable: bool, where: str) -> BatchBridgeError:
+    """Turn a driver/SDK exception into a typed error whose text carries no secret."""
+    if isinstance(exc, BatchBridgeError):
+        return exc
+    return BackendError(redact(f"{type(exc).__name__}: {exc}"), where=where, retryable=retryable, cause=exc)
+
+
+@dataclass(frozen=True)
+class _Settings:
+    mode: str
+    concurrency: int
+    batch_count: int
+    batch_bytes: int
+    max_message: int
+    attempts: int
+    max_wait: float
+    prefix: str
+    max_attributes: int
+
+    @classmethod
+    def of(cls, driver: PublisherDriver | AsyncPublisherDriver, options: Mapping[str, Any]) -> _Settings:
+        cap = int(options.get("batch_size") or 0)
+        count = min(cap, driver.max_batch_count) if cap > 0 else driver.max_batch_count
+        return cls(
+            mode=str(options.get("mode", "structured")),
+            concurrency=max(1, int(options.get("concurrency", 4))),
+            batch_count=max(1, count),
+            batch_bytes=driver.max_batch_bytes,
+            max_message=driver.max_message_bytes,
+            attempts=max(1, int(options.get("retries", 5))),
+            max_wait=float(options.get("retry_max_wait", 5.0)),
+            prefix=driver.attribute_prefix,
+            max_attributes=driver.max_attributes,
+        )
+
+
+class _Plan:
+    """Events bound to messages, refused ones recorded, the rest split into ordered lanes of batches."""
+
+    def __init__(self, events: Sequence[Mapping[str, Any]], s: _Settings, where: str) -> None:
+        self.results: list[PublishResult | None] = [None] * len(events)
+        self.ids: list[str | None] = [str(e.get("id")) if e.get("id") else None for e in events]
+        lanes: list[list[tuple[int, Message]]] = [[] for _ in range(s.concurrency)]
+        spread = 0
+        for i, event in enumerate(events):
+            try:
+                msg = binding.to_message(event, mode=s.mode, prefix=s.prefix, max_attributes=s.max_attributes)
+            except BatchBridgeError as exc:
+                self.results[i] = PublishResult(self.ids[i], exc)
+                continue
+            self._add(i, msg, s, lanes, where, spread)
+            spread += 1
+        self.lanes = [self._batches(lane, s) for lane in lanes if lane]
+
+    def _add(
+        self, i: int, msg: Message, s: _Settings, lanes: list[list[tuple[int, Message]]], where: str, spread: int
+    ) -> None:
+        if msg.size > s.max_message:
+            self.results[i] = PublishResult(
+                self.ids[i],
+                MessageTooLargeError(
+                    f"message is {msg.size} bytes (body and attributes); the backend's limit is {s.max_message}",
+                    where=f"{where} event {self.ids[i]}",
+                ),
+            )
+            return
+        key = msg.ordering_key
+        lane = zlib.crc32(key.encode()) % s.concurrency if key else spread % s.concurrency
+        lanes[lane].append((i, msg))
+
+    @staticmethod
+    def _batches(lane: list[tuple[int, Message]], s: _Settings) -> list[list[tuple[int, Message]]]:
+        batches: list[list[tuple[int, Message]]] = []
+        current: list[tuple[int, Message]] = []
+        size = 0
+        for item in lane:
+            if current and (len(current) >= s.batch_count or size + item[1].size > s.batch_bytes):
+                batches.append(current)
+                current, size = [], 0
+            current.append(item)
+            size += item[1].size
+        if current:
+            batches.append(current)
+        return batches
+
+    def settle(self, batch: list[tuple[int, Message]], outcome: list[BaseException | None] | BaseException,
+               retryable: Any, where: str) -> None:
+        for pos, (i, _) in enumerate(batch):
+            err = outcome if isinstance(outcome, BaseException) else outcome[pos]
+            self.results[i] = PublishResult(
+                self.ids[i], None if err is None else wrap_error(err, bool(retryable(err)), where)
+            )
+
+    def final(self) -> list[PublishResult]:
+        return [r if r is not None else PublishResult(self.ids[i], BackendError("not sent", retryable=True))
+                for i, r in enumerate(self.results)]
+
+
+class _Base:
+    def __init__(self, driver: Any, uri: BackendURI | None, options: Mapping[str, Any] | None) -> None:
+        self._driver = driver
+        self.uri = uri
+        opts = dict(uri.options) if uri else {}
+        opts.update(options or {})
+        self._settings = _Settings.of(driver, opts)
+        self._closed = False
+        self._where = uri.redacted if uri else type(driver).__name__
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self._where!r})"
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClosedError("publisher is closed", where=self._where)
+
+    def _retry_policy(self) -> dict[str, Any]:
+        s = self._settings
+        return {
+            "stop": stop_after_attempt(s.attempts),
+            "wait": wait_exponential_jitter(initial=0.05, max=s.max_wait),
+            "retry": retry_if_exception(lambda e: isinstance(e, _Retryable) or self._is_retryable(e)),
+            "reraise": False,
+        }
+
+    def _is_retryable(self, exc: BaseException) -> bool:
+        return is_retryable(self._driver, exc)
+
+    def _pending_after(
+        self, pending: list[tuple[int, Message]], outcome: list[BaseException | None], plan: _Plan
+    ) -> list[tuple[int, Message]]:
+        """Record what settled; return the messages to send again (those that failed retryably)."""
+        again = []
+        for (i, msg), err in zip(pending, outcome):
+            if err is not None and self._is_retryable(err):
+                again.append((i, msg))
+            else:
+                plan.settle([(i, msg)], [err], self._is_retryable, self._where)
+        if len(outcome) != len(pending):
+            raise BackendError(f"driver returned {len(outcome)} results for {len(pending)} messages",
+                               where=self._where)
+        return again
+
+    def _give_up(self, plan: _Plan, pending: list[tuple[int, Message]], exc: RetryError) -> None:
+        last = exc.last_attempt.exception()
+        if isinstance(last, _Retryable) or last is None:
+            err: BaseException = BackendError(
+                f"gave up after {self._settings.attempts} attempts: {last}", where=self._where, retryable=True
+            )
+            plan.settle(pending, err, lambda e: True, self._where)
+        else:
+            log.warning("batch of %d failed after %d attempts: %s", len(pending), self._settings.attempts,
+                        redact(str(last)))
+            plan.settle(pending, last, self._is_retryable, self._where)
+
+
+class Publisher(_Base):
+    """Publish canonical events to one backend. Thread-safe; use as a context manager."""
+
+    def __init__(self, driver: PublisherDriver, uri: BackendURI | None = None,
+                 options: Mapping[str, Any] | None = None) -> None:
+        super().__init__(driver, uri, options)
+        self._pool = ThreadPoolExecutor(self._settings.concurrency, thread_name_prefix="batchbridge-pub")
+        self._close_lock = threading.Lock()
+
+    def publish(self, events: Iterable[Mapping[str, Any]]) -> list[PublishResult]:
+        """Send every event; return one result per event, in input order."""
+        self._check_open()
+        events = list(events)
+        plan = _Plan(events, self._settings, self._where)
+        for fut in [self._pool.submit(self._send_lane, plan, lane) for lane in plan.lanes]:
+            fut.result()
+        return plan.final()
+
+    def publish_one(self, event: Mapping[str, Any]) -> PublishResult:
+        return self.publish([event])[0]
+
+    def _send_lane(self, plan: _Plan, lane: list[list[tuple[int, Message]]]) -> None:
+        for batch in lane:
+            self._send_batch(plan, batch)
+
+    def _send_batch(self, plan: _Plan, batch: list[tuple[int, Message]]) -> None:
+        pending = batch
+        try:
+            for attempt in Retrying(**self._retry_policy()):
+                with attempt:
+                    outcome = self._driver.send_batch([m for _, m in pending])
+                    pending = self._pending_after(pending, outcome, plan)
+                    if pending:
+                        raise _Retryable(f"{len(pending)} messages failed retryably")
+        except RetryError as exc:
+            self._give_up(plan, pending, exc)
+        except Exception as exc:  # the driver raised something it classifies as not retryable
+            plan.settle(pending, exc, self._is_retryable, self._where)
+
+    def close(self) -> None:
+        with self._close_lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._pool.shutdown(wait=True)
+        self._driver.close()
+
+    def __enter__(self) -> Publisher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class _ThreadedAsyncDriver:
+    """Runs a sync driver in worker threads for the asyncio API when the SDK has no native async."""
+
+    def __init__(self, driver: PublisherDriver) -> None:
+        self._d = driver
+        self.max_batch_count = driver.max_batch_count
+        self.max_batch_bytes = driver.max_batch_bytes
+        self.max_message_bytes = driver.max_message_bytes
+        self.attribute_prefix = driver.attribute_prefix
+        self.max_attributes = driver.max_attributes
+
+    async def send_batch(self, messages: Sequence[Message]) -> list[BaseException | None]:
+        return await asyncio.to_thread(self._d.send_batch, messages)
+
+    def is_retryable(self, exc: BaseException) -> bool:
+        return self._d.is_retryable(exc)
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self._d.close)
+
+
+class AsyncPublisher(_Base):
+    """The asyncio twin of :class:`Publisher`, on a native async driver or a threaded sync one."""
+
+    def __init__(self, driver: AsyncPublisherDriver | PublisherDriver, uri: BackendURI | None = None,
+                 options: Mapping[str, Any] | None = None) -> None:
+        if not asyncio.iscoroutinefunction(getattr(driver, "send_batch", None)):
+            driver = _ThreadedAsyncDriver(driver)  # type: ignore[arg-type]
+        super().__init__(driver, uri, options)
+
+    async def publish(self, events: Iterable[Mapping[str, Any]]) -> list[PublishResult]:
+        self._check_open()
+        events = list(events)
+        plan = _Plan(events, self._settings, self._where)
+        await asyncio.gather(*(self._send_lane(plan, lane) for lane in plan.lanes))
+        return plan.final()
+
+    async def publish_one(self, event: Mapping[str, Any]) -> PublishResult:
+        return (await self.publish([event]))[0]
+
+    async def _send_lane(self, plan: _Plan, lane: list[list[tuple[int, Message]]]) -> None:
+        for batch in lane:
+            await self._send_batch(plan, batch)
+
+    async def _send_batch(self, plan: _Plan, batch: list[tuple[int, Message]]) -> None:
+        pending = batch
+        try:
+            async for attempt in AsyncRetrying(**self._retry_policy()):
+                with attempt:
+                    outcome = await self._driver.send_batch([m for _, m in pending])
+                    pending = self._pending_after(pending, outcome, plan)
+                    if pending:
+                        raise _Retryable(f"{len(pending)} messages failed retryably")
+        except RetryError as exc:
+            self._give_up(plan, pending, exc)
+        except Exception as exc:
+            plan.settle(pending, exc, self._is_retryable, self._where)
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        await self._driver.close()
+
+    async def __aenter__(self) -> AsyncPublisher:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()

@@ -1,0 +1,93 @@
+"""Keeping secrets out of logs, errors, reprs and metrics.
+
+URIs and connection strings carry keys and tokens. Everything batchbridge shows a human passes
+through :func:`redact` first; the adapters register the secret values they hold with
+:func:`remember` so that even an SDK's own exception text is scrubbed before it reaches a user.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+MASK = "***"
+
+#: query options and connection-string keys whose values are secrets
+SECRET_KEYS = frozenset(
+    {
+        "password",
+        "secret",
+        "token",
+        "key",
+        "sharedaccesskey",
+        "sharedaccesssignature",
+        "signature",
+        "sig",
+        "aws_secret_access_key",
+        "aws_session_token",
+        "secret_access_key",
+        "session_token",
+        "access_key",
+        "connection_string",
+        "connectionstring",
+        "credentials_json",
+        "auth_token",
+        "api_key",
+    }
+)
+
+_known: set[str] = set()
+_known_lock = threading.Lock()
+# a value shorter than this is too likely to collide with ordinary text ("x", "k")
+_MIN_REMEMBERED = 4
+
+
+def is_secret_key(name: str) -> bool:
+    n = name.lower().replace("-", "_")
+    return n in SECRET_KEYS or n.endswith(("_secret", "_token", "_password", "_key", "accesskey"))
+
+
+def remember(*values: str | None) -> None:
+    """Register secret values so :func:`redact` scrubs them from any text, wherever they appear."""
+    with _known_lock:
+        for v in values:
+            if v and len(v) >= _MIN_REMEMBERED:
+                _known.add(v)
+
+
+_CONN_KV = re.compile(r"(?i)\b(SharedAccessKey|SharedAccessSignature|AccountKey|Password|sig)=([^;&\s\"']+)")
+_USERINFO = re.compile(r"(?i)([a-z][a-z0-9+.-]*://)([^/@\s:]*):([^/@\s]+)@")
+_QUERY_SECRET = re.compile(r"(?i)([?&;])([a-z_\-]*(?:secret|token|password|key|sig)[a-z_\-]*)=([^&\s\"']+)")
+
+
+def redact(text: str) -> str:
+    """Return ``text`` with every secret it contains replaced by ``***``."""
+    if not text:
+        return text
+    with _known_lock:
+        known = sorted(_known, key=len, reverse=True)
+    for v in known:
+        if v in text:
+            text = text.replace(v, MASK)
+    text = _CONN_KV.sub(lambda m: f"{m.group(1)}={MASK}", text)
+    text = _USERINFO.sub(lambda m: f"{m.group(1)}{m.group(2)}:{MASK}@", text)
+    return _QUERY_SECRET.sub(lambda m: f"{m.group(1)}{m.group(2)}={MASK}", text)
+
+
+def redact_uri(uri: str) -> str:
+    """Structural redaction of a URI: the password in userinfo and every secret-named query value."""
+    try:
+        parts = urlsplit(uri)
+    except ValueError:
+        return redact(uri)
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, host = netloc.rsplit("@", 1)
+        user = userinfo.split(":", 1)[0]
+        netloc = f"{user}:{MASK}@{host}" if ":" in userinfo else f"{userinfo}@{host}"
+    query = urlencode(
+        [(k, MASK if is_secret_key(k) else v) for k, v in parse_qsl(parts.query, keep_blank_values=True)],
+        safe="*/:",
+    )
+    return redact(urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment)))

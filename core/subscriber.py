@@ -1,0 +1,197 @@
+"""The portable subscriber: receive from any backend, decode the CloudEvents binding, ack/nack.
+
+Prefetch is bounded by what the caller asks for in one :meth:`Subscriber.receive` (never more than
+the driver's ``max_receive_count``), so no lock or lease expires because more was fetched than
+processed. A message that is not a CloudEvent is returned with its :class:`DecodeMessageError`
+instead of an event; :meth:`Subscriber.dead_letter` settles it on the backend's own dead-letter
+queue where there is one, else acks it after the caller kept it (the bridge's dead-letter store).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from tenacity import AsyncRetrying, Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
+
+from . import binding
+from .driver import ReceivedMessage, SubscriberDriver
+from .errors import BatchBridgeError, ClosedError, DecodeMessageError
+from .publisher import is_retryable, wrap_error
+from .registry import BackendURI
+
+
+@dataclass(slots=True)
+class Received:
+    message: ReceivedMessage
+    event: dict[str, Any] | None
+    error: DecodeMessageError | None = None
+
+    @property
+    def body(self) -> bytes:
+        return self.message.body
+
+
+def decode(msg: ReceivedMessage) -> Received:
+    try:
+        return Received(msg, binding.from_message(msg.body, msg.attributes, msg.content_type))
+    except DecodeMessageError as exc:
+        return Received(msg, None, exc)
+
+
+class _SubBase:
+    def __init__(self, driver: Any, uri: BackendURI | None, options: Mapping[str, Any] | None) -> None:
+        self._driver = driver
+        self.uri = uri
+        opts = dict(uri.options) if uri else {}
+        opts.update(options or {})
+        self._attempts = max(1, int(opts.get("retries", 5)))
+        self._max_wait = float(opts.get("retry_max_wait", 5.0))
+        self._closed = False
+        self._where = uri.redacted if uri else type(driver).__name__
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self._where!r})"
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClosedError("subscriber is closed", where=self._where)
+
+    def _policy(self) -> dict[str, Any]:
+        return {
+            "stop": stop_after_attempt(self._attempts),
+            "wait": wait_exponential_jitter(initial=0.05, max=self._max_wait),
+            "retry": retry_if_exception(lambda e: is_retryable(self._driver, e)),
+            "reraise": True,
+        }
+
+    def _typed(self, exc: Exception) -> BatchBridgeError:
+        return wrap_error(exc, is_retryable(self._driver, exc), self._where)
+
+    def _count(self, max_messages: int) -> int:
+        return max(1, min(max_messages, self._driver.max_receive_count))
+
+    @staticmethod
+    def _messages(items: Sequence[Received | ReceivedMessage]) -> list[ReceivedMessage]:
+        return [i.message if isinstance(i, Received) else i for i in items]
+
+
+class Subscriber(_SubBase):
+    """Receive canonical events from one backend. Use as a context manager, or iterate."""
+
+    def __init__(self, driver: SubscriberDriver, uri: BackendURI | None = None,
+                 options: Mapping[str, Any] | None = None) -> None:
+        super().__init__(driver, uri, options)
+
+    def receive(self, max_messages: int = 10, timeout: float = 5.0) -> list[Received]:
+        """Wait up to ``timeout`` s for at most ``max_messages``; each decoded, or with its error."""
+        self._check_open()
+        try:
+            msgs = Retrying(**self._policy())(self._driver.receive_batch, self._count(max_messages), timeout)
+        except BatchBridgeError:
+            raise
+        except Exception as exc:
+            raise self._typed(exc) from None
+        return [decode(m) for m in msgs]
+
+    def ack(self, items: Sequence[Received | ReceivedMessage]) -> None:
+        self._settle("ack", items)
+
+    def nack(self, items: Sequence[Received | ReceivedMessage]) -> None:
+        self._settle("nack", items)
+
+    def dead_letter(self, items: Sequence[Received | ReceivedMessage], reason: str, description: str = "") -> None:
+        """Native dead-letter where the backend has one; otherwise ack (the caller kept the payload)."""
+        if hasattr(self._driver, "dead_letter"):
+            self._settle("dead_letter", items, reason, description)
+        else:
+            self._settle("ack", items)
+
+    def _settle(self, op: str, items: Sequence[Received | ReceivedMessage], *args: str) -> None:
+        self._check_open()
+        msgs = self._messages(items)
+        if not msgs:
+            return
+        try:
+            Retrying(**self._policy())(getattr(self._driver, op), msgs, *args)
+        except BatchBridgeError:
+            raise
+        except Exception as exc:
+            raise self._typed(exc) from None
+
+    def __iter__(self) -> Iterator[Received]:
+        while not self._closed:
+            yield from self.receive()
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._driver.close()
+
+    def __enter__(self) -> Subscriber:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class AsyncSubscriber(_SubBase):
+    """The asyncio twin of :class:`Subscriber`; a sync driver runs in worker threads."""
+
+    def __init__(self, driver: Any, uri: BackendURI | None = None, options: Mapping[str, Any] | None = None) -> None:
+        super().__init__(driver, uri, options)
+        self._native = asyncio.iscoroutinefunction(getattr(driver, "receive_batch", None))
+
+    async def _call(self, op: str, *args: Any) -> Any:
+        fn = getattr(self._driver, op)
+        try:
+            async for attempt in AsyncRetrying(**self._policy()):
+                with attempt:
+                    return await fn(*args) if self._native else await asyncio.to_thread(fn, *args)
+        except BatchBridgeError:
+            raise
+        except Exception as exc:
+            raise self._typed(exc) from None
+        return None
+
+    async def receive(self, max_messages: int = 10, timeout: float = 5.0) -> list[Received]:
+        self._check_open()
+        msgs = await self._call("receive_batch", self._count(max_messages), timeout)
+        return [decode(m) for m in msgs or []]
+
+    async def ack(self, items: Sequence[Received | ReceivedMessage]) -> None:
+        self._check_open()
+        if items:
+            await self._call("ack", self._messages(items))
+
+    async def nack(self, items: Sequence[Received | ReceivedMessage]) -> None:
+        self._check_open()
+        if items:
+            await self._call("nack", self._messages(items))
+
+    async def dead_letter(self, items: Sequence[Received | ReceivedMessage], reason: str,
+                          description: str = "") -> None:
+        self._check_open()
+        if not items:
+            return
+        if hasattr(self._driver, "dead_letter"):
+            await self._call("dead_letter", self._messages(items), reason, description)
+        else:
+            await self._call("ack", self._messages(items))
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._native:
+            await self._driver.close()
+        else:
+            await asyncio.to_thread(self._driver.close)
+
+    async def __aenter__(self) -> AsyncSubscriber:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
