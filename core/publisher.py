@@ -193,15 +193,15 @@ class _Base:
         self, pending: list[tuple[int, Message]], outcome: list[BaseException | None], plan: _Plan
     ) -> list[tuple[int, Message]]:
         """Record what settled; return the messages to send again (those that failed retryably)."""
+        if len(outcome) != len(pending):
+            raise BackendError(f"driver returned {len(outcome)} results for {len(pending)} messages",
+                               where=self._where)
         again = []
-        for (i, msg), err in zip(pending, outcome):
+        for (i, msg), err in zip(pending, outcome, strict=True):
             if err is not None and self._is_retryable(err):
                 again.append((i, msg))
             else:
                 plan.settle([(i, msg)], [err], self._is_retryable, self._where)
-        if len(outcome) != len(pending):
-            raise BackendError(f"driver returned {len(outcome)} results for {len(pending)} messages",
-                               where=self._where)
         return again
 
     def _give_up(self, plan: _Plan, pending: list[tuple[int, Message]], exc: RetryError) -> None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import importlib
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import Any, Protocol
@@ -123,7 +123,7 @@ _BUILTIN: dict[str, str] = {
     "servicebus": "batchbridge.adapters.azure:BACKEND",
 }
 
-_registered: dict[str, Backend | str | Callable[[], Backend]] = {}
+_registered: dict[str, Backend | str] = {}
 _loaded: dict[str, Backend] = {}
 _lock = threading.Lock()
 _entry_points_read = False
@@ -175,8 +175,6 @@ def get_backend(scheme: str) -> Backend:
             known = ", ".join(sorted(set(_BUILTIN) | set(_registered)))
             raise UnknownSchemeError(f"no backend for scheme {scheme!r} (known: {known})")
         backend = _load(target, scheme) if isinstance(target, str) else target
-        if callable(backend) and not hasattr(backend, "open_publisher"):
-            backend = backend()
         _loaded[scheme] = backend
         return backend
 

@@ -58,7 +58,8 @@ def remember(*values: str | None) -> None:
 
 _CONN_KV = re.compile(r"(?i)\b(SharedAccessKey|SharedAccessSignature|AccountKey|Password|sig)=([^;&\s\"']+)")
 _USERINFO = re.compile(r"(?i)([a-z][a-z0-9+.-]*://)([^/@\s:]*):([^/@\s]+)@")
-_QUERY_SECRET = re.compile(r"(?i)([?&;])([a-z_\-]*(?:secret|token|password|key|sig)[a-z_\-]*)=([^&\s\"']+)")
+# the name must *end* in a secret word: SharedAccessKeyName is not a secret, SharedAccessKey is
+_QUERY_SECRET = re.compile(r"(?i)([?&;])([a-z_\-]*(?:secret|token|password|key|sig))=([^&;\s\"']+)")
 
 
 def redact(text: str) -> str:

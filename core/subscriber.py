@@ -4,7 +4,8 @@ Prefetch is bounded by what the caller asks for in one :meth:`Subscriber.receive
 the driver's ``max_receive_count``), so no lock or lease expires because more was fetched than
 processed. A message that is not a CloudEvent is returned with its :class:`DecodeMessageError`
 instead of an event; :meth:`Subscriber.dead_letter` settles it on the backend's own dead-letter
-queue where there is one, else acks it after the caller kept it (the bridge's dead-letter store).
+queue where there is one (``can_dead_letter``); elsewhere the caller keeps the payload (the bridge's
+dead-letter store) before acking, so nothing is lost.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from tenacity import AsyncRetrying, Retrying, retry_if_exception, stop_after_att
 
 from . import binding
 from .driver import ReceivedMessage, SubscriberDriver
-from .errors import BatchBridgeError, ClosedError, DecodeMessageError
+from .errors import BatchBridgeError, ClosedError, ConfigError, DecodeMessageError
 from .publisher import is_retryable, wrap_error
 from .registry import BackendURI
 
@@ -71,7 +72,7 @@ class _SubBase:
         return wrap_error(exc, is_retryable(self._driver, exc), self._where)
 
     def _count(self, max_messages: int) -> int:
-        return max(1, min(max_messages, self._driver.max_receive_count))
+        return max(1, min(max_messages, int(self._driver.max_receive_count)))
 
     @staticmethod
     def _messages(items: Sequence[Received | ReceivedMessage]) -> list[ReceivedMessage]:
@@ -102,12 +103,17 @@ class Subscriber(_SubBase):
     def nack(self, items: Sequence[Received | ReceivedMessage]) -> None:
         self._settle("nack", items)
 
+    @property
+    def can_dead_letter(self) -> bool:
+        """True when the backend has a native dead-letter queue (else keep the payload, then ack)."""
+        return hasattr(self._driver, "dead_letter")
+
     def dead_letter(self, items: Sequence[Received | ReceivedMessage], reason: str, description: str = "") -> None:
-        """Native dead-letter where the backend has one; otherwise ack (the caller kept the payload)."""
-        if hasattr(self._driver, "dead_letter"):
-            self._settle("dead_letter", items, reason, description)
-        else:
-            self._settle("ack", items)
+        """Move messages to the backend's own dead-letter queue, with the reason."""
+        if not self.can_dead_letter:
+            raise ConfigError("this backend has no native dead-letter queue; keep the payload, then ack",
+                              where=self._where)
+        self._settle("dead_letter", items, reason, description)
 
     def _settle(self, op: str, items: Sequence[Received | ReceivedMessage], *args: str) -> None:
         self._check_open()
@@ -171,15 +177,18 @@ class AsyncSubscriber(_SubBase):
         if items:
             await self._call("nack", self._messages(items))
 
+    @property
+    def can_dead_letter(self) -> bool:
+        return hasattr(self._driver, "dead_letter")
+
     async def dead_letter(self, items: Sequence[Received | ReceivedMessage], reason: str,
                           description: str = "") -> None:
         self._check_open()
-        if not items:
-            return
-        if hasattr(self._driver, "dead_letter"):
+        if not self.can_dead_letter:
+            raise ConfigError("this backend has no native dead-letter queue; keep the payload, then ack",
+                              where=self._where)
+        if items:
             await self._call("dead_letter", self._messages(items), reason, description)
-        else:
-            await self._call("ack", self._messages(items))
 
     async def close(self) -> None:
         if self._closed:

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-
 from batchbridge.core.backends import (
     open_async_publisher,
     open_async_subscriber,
@@ -166,14 +165,16 @@ class Conformance:
     def test_batches_split_by_bytes(self, target: Target) -> None:
         backend, uri = parse_uri(target.publish_uri)
         recorder = _Recording(backend.open_publisher(uri))
-        pad = min(recorder.max_message_bytes // 3, recorder.max_batch_bytes // 3)
-        events = [make_event("job-big", i, pad=pad) for i in range(4)]
+        # messages near the size limit, enough of them that their total exceeds one batch
+        pad = min(recorder.max_message_bytes - 4096, recorder.max_batch_bytes // 3)
+        count = recorder.max_batch_bytes // pad + 2
+        events = [make_event("job-big", i, pad=pad) for i in range(count)]
         with Publisher(recorder, uri, {"concurrency": 1}) as pub, open_subscriber(target.subscribe_uri) as sub:
             results = pub.publish(events)
             assert all(r.ok for r in results), [r.error for r in results]
             assert all(sum(m.size for m in b) <= recorder.max_batch_bytes for b in recorder.batches)
             assert len(recorder.batches) >= 2
-            assert len(drain(sub, 4)) == 4
+            assert len(drain(sub, count)) == count
 
     def test_attributes_for_broker_filters(self, target: Target) -> None:
         event = make_event("job-attr")
@@ -282,9 +283,8 @@ class Conformance:
 
     def test_missing_entity(self, target: Target) -> None:
         start = time.monotonic()
-        with pytest.raises(EntityNotFoundError) as info:
-            with open_subscriber(target.missing_subscribe_uri) as sub:
-                sub.receive(timeout=1.0)
+        with pytest.raises(EntityNotFoundError) as info, open_subscriber(target.missing_subscribe_uri) as sub:
+            sub.receive(timeout=1.0)
         assert time.monotonic() - start < 20
         assert info.value.retryable is False
 

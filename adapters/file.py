@@ -1,0 +1,218 @@
+"""``file:///path/events.jsonl``: append-only JSON Lines, the CLI's embedded default.
+
+Each line is one structured CloudEvent, so the file is directly usable with ``jq`` or any JSON Lines
+reader. A batch is written with one ``write`` under an exclusive ``flock`` (concurrent writers never
+interleave lines), then flushed and fsynced before the batch is confirmed.
+
+Read back as a subscription, a named cursor (``<file>.<subscription>.cursor``) holds the byte offset
+up to which every line was acked; it is replaced atomically, so a consumer that dies resumes after
+the last contiguous ack and redelivers the rest (at-least-once, like the brokers).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from batchbridge.core.driver import Message, ReceivedMessage
+from batchbridge.core.errors import BatchBridgeError, ClosedError, ConfigError, EntityNotFoundError
+from batchbridge.core.registry import BackendURI, Option
+
+
+def _path(uri: BackendURI) -> Path:
+    if uri.host not in ("", "localhost"):
+        raise ConfigError("file:// URIs name a local path: file:///abs/path or file://localhost/abs/path",
+                          where=uri.redacted)
+    if not uri.path or uri.path.endswith("/"):
+        raise ConfigError("file:// needs a file path, e.g. file:///var/lib/batchbridge/events.jsonl",
+                          where=uri.redacted)
+    return Path(uri.path)
+
+
+class FilePublisher:
+    attribute_prefix = "ce-"
+    max_attributes = 64
+    max_batch_count = 1000
+
+    def __init__(self, uri: BackendURI) -> None:
+        if uri.options["mode"] == "binary":
+            raise ConfigError("file:// stores structured CloudEvents only; drop ?mode=binary", where=uri.redacted)
+        self._path = _path(uri)
+        self._where = uri.redacted
+        self._fsync = bool(uri.options["fsync"])
+        self.max_message_bytes = int(uri.options["max_bytes"])
+        self.max_batch_bytes = max(self.max_message_bytes, 8 * 1024 * 1024)
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        self._fd: int | None = os.open(self._path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+
+    def _line(self, m: Message) -> bytes | BatchBridgeError:
+        body = m.body
+        if b"\n" in body or b"\r" in body or not body.startswith(b"{"):
+            return BatchBridgeError("file:// stores one JSON object per line; this body is not one",
+                                    where=self._where)
+        try:
+            body.decode("utf-8")
+        except UnicodeDecodeError:
+            return BatchBridgeError("file:// stores UTF-8 JSON Lines; this body is not UTF-8", where=self._where)
+        return body + b"\n"
+
+    def send_batch(self, messages: Sequence[Message]) -> list[BaseException | None]:
+        if self._fd is None:
+            raise ClosedError("file publisher is closed", where=self._where)
+        lines = [self._line(m) for m in messages]
+        data = b"".join(x for x in lines if isinstance(x, bytes))
+        if data:
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(self._fd, view):]
+                if self._fsync:
+                    os.fsync(self._fd)
+            finally:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+        return [x if isinstance(x, BaseException) else None for x in lines]
+
+    def is_retryable(self, exc: BaseException) -> bool:
+        # a full disk or a vanished mount may come back; a bad path will not
+        return isinstance(exc, OSError) and exc.errno not in (2, 13, 20, 21, 30)
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+class FileSubscriber:
+    max_receive_count = 1000
+
+    def __init__(self, uri: BackendURI) -> None:
+        self._path = _path(uri)
+        self._where = uri.redacted
+        if not self._path.exists():
+            if not uri.options["create"]:
+                raise EntityNotFoundError(f"no such file: {self._path}", where=self._where)
+            self._path.parent.mkdir(parents=True, exist_ok=True)
+            self._path.touch()
+        self._cursor = self._path.with_name(f"{self._path.name}.{uri.options['subscription']}.cursor")
+        self._committed = self._load_cursor()
+        self._read_pos = self._committed
+        self._visibility = float(uri.options["visibility_timeout"])
+        self._in_flight: dict[int, tuple[ReceivedMessage, float]] = {}
+        self._acked: dict[int, int] = {}  # start -> end, waiting for the ranges before them
+        self._redeliver: list[ReceivedMessage] = []
+        self._deliveries: dict[int, int] = {}
+        self._fh = open(self._path, "rb")  # noqa: SIM115 - held for the subscriber's life
+        self._closed = False
+
+    def _load_cursor(self) -> int:
+        try:
+            return int(self._cursor.read_text().strip() or 0)
+        except FileNotFoundError:
+            return 0
+        except ValueError:
+            raise ConfigError(f"cursor file {self._cursor} is corrupt", where=self._where) from None
+
+    def _check(self) -> None:
+        if self._closed:
+            raise ClosedError("file subscriber is closed", where=self._where)
+
+    def _read(self, n: int) -> list[ReceivedMessage]:
+        out: list[ReceivedMessage] = []
+        self._fh.seek(self._read_pos)
+        while len(out) < n:
+            line = self._fh.readline()
+            if not line.endswith(b"\n"):
+                break  # a writer is mid-line (or EOF): read it next time, whole
+            start, self._read_pos = self._read_pos, self._read_pos + len(line)
+            body = line.rstrip(b"\r\n")
+            if body:
+                out.append(ReceivedMessage(body, {}, (start, self._read_pos), None, 1, None, f"{start}"))
+            else:
+                self._acked[start] = self._read_pos
+        return out
+
+    def _expire(self) -> None:
+        now = time.monotonic()
+        for start, (msg, deadline) in list(self._in_flight.items()):
+            if deadline <= now:
+                del self._in_flight[start]
+                self._redeliver.append(msg)
+
+    def receive_batch(self, max_messages: int, timeout: float) -> list[ReceivedMessage]:
+        self._check()
+        end = time.monotonic() + timeout
+        while True:
+            self._expire()
+            self._redeliver.sort(key=lambda m: m.ack_id[0])
+            out, self._redeliver = self._redeliver[:max_messages], self._redeliver[max_messages:]
+            out += self._read(max_messages - len(out))
+            if out or time.monotonic() >= end:
+                break
+            time.sleep(min(0.05, max(0.0, end - time.monotonic())))
+        deadline = time.monotonic() + self._visibility
+        for m in out:
+            start = m.ack_id[0]
+            self._deliveries[start] = m.delivery_count = self._deliveries.get(start, 0) + 1
+            self._in_flight[start] = (m, deadline)
+        return out
+
+    def ack(self, messages: Sequence[ReceivedMessage]) -> None:
+        self._check()
+        for m in messages:
+            start, end = m.ack_id
+            if self._in_flight.pop(start, None) is not None:
+                self._acked[start] = end
+                self._deliveries.pop(start, None)
+        self._commit()
+
+    def _commit(self) -> None:
+        pos = self._committed
+        while pos in self._acked:
+            pos = self._acked.pop(pos)
+        if pos != self._committed:
+            tmp = self._cursor.with_suffix(".tmp")
+            tmp.write_text(str(pos))
+            os.replace(tmp, self._cursor)
+            self._committed = pos
+
+    def nack(self, messages: Sequence[ReceivedMessage]) -> None:
+        self._check()
+        for m in messages:
+            if self._in_flight.pop(m.ack_id[0], None) is not None:
+                self._redeliver.append(m)
+
+    def is_retryable(self, exc: BaseException) -> bool:
+        return False
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            with contextlib.suppress(OSError):
+                self._fh.close()
+
+
+class _FileBackend:
+    schemes = ("file",)
+    extra = ""
+    forms = ("file:///ABS/PATH/events.jsonl",)
+    options = (
+        Option("fsync", bool, True, "fsync after every batch before confirming it"),
+        Option("max_bytes", int, 1024 * 1024, "largest event accepted, bytes"),
+        Option("subscription", str, "default", "subscriber: name of the cursor kept beside the file"),
+        Option("visibility_timeout", float, 30.0, "subscriber: seconds before an unacked line is redelivered"),
+        Option("create", bool, False, "subscriber: create an empty file if none exists"),
+    )
+
+    def open_publisher(self, uri: BackendURI) -> FilePublisher:
+        return FilePublisher(uri)
+
+    def open_subscriber(self, uri: BackendURI) -> FileSubscriber:
+        return FileSubscriber(uri)
+
+
+BACKEND = _FileBackend()

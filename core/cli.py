@@ -1,0 +1,55 @@
+"""The ``batchbridge`` command. Each group of subcommands lives in ``core/commands/<group>.py`` and
+exposes ``register(subparsers)``; every command returns an exit status and reports bad input as a
+typed error on stderr, never as a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from .errors import BatchBridgeError
+from .secrets import redact
+
+_GROUPS = ("normalize", "backend", "bridge")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="batchbridge",
+        description="Decode, normalise and publish cloud batch-compute lifecycle events as CloudEvents.",
+    )
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for group in _GROUPS:
+        try:
+            module = importlib.import_module(f"batchbridge.core.commands.{group}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"batchbridge.core.commands.{group}":
+                raise
+            continue
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = logging.WARNING - 10 * min(args.verbose, 2)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        status: int = args.func(args)
+    except BatchBridgeError as exc:
+        print(f"batchbridge: error: {redact(str(exc))}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Subcommands of the ``batchbridge`` CLI, one module per group."""

@@ -1,0 +1,62 @@
+"""The CloudEvents bindings: structured and binary, every attribute prefix, refusals."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from batchbridge.core.binding import STRUCTURED_CONTENT_TYPE, from_message, ordering_key, to_message
+from batchbridge.core.errors import DecodeMessageError, MessageTooLargeError
+from conformance import make_event
+
+
+@pytest.mark.parametrize("prefix", ["ce-", "cloudEvents_"])
+def test_structured_round_trip(prefix: str) -> None:
+    event = make_event("job-7", 3)
+    msg = to_message(event, prefix=prefix, max_attributes=10)
+    assert msg.content_type == STRUCTURED_CONTENT_TYPE
+    assert orjson.loads(msg.body) == event
+    assert msg.attributes[f"{prefix}id"] == event["id"] and msg.attributes[f"{prefix}type"] == event["type"]
+    assert len(msg.attributes) <= 10
+    assert (msg.ordering_key, msg.dedup_id, msg.event_type) == ("job-7", event["id"], event["type"])
+    assert from_message(msg.body, msg.attributes, msg.content_type) == event
+
+
+@pytest.mark.parametrize("prefix", ["ce-", "cloudEvents_", "cloudEvents:"])
+def test_binary_round_trip_with_any_prefix(prefix: str) -> None:
+    event = make_event("job-8", 4)
+    msg = to_message(event, mode="binary", prefix=prefix)
+    assert orjson.loads(msg.body) == event["data"]
+    assert msg.content_type == "application/json"
+    assert from_message(msg.body, msg.attributes, msg.content_type) == event
+
+
+def test_structured_attributes_respect_the_slot_limit_routing_first() -> None:
+    msg = to_message(make_event(), max_attributes=4)
+    assert sorted(msg.attributes) == ["ce-id", "ce-source", "ce-subject", "ce-type"]
+
+
+def test_binary_mode_beyond_the_attribute_limit_is_refused() -> None:
+    with pytest.raises(MessageTooLargeError, match="attributes"):
+        to_message(make_event(), mode="binary", max_attributes=3)
+
+
+def test_ordering_key_prefers_job_then_environment() -> None:
+    event = make_event("job-1")
+    assert ordering_key(event) == "job-1"
+    event["data"]["job"] = None
+    event["data"]["environment"] = {"id": "env-9", "name": None}
+    assert ordering_key(event) == "env-9"
+    event["data"]["environment"] = None
+    assert ordering_key(event) is None
+
+
+@pytest.mark.parametrize(("body", "needle"), [
+    (b"\xff\xfe\x00", "not UTF-8"),
+    (b"<xml/>", "not JSON"),
+    (b"[1, 2]", "not a CloudEvent object"),
+    (b'{"specversion": "1.0", "id": "x"}', "missing source, type"),
+])
+def test_undecodable_bodies_give_typed_errors(body: bytes, needle: str) -> None:
+    with pytest.raises(DecodeMessageError, match=needle):
+        from_message(body, {})
