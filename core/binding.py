@@ -19,6 +19,7 @@ import orjson
 
 from .driver import Message
 from .errors import DecodeMessageError, MessageTooLargeError
+from .event import ordering_key
 
 STRUCTURED_CONTENT_TYPE = "application/cloudevents+json"
 JSON = "application/json"
@@ -28,18 +29,6 @@ PREFIXES = ("ce-", "ce_", "cloudEvents_", "cloudEvents:")
 _ROUTING = ("id", "type", "source", "subject")
 _CONTEXT = ("specversion", "time", "dataschema")
 _REQUIRED = ("specversion", "id", "source", "type")
-
-
-def ordering_key(event: Mapping[str, Any]) -> str | None:
-    """The job id, else the environment id: events about one resource stay in order."""
-    data = event.get("data")
-    if not isinstance(data, Mapping):
-        return None
-    for field in ("job", "environment"):
-        ref = data.get(field)
-        if isinstance(ref, Mapping) and ref.get("id"):
-            return str(ref["id"])
-    return None
 
 
 def _extensions(event: Mapping[str, Any]) -> list[str]:

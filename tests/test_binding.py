@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import orjson
 import pytest
-
-from batchbridge.core.binding import STRUCTURED_CONTENT_TYPE, from_message, ordering_key, to_message
+from batchbridge.core.binding import STRUCTURED_CONTENT_TYPE, from_message, to_message
 from batchbridge.core.errors import DecodeMessageError, MessageTooLargeError
+from batchbridge.core.event import ordering_key
 from conformance import make_event
 
 

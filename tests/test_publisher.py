@@ -8,7 +8,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import pytest
-
 from batchbridge.adapters import memory
 from batchbridge.core.backends import open_subscriber
 from batchbridge.core.driver import Message

@@ -3,15 +3,26 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from batchbridge.core import registry
 from batchbridge.core.backends import open_publisher
 from batchbridge.core.errors import ConfigError, MissingDependencyError, UnknownSchemeError
 from batchbridge.core.registry import Option, parse_uri
 from batchbridge.core.secrets import redact, redact_uri
+
+
+@pytest.fixture(autouse=True)
+def _restore_registry() -> Iterator[None]:
+    saved = dict(registry._registered), dict(registry._loaded), registry._entry_points_read
+    yield
+    registry._registered.clear()
+    registry._registered.update(saved[0])
+    registry._loaded.clear()
+    registry._loaded.update(saved[1])
+    registry._entry_points_read = saved[2]
 
 
 def test_unknown_scheme_names_the_known_ones() -> None:

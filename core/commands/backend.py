@@ -9,8 +9,9 @@ from collections.abc import Iterator
 from typing import Any
 
 from ..errors import InputError
+from ..event import PROVIDERS
 from ..secrets import redact_uri
-from .normalize import PROVIDERS, normalized
+from .normalize import normalized
 
 #: events handed to the publisher at once: large enough to fill batches, small enough to stream
 _CHUNK = 500
@@ -96,6 +97,7 @@ def run_consume(args: argparse.Namespace) -> int:
             good = [item for item in batch if item.event is not None]
             bad = [item for item in batch if item.event is None]
             for item in good:
+                assert item.event is not None
                 out.write(dumps(item.event) + b"\n")
             out.flush()
             seen += len(good)

@@ -8,9 +8,8 @@ from collections.abc import Iterator
 from typing import Any
 
 from ..errors import InputError
+from ..event import PROVIDERS
 from ._io import read_inputs
-
-PROVIDERS = ("tencent", "alibaba", "aws", "gcp", "azure")
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

@@ -1,0 +1,403 @@
+"""Delivery envelopes: how a vendor event reaches us, unwrapped layer by layer down to the native event.
+
+Recognised layers (auto-detected, nested in any order up to :data:`MAX_UNWRAP_DEPTH`):
+
+- JSON text; a JSON string holding another payload;
+- Base64 text (Tencent's console shows CMQ bodies this way; MNS publishers may encode bodies);
+- CMQ HTTP push, JSON format (``msgBody`` plus ``msgId``/``topicName``/...; SIMPLIFIED is the body itself);
+- MNS HTTP push: XML ``<Notification>``, its JSON form, and SIMPLIFIED (the body itself); MNS queue XML;
+- EventBridge events (``aws.batch`` ones are native; custom-bus events carry a payload in ``detail``);
+- SNS HTTP notifications (``Type: Notification``);
+- Pub/Sub push (``{"message": ..., "subscription": ...}``), pulled messages (``{"attributes", "data"}``)
+  and pull responses' received messages (``{"ackId", "message"}``);
+- Azure Monitor log exports ``{"records": [...]}``.
+
+Detection never guesses: a layer is opened only when its shape is unambiguous, a native event is
+whatever a vendor module claims (``is_native``), and anything else raises UnrecognizedFormatError.
+The guards here (size, nesting depth, UTF-8, entity-free XML) are what keep every failure an
+:class:`~batchbridge.core.errors.InputError`.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+from xml.etree.ElementTree import Element, ParseError
+
+import orjson
+from defusedxml import DefusedXmlException
+from defusedxml.ElementTree import fromstring as parse_xml
+
+from .errors import MalformedPayloadError, PayloadTooLargeError, UnrecognizedFormatError, UnsupportedEventError
+
+#: the largest payload accepted (Pub/Sub's own message limit; every other bus allows less)
+MAX_PAYLOAD_BYTES = 10 * 1024 * 1024
+#: the most envelope layers unwrapped inside one another
+MAX_UNWRAP_DEPTH = 8
+#: the deepest JSON nesting accepted; real events stay under 10, and a bound keeps every walk iterative-safe
+MAX_JSON_DEPTH = 64
+
+Payload = bytes | bytearray | memoryview | str | Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Leaf:
+    """One native event (or a vendor's own multi-event container) found inside the envelopes."""
+
+    obj: dict[str, Any]
+    #: where it sat, e.g. ``$.msgBody / base64 / $`` — error locations continue from here
+    where: str
+
+
+# --- safe primitives -------------------------------------------------------------------------------
+
+
+def check_size(size: int, where: str) -> None:
+    if size > MAX_PAYLOAD_BYTES:
+        raise PayloadTooLargeError(f"payload of {size} bytes exceeds the limit of {MAX_PAYLOAD_BYTES}", where=where)
+
+
+def _depth_ok(value: Any) -> bool:
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict):
+            children: Any = node.values()
+        elif isinstance(node, list):
+            children = node
+        else:
+            continue
+        if depth > MAX_JSON_DEPTH:
+            return False
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+    return True
+
+
+def load_json(data: bytes | str, where: str) -> Any:
+    """Parse JSON strictly: UTF-8 only, no NaN or Infinity, nesting bounded by MAX_JSON_DEPTH."""
+    try:
+        value = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise MalformedPayloadError(f"invalid JSON: {exc}", where=where) from None
+    if not _depth_ok(value):
+        raise MalformedPayloadError(f"JSON nested deeper than {MAX_JSON_DEPTH} levels", where=where)
+    return value
+
+
+def mapping_to_json(payload: Mapping[str, Any], where: str = "$") -> dict[str, Any]:
+    """A JSON-only deep copy of a caller's mapping, so events never share or carry non-JSON objects."""
+    try:
+        encoded = orjson.dumps(dict(payload))
+    except Exception as exc:  # arbitrary caller objects can fail in arbitrary ways while serialising
+        raise MalformedPayloadError(f"not JSON-serialisable: {exc}", where=where) from None
+    check_size(len(encoded), where)
+    value = load_json(encoded, where)
+    assert isinstance(value, dict)
+    return value
+
+
+_BASE64 = re.compile(rb"[A-Za-z0-9+/_-]+={0,2}")
+_WHITESPACE = re.compile(rb"\s+")
+_LINE_BREAKS = re.compile(rb"[\r\n]+")
+
+
+def looks_base64(data: bytes) -> bool:
+    """Base64 alphabet only (line-wrapped at most: words separated by spaces are prose, not Base64)."""
+    compact = _LINE_BREAKS.sub(b"", data.strip())
+    return len(compact) >= 4 and len(compact) % 4 != 1 and _BASE64.fullmatch(compact) is not None
+
+
+def _plausible_text_payload(data: bytes) -> bool:
+    text = data.strip()
+    if text.startswith(b"\xef\xbb\xbf"):
+        text = text[3:].lstrip()
+    return text[:1] in (b"{", b"[", b'"', b"<") or looks_base64(text)
+
+
+def decode_base64(data: bytes | str, where: str) -> bytes:
+    """Standard or URL-safe Base64, padding optional, line breaks allowed."""
+    raw = data.encode("ascii", "replace") if isinstance(data, str) else data
+    compact = _WHITESPACE.sub(b"", raw)
+    if not _BASE64.fullmatch(compact) and compact:
+        raise MalformedPayloadError("invalid Base64: unexpected characters", where=where)
+    compact = compact.rstrip(b"=")
+    if len(compact) % 4 == 1:
+        raise MalformedPayloadError("invalid Base64: impossible length", where=where)
+    compact += b"=" * (-len(compact) % 4)
+    try:
+        return base64.b64decode(compact.replace(b"-", b"+").replace(b"_", b"/"), validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise MalformedPayloadError(f"invalid Base64: {exc}", where=where) from None
+
+
+def as_bytes(payload: bytes | bytearray | memoryview | str, where: str) -> bytes:
+    if isinstance(payload, str):
+        check_size(len(payload), where)
+        try:
+            data = payload.encode("utf-8")
+        except UnicodeEncodeError:
+            raise MalformedPayloadError("text is not valid Unicode (lone surrogate)", where=where) from None
+    else:
+        data = bytes(payload)
+    check_size(len(data), where)
+    return data
+
+
+def _parse_xml(data: bytes, where: str) -> Element:
+    try:
+        root: Element = parse_xml(data, forbid_dtd=True)
+    except (ParseError, DefusedXmlException, ValueError, LookupError) as exc:  # LookupError: unknown encoding
+        raise MalformedPayloadError(f"invalid or unsafe XML: {exc}", where=where) from None
+    return root
+
+
+def is_xml_document(data: bytes) -> bool:
+    """Whether ``data`` is one well-formed (and safe) XML document."""
+    try:
+        _parse_xml(data, "")
+    except MalformedPayloadError:
+        return False
+    return True
+
+
+def _local(tag: str) -> str:
+    return tag.rsplit("}", 1)[-1]
+
+
+def _children(root: Element) -> dict[str, str]:
+    return {_local(child.tag): child.text or "" for child in root}
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, dict):
+        keys = ", ".join(sorted(value)[:8])
+        return f"a JSON object with keys [{keys}]" if keys else "an empty JSON object"
+    if isinstance(value, list):
+        return "a JSON array"
+    return f"a JSON {type(value).__name__}"
+
+
+# --- the unwrapper ---------------------------------------------------------------------------------
+
+_PUBSUB_MESSAGE_KEYS = frozenset(
+    {
+        "data",
+        "attributes",
+        "messageId",
+        "message_id",
+        "publishTime",
+        "publish_time",
+        "orderingKey",
+        "ordering_key",
+        "deliveryAttempt",
+    }
+)
+
+
+class _Unwrapper:
+    def __init__(self, is_native: Callable[[Mapping[str, Any]], bool], keep_unknown: bool) -> None:
+        self.is_native = is_native
+        self.keep_unknown = keep_unknown
+        self.leaves: list[Leaf] = []
+
+    def text(self, data: bytes, where: str, depth: int) -> None:
+        if depth > MAX_UNWRAP_DEPTH:
+            raise MalformedPayloadError(f"more than {MAX_UNWRAP_DEPTH} nested envelopes", where=where)
+        data = data.strip()
+        if data.startswith(b"\xef\xbb\xbf"):
+            data = data[3:].lstrip()
+        if not data:
+            raise MalformedPayloadError("empty payload", where=where)
+        head = data[:1]
+        if head in b'{["':
+            # paths inside a decoded layer restart at its own root: "$.msgBody / base64 / $.Events[0]"
+            self.value(load_json(data, where), where if depth == 0 else f"{where} / $", depth)
+        elif head == b"<":
+            self.xml(data, where, depth)
+        elif looks_base64(data):
+            decoded = decode_base64(data, where)
+            if not decoded.strip() or not _plausible_text_payload(decoded):
+                # a word like "test" is valid Base64 too; only a decoded payload makes it one
+                raise UnrecognizedFormatError("not JSON, XML, or Base64 of either", where=where)
+            self.text(decoded, f"{where} / base64", depth + 1)
+        else:
+            raise UnrecognizedFormatError("not JSON, XML or Base64", where=where)
+
+    def value(self, value: Any, where: str, depth: int) -> None:
+        if isinstance(value, dict):
+            self.obj(value, where, depth)
+        elif isinstance(value, str):
+            # a JSON string holding the real payload (JSON text or Base64), as some relays send it
+            self.text(value.encode("utf-8"), f"{where} / string", depth + 1)
+        else:
+            raise UnrecognizedFormatError(f"{_describe(value)} is not an event or a known envelope", where=where)
+
+    def obj(self, obj: dict[str, Any], where: str, depth: int) -> None:
+        if depth > MAX_UNWRAP_DEPTH:
+            raise MalformedPayloadError(f"more than {MAX_UNWRAP_DEPTH} nested envelopes", where=where)
+        if self.is_native(obj):
+            self.leaves.append(Leaf(obj, where))
+            return
+        for matches, opener in _ENVELOPES:
+            if matches(obj):
+                opener(self, obj, where, depth)
+                return
+        if self.keep_unknown:
+            self.leaves.append(Leaf(obj, where))
+            return
+        raise UnrecognizedFormatError(f"{_describe(obj)} is not an event or a known envelope", where=where)
+
+    def inner(self, value: Any, where: str, depth: int) -> None:
+        """A field that holds the next layer: a string payload or an already-parsed object."""
+        if isinstance(value, str):
+            self.text(value.encode("utf-8"), where, depth + 1)
+        elif isinstance(value, dict):
+            self.obj(value, where, depth + 1)
+        else:
+            raise MalformedPayloadError(f"expected a payload here, got {_describe(value)}", where=where)
+
+    def xml(self, data: bytes, where: str, depth: int) -> None:
+        root = _parse_xml(data, where)
+        name = _local(root.tag)
+        fields = _children(root)
+        if name == "Notification" and "Message" in fields:
+            self.text(fields["Message"].encode("utf-8"), f"{where} / mns-xml Message", depth + 1)
+        elif name == "Message" and "MessageBody" in fields:
+            self.text(fields["MessageBody"].encode("utf-8"), f"{where} / mns-xml MessageBody", depth + 1)
+        else:
+            raise UnrecognizedFormatError(f"XML document <{name}> is not an MNS notification", where=where)
+
+
+# --- the envelope layers ---------------------------------------------------------------------------
+
+Opener = Callable[[_Unwrapper, dict[str, Any], str, int], None]
+
+
+def _cmq_body_key(obj: Mapping[str, Any]) -> str | None:
+    for key in ("msgBody", "MsgBody"):
+        if isinstance(obj.get(key), str):
+            return key
+    return None
+
+
+def _is_cmq_push(obj: Mapping[str, Any]) -> bool:
+    markers = ("msgId", "MsgId", "topicName", "TopicName", "TopicOwner", "subscriptionName", "publishTime")
+    return _cmq_body_key(obj) is not None and any(key in obj for key in markers)
+
+
+def _open_cmq_push(u: _Unwrapper, obj: dict[str, Any], where: str, depth: int) -> None:
+    key = _cmq_body_key(obj)
+    assert key is not None
+    u.inner(obj[key], f"{where}.{key}", depth)
+
+
+def _is_mns_json(obj: Mapping[str, Any]) -> bool:
+    return (
+        isinstance(obj.get("Message"), str)
+        and "MessageId" in obj
+        and any(key in obj for key in ("TopicOwner", "TopicName", "SubscriptionName", "MessageMD5"))
+    )
+
+
+def _open_mns_json(u: _Unwrapper, obj: dict[str, Any], where: str, depth: int) -> None:
+    u.inner(obj["Message"], f"{where}.Message", depth)
+
+
+def _is_sns(obj: Mapping[str, Any]) -> bool:
+    return isinstance(obj.get("Type"), str) and "TopicArn" in obj and "Message" in obj
+
+
+def _open_sns(u: _Unwrapper, obj: dict[str, Any], where: str, depth: int) -> None:
+    if obj["Type"] != "Notification":
+        raise UnsupportedEventError(f"SNS {obj['Type'][:40]!r} messages carry no event", where=where)
+    u.inner(obj["Message"], f"{where}.Message", depth)
+
+
+def _is_eventbridge(obj: Mapping[str, Any]) -> bool:
+    return isinstance(obj.get("detail-type"), str) and isinstance(obj.get("source"), str) and "detail" in obj
+
+
+def _open_eventbridge(u: _Unwrapper, obj: dict[str, Any], where: str, depth: int) -> None:
+    source: str = obj["source"]
+    if source.startswith("aws."):
+        raise UnsupportedEventError(
+            f"EventBridge event {obj['detail-type'][:60]!r} from {source[:40]!r} is not a batch event",
+            where=where,
+        )
+    u.inner(obj["detail"], f"{where}.detail", depth)
+
+
+def _is_pubsub_push(obj: Mapping[str, Any]) -> bool:
+    return isinstance(obj.get("message"), dict) and isinstance(obj.get("subscription"), str)
+
+
+def _is_pubsub_received(obj: Mapping[str, Any]) -> bool:
+    return isinstance(obj.get("message"), dict) and isinstance(obj.get("ackId"), str)
+
+
+def _open_pubsub_wrapper(u: _Unwrapper, obj: dict[str, Any], where: str, depth: int) -> None:
+    u.obj(obj["message"], f"{where}.message", depth + 1)
+
+
+def _is_pubsub_message(obj: Mapping[str, Any]) -> bool:
+    return "data" in obj and obj.keys() <= _PUBSUB_MESSAGE_KEYS
+
+
+def _open_pubsub_message(u: _Unwrapper, obj: dict[str, Any], where: str, depth: int) -> None:
+    data = obj["data"]
+    if not isinstance(data, str):
+        raise MalformedPayloadError("Pub/Sub data must be a Base64 string", where=f"{where}.data")
+    u.text(decode_base64(data, f"{where}.data"), f"{where}.data / base64", depth + 1)
+
+
+def _is_azure_records(obj: Mapping[str, Any]) -> bool:
+    return isinstance(obj.get("records"), list)
+
+
+def _open_azure_records(u: _Unwrapper, obj: dict[str, Any], where: str, depth: int) -> None:
+    records: list[Any] = obj["records"]
+    if not records:
+        raise MalformedPayloadError("records is empty", where=f"{where}.records")
+    for index, record in enumerate(records):
+        path = f"{where}.records[{index}]"
+        if not isinstance(record, dict):
+            raise MalformedPayloadError(f"expected a log record, got {_describe(record)}", where=path)
+        u.obj(record, path, depth + 1)
+
+
+_ENVELOPES: tuple[tuple[Callable[[Mapping[str, Any]], bool], Opener], ...] = (
+    (_is_pubsub_push, _open_pubsub_wrapper),
+    (_is_pubsub_received, _open_pubsub_wrapper),
+    (_is_pubsub_message, _open_pubsub_message),
+    (_is_cmq_push, _open_cmq_push),
+    (_is_mns_json, _open_mns_json),
+    (_is_sns, _open_sns),
+    (_is_eventbridge, _open_eventbridge),
+    (_is_azure_records, _open_azure_records),
+)
+
+
+def unwrap(
+    payload: Payload,
+    *,
+    is_native: Callable[[Mapping[str, Any]], bool],
+    keep_unknown: bool = False,
+) -> list[Leaf]:
+    """Peel every envelope off ``payload`` and return the native events inside, in order.
+
+    ``is_native`` says whether an object is a vendor's event (checked before any envelope shape).
+    With ``keep_unknown`` (a forced provider), an object nobody recognises is returned as a leaf for
+    that vendor to judge instead of raising UnrecognizedFormatError.
+    """
+    unwrapper = _Unwrapper(is_native, keep_unknown)
+    if isinstance(payload, Mapping):
+        unwrapper.obj(mapping_to_json(payload), "$", 0)
+    elif isinstance(payload, (bytes, bytearray, memoryview, str)):
+        unwrapper.text(as_bytes(payload, "$"), "$", 0)
+    else:
+        raise UnrecognizedFormatError(f"cannot decode a {type(payload).__name__}; pass bytes, str or a mapping")
+    return unwrapper.leaves
