@@ -93,6 +93,16 @@ def from_message(body: bytes, attributes: Mapping[str, str], content_type: str |
             ce_attrs[name] = v
     content_type = content_type or attributes.get("content-type") or attributes.get("content_type")
     binary = "specversion" in ce_attrs and not (content_type or "").startswith(STRUCTURED_CONTENT_TYPE)
+    if binary and content_type is None:
+        # brokers that carry no content type (or dropped it): a structured body is a whole event
+        # with this id; binary-mode data (a BatchEvent) has no specversion
+        try:
+            whole = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            whole = None
+        if isinstance(whole, dict) and "specversion" in whole and whole.get("id") == ce_attrs.get("id"):
+            _check(whole)
+            return whole
     if binary:
         event: dict[str, Any] = dict(ce_attrs)
         event["datacontenttype"] = content_type or JSON

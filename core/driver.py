@@ -27,11 +27,13 @@ class Message:
     dedup_id: str | None = None
     #: the CloudEvent type (Service Bus puts it in ``subject``)
     event_type: str | None = None
+    #: bytes the message occupies against a backend limit: body plus attribute names and values
+    #: (computed once: the portable layer consults it several times per message)
+    size: int = field(init=False, compare=False)
 
-    @property
-    def size(self) -> int:
-        """Bytes the message occupies against a backend limit: body plus attribute names and values."""
-        return len(self.body) + sum(len(k.encode()) + len(v.encode()) for k, v in self.attributes.items())
+    def __post_init__(self) -> None:
+        size = len(self.body) + sum(len(k.encode()) + len(v.encode()) for k, v in self.attributes.items())
+        object.__setattr__(self, "size", size)
 
 
 @dataclass(slots=True)

@@ -8,3 +8,6 @@ from pathlib import Path
 
 # the conformance suite and the test servers are plain modules beside the tests
 sys.path.insert(0, str(Path(__file__).parent))
+
+# backend servers, each started once per session on a free port, on first use
+pytest_plugins = ["aws_servers", "pubsub_servers"]

@@ -60,3 +60,10 @@ def test_ordering_key_prefers_job_then_environment() -> None:
 def test_undecodable_bodies_give_typed_errors(body: bytes, needle: str) -> None:
     with pytest.raises(DecodeMessageError, match=needle):
         from_message(body, {})
+
+
+def test_structured_body_without_content_type_is_not_mistaken_for_binary() -> None:
+    event = make_event("job-9", 1)
+    msg = to_message(event, prefix="ce-")
+    assert "ce-specversion" in msg.attributes
+    assert from_message(msg.body, msg.attributes, None) == event
