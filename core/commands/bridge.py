@@ -16,8 +16,9 @@ from typing import Any
 
 import orjson
 
-from ..config import PROVIDERS, BridgeConfig, catch_all, load_config
+from ..config import BridgeConfig, catch_all, load_config
 from ..errors import ConfigError
+from ..event import PROVIDERS
 from ..secrets import redact, redact_uri
 from ._io import read_inputs, samples_dir
 
@@ -94,8 +95,9 @@ def _stop_on_signals() -> Iterator[threading.Event]:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    from ..serve import serve
+    from ..serve import require_serve_extra, serve
 
+    require_serve_extra()
     config = _config(args)
     host = args.host or config.serve.host
     port = config.serve.port if args.port is None else args.port
@@ -147,6 +149,8 @@ def run_dlq(args: argparse.Namespace) -> int:
     from ..outbox import Outbox
 
     config = _config(args, to=args.to)
+    if not config.outbox.path.exists():
+        raise ConfigError("no outbox here: pass --config FILE or --outbox PATH", where=str(config.outbox.path))
     if args.action == "list":
         with Outbox(config.outbox.path, synchronous=config.outbox.synchronous) as ob:
             records = ob.dead_letters(limit=args.limit)

@@ -1,0 +1,492 @@
+"""The bridge: intake -> routing -> durable outbox -> one publisher loop per destination.
+
+:meth:`Bridge.handle` decodes one payload (any envelope :func:`~batchbridge.core.normalize.normalize`
+recognises, or an already-canonical CloudEvent), routes each event, and returns only once the rows
+are committed to the outbox -- that is the moment a caller may acknowledge its source. A payload
+that cannot be decoded is committed to the dead-letter table instead, with its raw bytes and the
+typed error, and reported in the :class:`IntakeResult`.
+
+Publishing runs in background threads, one per destination, so a backend that is down only delays
+its own rows: the thread backs off exponentially while the rows stay in the outbox, and each row is
+deleted only when its backend confirmed it. Rows a backend refuses for good (too large, invalid)
+move to the dead-letter table with the backend's reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import random
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from .backends import open_publisher
+from .config import BridgeConfig
+from .errors import (
+    BackendError,
+    BatchBridgeError,
+    ClosedError,
+    ConfigError,
+    EntityNotFoundError,
+    InputError,
+    MalformedPayloadError,
+    UnrecognizedFormatError,
+)
+from .event import DATASCHEMA
+from .metrics import Stats
+from .outbox import INTAKE, PUBLISH, UNROUTED, DeadLetter, Outbox, OutboxRow, Pending
+from .publisher import Publisher, PublishResult, wrap_error
+from .routing import Router
+from .secrets import redact, redact_uri
+
+log = logging.getLogger("batchbridge.bridge")
+
+#: how often an idle publisher thread looks at the outbox even without being woken (rows written by
+#: another process, e.g. ``dlq replay``)
+IDLE_POLL = 1.0
+#: how often new destinations are looked for in the outbox
+RESCAN = 5.0
+
+
+class UnroutedError(BatchBridgeError):
+    """No route matched the event, and ``unrouted = "deadletter"``."""
+
+    code = "unrouted"
+
+
+@dataclass
+class IntakeResult:
+    """What one :meth:`Bridge.handle` did. Everything in it is durable when it is returned."""
+
+    #: ids of the canonical events decoded from the payload
+    event_ids: list[str] = field(default_factory=list)
+    #: outbox rows written (one per event and destination)
+    deliveries: int = 0
+    #: events no route matched
+    unrouted: int = 0
+    #: the dead-letter ids written (the payload itself when it failed, or its unrouted events)
+    dead_letter_ids: list[int] = field(default_factory=list)
+    #: why the payload was refused; None when it was decoded
+    error: InputError | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    @property
+    def events(self) -> int:
+        return len(self.event_ids)
+
+
+@dataclass
+class _Plan:
+    rows: list[OutboxRow]
+    dead: list[DeadLetter]
+    result: IntakeResult
+    types: list[str]
+    dropped: int = 0
+
+
+Payload = bytes | bytearray | memoryview | str | Mapping[str, Any]
+
+
+def _as_bytes(payload: Payload) -> bytes:
+    if isinstance(payload, str):
+        return payload.encode("utf-8", "surrogatepass")
+    if isinstance(payload, Mapping):
+        try:
+            return orjson.dumps(payload)
+        except TypeError:
+            return repr(payload).encode()
+    return bytes(payload)
+
+
+def canonical_event(payload: bytes | Mapping[str, Any]) -> dict[str, Any] | None:
+    """The payload as a canonical CloudEvent when it already is one (a relay from a queue the bridge
+    itself feeds, a dead letter's event); None when it is not one; MalformedPayloadError when it claims
+    to be one (our ``dataschema``) but lacks what every canonical event has."""
+    if isinstance(payload, Mapping):
+        obj: Any = payload
+    else:
+        if DATASCHEMA.encode() not in payload:
+            return None
+        try:
+            obj = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            return None
+    if not isinstance(obj, dict) or obj.get("specversion") != "1.0" or obj.get("dataschema") != DATASCHEMA:
+        return None
+    data = obj.get("data")
+    missing = [k for k in ("id", "type", "source") if not isinstance(obj.get(k), str) or not obj[k]]
+    if not isinstance(data, dict):
+        missing.append("data")
+    else:
+        missing += [f"data.{k}" for k in ("provider", "kind") if not isinstance(data.get(k), str)]
+    if missing:
+        raise MalformedPayloadError(f"canonical CloudEvent lacks {', '.join(missing)}", where="$")
+    return obj
+
+
+def decode(payload: bytes | Mapping[str, Any], *, provider: str | None = None,
+           attributes: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
+    """Any payload the bridge accepts -> canonical events; raises InputError subclasses only.
+
+    Accepted: an already-canonical CloudEvent (recognised by our ``dataschema``); every vendor
+    envelope and event :func:`normalize` knows; and, when the transport carried message attributes
+    (a pulled Pub/Sub message: GCP Batch puts its notification there), body and attributes together
+    as one Pub/Sub message.
+    """
+    from .normalize import normalize
+
+    event = canonical_event(payload)
+    if event is not None:
+        return [event]
+    try:
+        return normalize(payload, provider=provider)
+    except UnrecognizedFormatError:
+        if attributes and isinstance(payload, (bytes, bytearray)):
+            message = {"data": base64.b64encode(payload).decode(), "attributes": dict(attributes)}
+            return normalize(message, provider=provider)
+        raise
+
+
+class Bridge:
+    """Intake, routing, the outbox and its publisher threads. Use as a context manager, or call
+    :meth:`start` / :meth:`stop`; :meth:`handle` works before :meth:`start` (rows just wait)."""
+
+    def __init__(self, config: BridgeConfig | None = None, *, outbox: Outbox | str | Path | None = None,
+                 stats: Stats | None = None) -> None:
+        self.config = config or BridgeConfig()
+        self.router = Router.from_config(self.config)
+        if isinstance(outbox, Outbox):
+            self.outbox = outbox
+        else:
+            self.outbox = Outbox(outbox or self.config.outbox.path, synchronous=self.config.outbox.synchronous)
+        self.stats = stats or Stats()
+        self._workers: dict[str, _Worker] = {}
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._started = False
+        self._supervisor: threading.Thread | None = None
+
+    def __repr__(self) -> str:
+        return f"Bridge(outbox={str(self.outbox.path)!r}, routes={len(self.router.routes)})"
+
+    # --- intake ------------------------------------------------------------------------------------
+
+    def handle(self, payload: Payload, *, source: str = "api", provider: str | None = None,
+               meta: Mapping[str, Any] | None = None) -> IntakeResult:
+        """Decode, route and commit one payload; returns once it is durable in the outbox (or, when it
+        cannot be decoded, in the dead-letter table -- then ``result.error`` says why). Raises only
+        OutboxError (the outbox cannot be written: do not acknowledge the source)."""
+        return self.handle_many([(payload, meta)], source=source, provider=provider)[0]
+
+    def handle_many(self, items: Sequence[tuple[Payload, Mapping[str, Any] | None]], *, source: str = "api",
+                    provider: str | None = None) -> list[IntakeResult]:
+        """:meth:`handle` for several payloads (each with its metadata) in one outbox transaction."""
+        plans = [self._plan(p, source=source, provider=provider, meta=m) for p, m in items]
+        return self._finish(plans, self.outbox.put(*self._collect(plans)))
+
+    async def ahandle(self, payload: Payload, *, source: str = "api", provider: str | None = None,
+                      meta: Mapping[str, Any] | None = None) -> IntakeResult:
+        """:meth:`handle` for asyncio: the commit is awaited, never blocking the event loop, and joins
+        the same group commit as every other request waiting at that moment."""
+        plans = [self._plan(payload, source=source, provider=provider, meta=meta)]
+        ids = await asyncio.wrap_future(self.outbox.submit(*self._collect(plans)))
+        return self._finish(plans, ids)[0]
+
+    @staticmethod
+    def _collect(plans: Sequence[_Plan]) -> tuple[list[OutboxRow], list[DeadLetter]]:
+        return [r for p in plans for r in p.rows], [d for p in plans for d in p.dead]
+
+    def _finish(self, plans: Sequence[_Plan], dead_ids: list[int]) -> list[IntakeResult]:
+        ids = iter(dead_ids)
+        return [self._done(p, [next(ids) for _ in p.dead]) for p in plans]
+
+    def _plan(self, payload: Payload, *, source: str, provider: str | None,
+              meta: Mapping[str, Any] | None) -> _Plan:
+        raw = payload if isinstance(payload, Mapping) else _as_bytes(payload)
+        attributes = (meta or {}).get("attributes")
+        try:
+            events = decode(raw, provider=provider, attributes=attributes if isinstance(attributes, Mapping) else None)
+        except InputError as exc:
+            info = dict(meta or {})
+            if provider:
+                info["provider"] = provider
+            dead = DeadLetter.of(INTAKE, source, _as_bytes(raw), exc, meta=info or None)
+            return _Plan([], [dead], IntakeResult(error=exc), [])
+        return self._route(events, source)
+
+    def _route(self, events: list[dict[str, Any]], source: str) -> _Plan:
+        rows: list[OutboxRow] = []
+        dead: list[DeadLetter] = []
+        result = IntakeResult(event_ids=[str(e.get("id")) for e in events])
+        dropped = 0
+        for event in events:
+            decision = self.router.route(event)
+            rows += [OutboxRow.of(d.destination, d.event) for d in decision.deliveries]
+            if decision.unrouted:
+                result.unrouted += 1
+                if decision.dead_letter:
+                    err = UnroutedError(f"no route matches {event.get('type')} from "
+                                        f"{(event.get('data') or {}).get('provider')}", where=str(event.get("id")))
+                    dead.append(DeadLetter.of(UNROUTED, source, orjson.dumps(event), err,
+                                              event_id=str(event.get("id"))))
+                elif not decision.deliveries:
+                    dropped += 1
+        result.deliveries = len(rows)
+        return _Plan(rows, dead, result, [str(e.get("type")) for e in events], dropped)
+
+    def _done(self, plan: _Plan, dead_ids: list[int]) -> IntakeResult:
+        plan.result.dead_letter_ids = dead_ids
+        s = self.stats
+        for t in plan.types:
+            s.add(s.received, t)
+        if plan.result.error is not None:
+            s.add(s.rejected, plan.result.error.code)
+            s.add(s.dead_lettered, INTAKE)
+        elif plan.dead:
+            s.add(s.dead_lettered, UNROUTED, len(plan.dead))
+        s.drop_unrouted(plan.dropped)
+        if plan.rows and self._started:
+            for destination in {r.destination for r in plan.rows}:
+                self._worker(destination).wake.set()
+        return plan.result
+
+    # --- dead letters ------------------------------------------------------------------------------
+
+    def replay(self, dl_id: int) -> IntakeResult:
+        """Run a dead letter through again: intake and unrouted items through decoding and routing
+        (with the current config), a refused event straight back to its destination. The dead letter
+        is replaced atomically by what that produced; if it fails again it stays, with the new reason."""
+        rec = self.outbox.dead_letter(dl_id)
+        if rec is None:
+            raise ConfigError(f"no dead letter with id {dl_id}", where=str(self.outbox.path))
+        if rec.stage == PUBLISH and rec.destination:
+            try:
+                event = orjson.loads(rec.payload)
+            except orjson.JSONDecodeError:
+                event = None
+            if not isinstance(event, dict):
+                bad = MalformedPayloadError("the stored event is not a JSON object", where=f"dead letter {dl_id}")
+                self.outbox.failed_again(dl_id, bad)
+                return IntakeResult(error=bad, dead_letter_ids=[dl_id])
+            plan = _Plan([OutboxRow.of(rec.destination, event)], [], IntakeResult(event_ids=[str(event.get("id"))],
+                                                                                  deliveries=1), [])
+        else:
+            meta = rec.meta
+            provider = meta.get("provider") if isinstance(meta.get("provider"), str) else None
+            plan = self._plan(rec.payload, source=rec.source, provider=provider, meta=meta)
+            if plan.result.error is not None:
+                self.outbox.failed_again(dl_id, plan.result.error)
+                plan.result.dead_letter_ids = [dl_id]
+                return plan.result
+            if plan.dead and not plan.rows:
+                self.outbox.failed_again(dl_id, UnroutedError("still no route matches",
+                                                              where=f"dead letter {dl_id}"))
+                return IntakeResult(event_ids=plan.result.event_ids, unrouted=plan.result.unrouted,
+                                    dead_letter_ids=[dl_id])
+        self.outbox.resolve(dl_id, plan.rows, plan.dead)
+        plan.types = []  # counted when first received
+        return self._done(plan, [])
+
+    # --- publishing --------------------------------------------------------------------------------
+
+    def start(self) -> Bridge:
+        """Start the publisher threads (one per destination in the config or in the outbox)."""
+        with self._lock:
+            if self._started:
+                return self
+            self.outbox.lock()
+            self._started = True
+            self._stopping.clear()
+        for destination in [*self.config.destinations(), *self.outbox.destinations()]:
+            self._worker(destination)
+        self._supervisor = threading.Thread(target=self._supervise, name="batchbridge-supervisor", daemon=True)
+        self._supervisor.start()
+        return self
+
+    def _worker(self, destination: str) -> _Worker:
+        with self._lock:
+            w = self._workers.get(destination)
+            if w is None:
+                w = self._workers[destination] = _Worker(self, destination)
+                if self._started and not self._stopping.is_set():
+                    w.thread.start()
+            return w
+
+    def _supervise(self) -> None:
+        while not self._stopping.wait(RESCAN):
+            try:
+                for destination in self.outbox.destinations():
+                    self._worker(destination)
+            except BatchBridgeError as exc:
+                log.warning("cannot scan the outbox: %s", redact(str(exc)))
+
+    @property
+    def running(self) -> bool:
+        return self._started and not self._stopping.is_set()
+
+    def drain(self, timeout: float = 30.0) -> bool:
+        """Publish until the outbox is empty or ``timeout`` passes; True when it is empty. Rows whose
+        backend is down stay (durably) for the next run."""
+        self.start()
+        for destination in self.outbox.destinations():
+            self._worker(destination).wake.set()
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.outbox.depth() == 0:
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.02)
+
+    def stop(self, timeout: float = 10.0) -> bool:
+        """Stop the publisher threads (each finishes its batch in flight) and close the outbox.
+        Returns False if a thread did not finish in time (its rows stay in the outbox)."""
+        with self._lock:
+            self._stopping.set()
+            workers = list(self._workers.values())
+        for w in workers:
+            w.wake.set()
+        deadline = time.monotonic() + timeout
+        finished = True
+        for w in workers:
+            if w.thread.is_alive():
+                w.thread.join(max(0.0, deadline - time.monotonic()))
+                finished = finished and not w.thread.is_alive()
+        if finished:
+            self.outbox.close()
+        else:
+            log.warning("a publisher did not finish within %.1fs; its rows stay in the outbox", timeout)
+        return finished
+
+    close = stop
+
+    def __enter__(self) -> Bridge:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _retryable(error: BatchBridgeError) -> bool:
+    """Whether a failed row stays in the outbox. A missing queue or a closed client is about the
+    destination, not the event: the rows wait for it to be fixed instead of filling the dead letters."""
+    if isinstance(error, (EntityNotFoundError, ClosedError)):
+        return True
+    return isinstance(error, BackendError) and error.retryable
+
+
+class _Worker:
+    """Drains one destination's rows in batches, in outbox order, with backoff while it is down."""
+
+    def __init__(self, bridge: Bridge, destination: str) -> None:
+        self.bridge = bridge
+        self.destination = destination
+        self.label = redact_uri(destination)
+        self.wake = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="batchbridge-publish", daemon=True)
+        self._publisher: Publisher | None = None
+        self._failures = 0
+
+    def _run(self) -> None:
+        b = self.bridge
+        try:
+            while not b._stopping.is_set():
+                self.wake.clear()
+                try:
+                    rows = b.outbox.fetch(self.destination, b.config.outbox.batch_size)
+                except BatchBridgeError as exc:
+                    self._backoff(exc)
+                    continue
+                if not rows:
+                    self.wake.wait(IDLE_POLL)
+                    continue
+                self._send(rows)
+        finally:
+            self._close_publisher()
+
+    def _backoff(self, exc: BatchBridgeError) -> None:
+        o = self.bridge.config.outbox
+        self._failures += 1
+        delay = min(o.backoff_max, o.backoff_initial * 2 ** min(self._failures - 1, 30))
+        delay *= random.uniform(0.5, 1.0)
+        log.warning("%s unavailable (%s); retrying in %.1fs", self.label, redact(str(exc)), delay)
+        self.bridge._stopping.wait(delay)
+
+    def _close_publisher(self) -> None:
+        if self._publisher is not None:
+            try:
+                self._publisher.close()
+            except Exception as exc:  # closing a broken client must not kill the loop
+                log.debug("closing the publisher for %s failed: %s", self.label, redact(str(exc)))
+            self._publisher = None
+
+    def _send(self, rows: list[Pending]) -> None:
+        b = self.bridge
+        stats = b.stats
+        events: list[tuple[Pending, dict[str, Any]]] = []
+        dead: list[tuple[int, DeadLetter]] = []
+        for p in rows:
+            try:
+                events.append((p, orjson.loads(p.body)))
+            except orjson.JSONDecodeError:
+                bad = MalformedPayloadError("outbox row is not JSON", where=f"outbox row {p.seq}")
+                dead.append((p.seq, DeadLetter.of(PUBLISH, "outbox", p.body, bad, destination=self.destination,
+                                                  event_id=p.event_id)))
+        if self._publisher is None:
+            try:
+                self._publisher = open_publisher(self.destination)
+            except BatchBridgeError as exc:
+                # whatever stops the client from opening (endpoint down, queue missing, bad credentials)
+                # is about the destination, not the events: they wait for it instead of being dead-lettered
+                stats.add(stats.failed, self.label, len(rows))
+                self._backoff(exc)
+                return
+        try:
+            started = time.monotonic()
+            try:
+                results = self._publisher.publish([e for _, e in events])
+            finally:
+                stats.observe_publish(self.destination, time.monotonic() - started)
+        except BatchBridgeError as exc:
+            results = [PublishResult(p.event_id, exc) for p, _ in events]
+        except Exception as exc:  # a driver bug must not lose rows: keep them and back off
+            err = wrap_error(exc, True, self.label)
+            results = [PublishResult(p.event_id, err) for p, _ in events]
+        delivered: list[int] = []
+        retry: list[tuple[int, str]] = []
+        last_error: BatchBridgeError | None = None
+        for (p, _), r in zip(events, results, strict=True):
+            if r.error is None:
+                delivered.append(p.seq)
+            elif _retryable(r.error):
+                retry.append((p.seq, f"{r.error.code}: {r.error}"))
+                last_error = r.error
+            else:
+                dead.append((p.seq, DeadLetter.of(PUBLISH, "outbox", p.body, r.error, destination=self.destination,
+                                                  event_id=p.event_id)))
+        try:
+            b.outbox.settle(delivered, retry, dead)
+        except BatchBridgeError as exc:
+            # the rows stay; what was delivered is sent again later (same ids, so consumers can dedupe)
+            self._backoff(exc)
+            return
+        stats.add(stats.published, self.label, len(delivered))
+        stats.add(stats.failed, self.label, len(retry))
+        stats.add(stats.dead_lettered, PUBLISH, len(dead))
+        for _, d in dead:
+            log.error("dead-lettered event %s for %s: %s: %s", d.event_id, self.label, d.code, redact(d.reason))
+        if last_error is not None:
+            self._close_publisher()
+            self._backoff(last_error)
+        else:
+            self._failures = 0

@@ -1,0 +1,518 @@
+"""The durable local outbox between intake and publishing, and the dead-letter store beside it.
+
+One SQLite file in WAL mode (stdlib ``sqlite3``) holds two tables:
+
+``outbox``
+    one row per (event, destination). Intake inserts the rows; a row is deleted only after its
+    backend confirmed the event, so one event routed to two backends is delivered to each
+    independently, and a restart resumes with whatever is left.
+``dead_letter``
+    what could not be delivered, kept with its raw payload (bytes) and the typed error's code,
+    reason and location: undecodable input, unrouted events (when so configured), and events a
+    backend refused permanently.
+
+Durability: intake goes through one committer thread that groups every request waiting at that
+moment into one transaction (group commit), on a connection with ``synchronous=FULL`` -- in WAL mode
+that fsyncs the log on each commit, so an acknowledged event survives a power cut, not only a crash
+of the process. The publisher side deletes delivered rows with ``synchronous=NORMAL``: losing such a
+delete to a power cut means a redelivery with the same event id, never a loss. ``docs/bridge.md``
+has the measured cost of FULL against NORMAL.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import orjson
+
+from .errors import BackendError, BatchBridgeError, ConfigError
+from .secrets import redact, redact_uri
+
+log = logging.getLogger("batchbridge.outbox")
+
+T = TypeVar("T")
+
+SCHEMA_VERSION = 1
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS outbox (
+    seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+    destination TEXT    NOT NULL,
+    event_id    TEXT,
+    event_type  TEXT,
+    body        BLOB    NOT NULL,
+    created     REAL    NOT NULL,
+    attempts    INTEGER NOT NULL DEFAULT 0,
+    last_error  TEXT
+);
+CREATE INDEX IF NOT EXISTS outbox_by_destination ON outbox (destination, seq);
+CREATE TABLE IF NOT EXISTS dead_letter (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    created     REAL    NOT NULL,
+    stage       TEXT    NOT NULL,
+    source      TEXT    NOT NULL,
+    destination TEXT,
+    event_id    TEXT,
+    code        TEXT    NOT NULL,
+    reason      TEXT    NOT NULL,
+    location    TEXT,
+    payload     BLOB    NOT NULL,
+    meta        TEXT,
+    attempts    INTEGER NOT NULL DEFAULT 1
+);
+"""
+
+#: dead-letter stages: where in the pipeline the item stopped
+INTAKE, UNROUTED, PUBLISH = "intake", "unrouted", "publish"
+
+#: most requests folded into one group commit (bounds the time one commit holds the write lock)
+_MAX_GROUP = 2048
+
+
+class OutboxError(BackendError):
+    """The outbox file could not be read or written (disk full, permissions, corruption)."""
+
+    code = "outbox_error"
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxRow:
+    destination: str
+    event_id: str | None
+    event_type: str | None
+    body: bytes
+
+    @classmethod
+    def of(cls, destination: str, event: Mapping[str, Any]) -> OutboxRow:
+        return cls(destination, _opt(event.get("id")), _opt(event.get("type")), orjson.dumps(event))
+
+
+@dataclass(frozen=True, slots=True)
+class Pending:
+    """A row waiting for its destination."""
+
+    seq: int
+    destination: str
+    event_id: str | None
+    body: bytes
+    attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """One item for the dead-letter table (secrets are scrubbed from the texts before storing)."""
+
+    stage: str
+    source: str
+    code: str
+    reason: str
+    payload: bytes
+    where: str | None = None
+    destination: str | None = None
+    event_id: str | None = None
+    meta: Mapping[str, Any] | None = None
+
+    @classmethod
+    def of(cls, stage: str, source: str, payload: bytes, error: BatchBridgeError, *,
+           destination: str | None = None, event_id: str | None = None,
+           meta: Mapping[str, Any] | None = None) -> DeadLetter:
+        return cls(stage, source, error.code, error.reason, payload, error.where, destination, event_id, meta)
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetterRecord:
+    id: int
+    created: float
+    stage: str
+    source: str
+    destination: str | None
+    event_id: str | None
+    code: str
+    reason: str
+    where: str | None
+    payload: bytes
+    meta: dict[str, Any]
+    attempts: int
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-ready, without the payload (``dlq list``); destinations redacted."""
+        return {
+            "id": self.id,
+            "created": self.created,
+            "stage": self.stage,
+            "source": self.source,
+            "destination": redact_uri(self.destination) if self.destination else None,
+            "event_id": self.event_id,
+            "error": self.code,
+            "reason": self.reason,
+            "where": self.where,
+            "bytes": len(self.payload),
+            "attempts": self.attempts,
+        }
+
+
+def _opt(v: Any) -> str | None:
+    return None if v is None else str(v)
+
+
+class _Committer:
+    """One thread, one FULL-sync connection: every intake write waiting when a commit starts joins it."""
+
+    def __init__(self, connect: Callable[[], sqlite3.Connection], where: str) -> None:
+        self._connect = connect
+        self._where = where
+        self._cond = threading.Condition()
+        self._queue: list[tuple[Callable[[sqlite3.Connection], Any], Future[Any]]] = []
+        self._closing = False
+        self._thread: threading.Thread | None = None
+        #: (transactions, requests) committed, for the measurements in the docs
+        self.commits = 0
+        self.requests = 0
+
+    def submit(self, work: Callable[[sqlite3.Connection], T]) -> Future[T]:
+        fut: Future[T] = Future()
+        with self._cond:
+            if self._closing:
+                raise OutboxError("the outbox is closed", where=self._where)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="batchbridge-outbox-commit", daemon=True)
+                self._thread.start()
+            self._queue.append((work, fut))
+            self._cond.notify()
+        return fut
+
+    def _run(self) -> None:
+        conn = self._connect()
+        try:
+            while True:
+                with self._cond:
+                    while not self._queue and not self._closing:
+                        self._cond.wait()
+                    if not self._queue:
+                        return
+                    group, self._queue = self._queue[:_MAX_GROUP], self._queue[_MAX_GROUP:]
+                self._commit(conn, group)
+        finally:
+            conn.close()
+
+    def _commit(self, conn: sqlite3.Connection, group: list[tuple[Callable[[sqlite3.Connection], Any],
+                                                                   Future[Any]]]) -> None:
+        outcomes: list[tuple[Future[Any], Any, BaseException | None]] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for work, fut in group:
+                # a savepoint per request: one failing request must not sink the others in its group
+                conn.execute("SAVEPOINT request")
+                try:
+                    result = work(conn)
+                except Exception as exc:
+                    conn.execute("ROLLBACK TO request")
+                    outcomes.append((fut, None, exc))
+                else:
+                    outcomes.append((fut, result, None))
+                conn.execute("RELEASE request")
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            err = OutboxError(f"could not commit to the outbox: {exc}", where=self._where, retryable=True)
+            for _, fut in group:
+                fut.set_exception(err)
+            return
+        self.commits += 1
+        self.requests += len(group)
+        for fut, result, error in outcomes:
+            if error is None:
+                fut.set_result(result)
+            else:
+                fut.set_exception(error if isinstance(error, BatchBridgeError) else
+                                  OutboxError(f"outbox write failed: {error}", where=self._where))
+
+    def close(self) -> None:
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+            thread = self._thread
+        if thread is not None:
+            thread.join()
+
+
+class Outbox:
+    """The SQLite outbox + dead-letter store. Thread-safe: each thread gets its own connection."""
+
+    def __init__(self, path: str | Path, *, synchronous: str = "full", busy_timeout: float = 30.0) -> None:
+        self.path = Path(path)
+        self._where = str(self.path)
+        self._intake_sync = synchronous.upper()
+        if self._intake_sync not in ("FULL", "NORMAL"):
+            raise ConfigError(f"synchronous must be full or normal, got {synchronous!r}", where=self._where)
+        self._busy_ms = int(busy_timeout * 1000)
+        self._local = threading.local()
+        self._conns: list[sqlite3.Connection] = []
+        self._conns_lock = threading.Lock()
+        self._lock_fd: int | None = None
+        self._closed = False
+        self._create()
+        self._committer = _Committer(lambda: self._connect(self._intake_sync), self._where)
+
+    # --- connections -----------------------------------------------------------------------------
+
+    def _create(self) -> None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            # the file holds destination URIs (which may carry credentials) and raw payloads
+            fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600)
+            os.close(fd)
+        except OSError as exc:
+            raise OutboxError(f"cannot create the outbox: {exc.strerror or exc}", where=self._where) from None
+        conn = self._connect("FULL")
+        try:
+            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise OutboxError(f"SQLite refused WAL mode (got {mode}); put the outbox on a local disk",
+                                  where=self._where)
+            conn.executescript(_SCHEMA)
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version == 0:
+                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            elif version > SCHEMA_VERSION:
+                raise OutboxError(f"the outbox was written by a newer batchbridge (schema {version})",
+                                  where=self._where)
+        except sqlite3.Error as exc:
+            raise OutboxError(f"cannot open the outbox: {exc}", where=self._where) from None
+        finally:
+            conn.close()
+
+    def _connect(self, synchronous: str) -> sqlite3.Connection:
+        try:
+            conn = sqlite3.connect(self.path, isolation_level=None, timeout=self._busy_ms / 1000,
+                                   check_same_thread=False)
+            conn.execute(f"PRAGMA busy_timeout = {self._busy_ms}")
+            conn.execute(f"PRAGMA synchronous = {synchronous}")
+        except sqlite3.Error as exc:
+            raise OutboxError(f"cannot open the outbox: {exc}", where=self._where) from None
+        return conn
+
+    def _conn(self) -> sqlite3.Connection:
+        """This thread's connection for reads and publisher-side writes (``synchronous=NORMAL``)."""
+        if self._closed:
+            raise OutboxError("the outbox is closed", where=self._where)
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._connect("NORMAL")
+            self._local.conn = conn
+            with self._conns_lock:
+                self._conns.append(conn)
+        return conn
+
+    def _read(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
+        try:
+            return self._conn().execute(sql, args).fetchall()
+        except sqlite3.Error as exc:
+            raise OutboxError(f"outbox read failed: {exc}", where=self._where, retryable=True) from None
+
+    def _write(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        conn = self._conn()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = work(conn)
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise OutboxError(f"outbox write failed: {exc}", where=self._where, retryable=True) from None
+        return result
+
+    def lock(self) -> None:
+        """Claim the outbox for this process's publisher; two publishers would deliver every row twice."""
+        if self._lock_fd is not None:
+            return
+        fd = os.open(f"{self.path}.lock", os.O_CREAT | os.O_RDWR, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise ConfigError("another running bridge (serve or relay) already publishes from this outbox; "
+                              "give each one its own outbox path", where=self._where) from None
+        self._lock_fd = fd
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._committer.close()
+        self._closed = True
+        with self._conns_lock:
+            conns, self._conns = self._conns, []
+        for conn in conns:
+            with contextlib.suppress(sqlite3.Error):
+                conn.close()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def __enter__(self) -> Outbox:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def group_commit_stats(self) -> tuple[int, int]:
+        """(transactions, requests) committed by the intake committer so far."""
+        return self._committer.commits, self._committer.requests
+
+    # --- intake (group-committed, FULL) ------------------------------------------------------------
+
+    def submit(self, rows: Sequence[OutboxRow], dead: Sequence[DeadLetter] = ()) -> Future[list[int]]:
+        """Queue rows and dead letters for the next group commit; the future resolves once they are
+        durable, to the new dead-letter ids."""
+        return self._committer.submit(lambda conn: _insert(conn, rows, dead))
+
+    def put(self, rows: Sequence[OutboxRow], dead: Sequence[DeadLetter] = ()) -> list[int]:
+        """:meth:`submit` and wait: returns once the rows are committed."""
+        return self.submit(rows, dead).result()
+
+    # --- publisher side ----------------------------------------------------------------------------
+
+    def destinations(self) -> list[str]:
+        return [r[0] for r in self._read("SELECT DISTINCT destination FROM outbox")]
+
+    def fetch(self, destination: str, limit: int) -> list[Pending]:
+        rows = self._read(
+            "SELECT seq, destination, event_id, body, attempts FROM outbox WHERE destination = ? "
+            "ORDER BY seq LIMIT ?", (destination, limit))
+        return [Pending(seq, dest, eid, bytes(body), attempts) for seq, dest, eid, body, attempts in rows]
+
+    def settle(self, delivered: Iterable[int] = (), retry: Iterable[tuple[int, str]] = (),
+               dead: Iterable[tuple[int, DeadLetter]] = ()) -> None:
+        """In one transaction: delete delivered rows, note failed attempts, move refused rows to the
+        dead-letter table."""
+        done = [(s,) for s in delivered]
+        again = [(redact(err)[:2000], s) for s, err in retry]
+        moved = list(dead)
+
+        def work(conn: sqlite3.Connection) -> None:
+            conn.executemany("DELETE FROM outbox WHERE seq = ?", done)
+            conn.executemany("UPDATE outbox SET attempts = attempts + 1, last_error = ? WHERE seq = ?", again)
+            if moved:
+                _insert(conn, (), [d for _, d in moved])
+                conn.executemany("DELETE FROM outbox WHERE seq = ?", [(s,) for s, _ in moved])
+
+        self._write(work)
+
+    def depth(self) -> int:
+        return int(self._read("SELECT count(*) FROM outbox")[0][0])
+
+    def depths(self) -> dict[str, int]:
+        return {d: int(n) for d, n in self._read("SELECT destination, count(*) FROM outbox GROUP BY destination")}
+
+    # --- dead letters --------------------------------------------------------------------------------
+
+    def dead_letters(self, *, limit: int = 100, after: int = 0) -> list[DeadLetterRecord]:
+        return [_record(r) for r in self._read(
+            f"SELECT {_DL_COLUMNS} FROM dead_letter WHERE id > ? ORDER BY id LIMIT ?", (after, limit))]
+
+    def dead_letter(self, dl_id: int) -> DeadLetterRecord | None:
+        rows = self._read(f"SELECT {_DL_COLUMNS} FROM dead_letter WHERE id = ?", (dl_id,))
+        return _record(rows[0]) if rows else None
+
+    def dead_letter_count(self) -> int:
+        return int(self._read("SELECT count(*) FROM dead_letter")[0][0])
+
+    def purge(self, ids: Sequence[int] | None = None) -> int:
+        """Delete the given dead letters (all of them when ``ids`` is None); returns how many went."""
+        def work(conn: sqlite3.Connection) -> int:
+            if ids is None:
+                return conn.execute("DELETE FROM dead_letter").rowcount
+            return sum(conn.execute("DELETE FROM dead_letter WHERE id = ?", (i,)).rowcount for i in ids)
+
+        return self._write(work)
+
+    def resolve(self, dl_id: int, rows: Sequence[OutboxRow], dead: Sequence[DeadLetter] = ()) -> None:
+        """Replace a dead letter by what replaying it produced, atomically (group-committed, FULL)."""
+        def work(conn: sqlite3.Connection) -> None:
+            if conn.execute("DELETE FROM dead_letter WHERE id = ?", (dl_id,)).rowcount != 1:
+                raise OutboxError(f"no dead letter with id {dl_id}", where=self._where)
+            _insert(conn, rows, dead)
+
+        self._committer.submit(work).result()
+
+    def failed_again(self, dl_id: int, error: BatchBridgeError) -> None:
+        """A replay failed the same way or another: keep the item, record the latest reason."""
+        self._write(lambda conn: conn.execute(
+            "UPDATE dead_letter SET attempts = attempts + 1, code = ?, reason = ?, location = ? WHERE id = ?",
+            (error.code, redact(error.reason), redact(error.where) if error.where else None, dl_id)))
+
+
+_DL_COLUMNS = ("id, created, stage, source, destination, event_id, code, reason, location, payload, meta, "
+               "attempts")
+
+
+def _record(r: Sequence[Any]) -> DeadLetterRecord:
+    meta = orjson.loads(r[10]) if r[10] else {}
+    return DeadLetterRecord(int(r[0]), float(r[1]), r[2], r[3], r[4], r[5], r[6], r[7], r[8], bytes(r[9]),
+                            meta if isinstance(meta, dict) else {}, int(r[11]))
+
+
+def _insert(conn: sqlite3.Connection, rows: Sequence[OutboxRow], dead: Sequence[DeadLetter]) -> list[int]:
+    now = time.time()
+    if rows:
+        conn.executemany(
+            "INSERT INTO outbox (destination, event_id, event_type, body, created) VALUES (?, ?, ?, ?, ?)",
+            [(r.destination, r.event_id, r.event_type, r.body, now) for r in rows])
+    ids = []
+    for d in dead:
+        cur = conn.execute(
+            "INSERT INTO dead_letter (created, stage, source, destination, event_id, code, reason, location, "
+            "payload, meta) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (now, d.stage, redact(d.source), d.destination, d.event_id, d.code, redact(d.reason),
+             redact(d.where) if d.where else None, bytes(d.payload),
+             orjson.dumps(dict(d.meta)).decode() if d.meta else None))
+        ids.append(int(cur.lastrowid or 0))
+    return ids
+
+
+def bench(directory: str | Path, *, events: int = 10_000, clients: Sequence[int] = (1, 16, 64)) -> list[str]:
+    """Intake throughput with FULL and NORMAL sync, ``clients`` requests at a time, one ~1.5 KB event
+    each (``python -m batchbridge.core.outbox [DIR]``; DIR should be on the disk the outbox will use)."""
+    import tempfile
+    from concurrent.futures import ThreadPoolExecutor
+
+    body = orjson.dumps({"specversion": "1.0", "id": "0" * 32, "type": "batch.job.succeeded",
+                         "data": {"pad": "x" * 1400}})
+    lines = []
+    for sync in SYNC_LEVELS:
+        for n_clients in clients:
+            n = events // 5 if n_clients == 1 else events
+            with tempfile.TemporaryDirectory(dir=directory) as d, Outbox(Path(d) / "o.db", synchronous=sync) as ob:
+                def one(i: int, ob: Outbox = ob) -> None:
+                    ob.put([OutboxRow("file:///bench.jsonl", str(i), "batch.job.succeeded", body)])
+
+                started = time.perf_counter()
+                with ThreadPoolExecutor(n_clients) as pool:
+                    list(pool.map(one, range(n)))
+                rate = n / (time.perf_counter() - started)
+                commits, requests = ob.group_commit_stats
+            lines.append(f"synchronous={sync:<6} {n_clients:3d} concurrent requests: {rate:8.0f} events/s, "
+                         f"{requests / max(1, commits):5.1f} events per commit")
+    return lines
+
+
+SYNC_LEVELS = ("full", "normal")
+
+if __name__ == "__main__":  # pragma: no cover - a measurement, not a test
+    import sys
+
+    print("\n".join(bench(sys.argv[1] if len(sys.argv) > 1 else ".")))

@@ -1,0 +1,268 @@
+"""``serve``: the HTTP receiver, an ASGI app (Starlette) in front of a :class:`~batchbridge.core.bridge.Bridge`.
+
+Endpoints:
+
+``POST /events`` (and ``/events/{provider}`` to skip detection)
+    every envelope the core decodes. 204 once the events are durably in the outbox; 400 with
+    ``{"error", "reason", "where"}`` for input that cannot be decoded (the body is dead-lettered);
+    413 over ``serve.max_body_bytes``; 401 without the shared token; 403 for an MNS push whose
+    signature fails; 503 when the outbox cannot be written (nothing was kept: the sender retries).
+``GET /healthz``
+    liveness and the outbox depth.
+``GET /metrics``
+    Prometheus text format, from a registry owned by this app.
+
+Authentication: a request carrying ``x-mns-signing-cert-url`` is an MNS push and must pass MNS
+signature verification. Every other request needs the shared token when one is configured, as
+``Authorization: Bearer <t>``, ``X-Batchbridge-Token: <t>`` or ``?token=<t>`` (compared in constant
+time). The token never reaches a log line, a metric or an error body.
+
+Starlette, uvicorn, prometheus_client and cryptography are imported here only, and only when an app
+is built: the rest of batchbridge runs without the ``serve`` extra.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import signal
+import threading
+from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .bridge import Bridge
+from .config import BridgeConfig, ServeSettings, load_config
+from .errors import BatchBridgeError, MissingDependencyError
+from .event import PROVIDERS
+from .mns_signature import MnsVerifier, SignatureError, is_mns_request
+from .secrets import redact
+
+if TYPE_CHECKING:
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import Response
+
+log = logging.getLogger("batchbridge.serve")
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def require_serve_extra() -> None:
+    try:
+        import prometheus_client  # noqa: F401
+        import starlette  # noqa: F401
+    except ImportError as exc:
+        raise MissingDependencyError(f"batchbridge serve needs the 'serve' extra: pip install "
+                                     f"'batchbridge[serve]' ({exc.name} is missing)") from None
+
+
+def _presented_token(request: Request) -> str | None:
+    auth = request.headers.get("authorization", "")
+    if auth[:7].lower() == "bearer ":
+        return auth[7:].strip()
+    return request.headers.get("x-batchbridge-token") or request.query_params.get("token")
+
+
+def _token_ok(request: Request, token: str | None) -> bool:
+    if token is None:
+        return True
+    presented = _presented_token(request)
+    return presented is not None and hmac.compare_digest(presented.encode(), token.encode())
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The body, refusing early from Content-Length and again while streaming (a sender may lie or
+    use chunked encoding)."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            if int(declared) > limit:
+                raise _TooLarge
+        except ValueError:
+            pass  # the server rejects a malformed length itself; the stream check below still holds
+    chunks = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _TooLarge
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _target(request: Request) -> str:
+    """The request target as the client sent it (path and query), which MNS signs."""
+    raw_path = request.scope.get("raw_path")
+    path = raw_path.decode("latin-1") if isinstance(raw_path, bytes) else request.url.path
+    query = request.scope.get("query_string", b"")
+    return f"{path}?{query.decode('latin-1')}" if query else path
+
+
+def create_app(target: Bridge | BridgeConfig | str | Path, *, settings: ServeSettings | None = None,
+               mns_verifier: MnsVerifier | None = None) -> Starlette:
+    """The ASGI app for a bridge, a config, or a config file path.
+
+    Given a config (or path), the app owns its bridge: started on the first request or at startup,
+    drained and stopped at shutdown (the lifespan). Given a :class:`Bridge`, the app only starts it
+    when needed and leaves stopping it to the caller -- the shape for mounting the app inside an
+    existing Starlette/FastAPI app, whose lifespan then calls ``bridge.stop()``::
+
+        bridge = Bridge(load_config("bridge.toml"))
+        app.mount("/batchbridge", create_app(bridge))
+    """
+    require_serve_extra()
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+    from starlette.applications import Starlette
+    from starlette.responses import JSONResponse, Response
+    from starlette.routing import Route
+
+    from .metrics import prometheus_registry
+
+    _redact_access_log()
+    owned = not isinstance(target, Bridge)
+    if isinstance(target, Bridge):
+        bridge = target
+    else:
+        config = target if isinstance(target, BridgeConfig) else load_config(target)
+        bridge = Bridge(config)
+    conf = settings or bridge.config.serve
+    verifier = mns_verifier or MnsVerifier(conf.mns)
+    registry = prometheus_registry(bridge.stats, bridge.outbox.depths)
+
+    def error(status: int, code: str, reason: str, where: str | None = None,
+              headers: Mapping[str, str] | None = None) -> Response:
+        return JSONResponse({"error": code, "reason": redact(reason), "where": redact(where) if where else None},
+                            status_code=status, headers=dict(headers or {}))
+
+    def unauthorized() -> Response:
+        return error(401, "unauthorized", "a valid shared token is required", None, {"WWW-Authenticate": "Bearer"})
+
+    def ensure_started() -> None:
+        if not bridge.running:
+            bridge.start()
+
+    async def events(request: Request) -> Response:
+        provider = request.path_params.get("provider")
+        if provider is not None and provider not in PROVIDERS:
+            return error(404, "unknown_provider", f"no provider {provider!r}; use one of {', '.join(PROVIDERS)}")
+        headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.scope["headers"]]
+        mns = is_mns_request({k.lower(): v for k, v in headers})
+        if mns and conf.mns.verify:
+            try:
+                # headers first: an unsigned request never gets its body read
+                await asyncio.to_thread(verifier.verify, request.method, _target(request), headers, None)
+            except SignatureError as exc:
+                log.warning("refused an MNS push: %s", exc)
+                return error(403, exc.code, exc.reason, exc.where)
+        elif not _token_ok(request, conf.token):
+            return unauthorized()
+        try:
+            body = await _read_body(request, conf.max_body_bytes)
+        except _TooLarge:
+            return error(413, "payload_too_large", f"the body exceeds {conf.max_body_bytes} bytes", "body")
+        if mns and conf.mns.verify:
+            try:
+                verifier.verify_body(headers, body)
+            except SignatureError as exc:
+                return error(403, exc.code, exc.reason, exc.where)
+        ensure_started()
+        meta: dict[str, object] = {"content_type": request.headers.get("content-type")}
+        if mns:
+            meta["mns"] = True
+        try:
+            result = await bridge.ahandle(body, source="http", provider=provider, meta=meta)
+        except BatchBridgeError as exc:
+            log.error("cannot accept events: %s", redact(str(exc)))
+            return error(503, exc.code, "the outbox cannot be written; retry later", None, {"Retry-After": "5"})
+        if result.error is not None:
+            e = result.error
+            return error(400, e.code, e.reason, e.where)
+        return Response(status_code=204)
+
+    async def healthz(request: Request) -> Response:
+        if not conf.public_healthz and not _token_ok(request, conf.token):
+            return unauthorized()
+        try:
+            depth = await asyncio.to_thread(bridge.outbox.depth)
+        except BatchBridgeError as exc:
+            return error(503, exc.code, "the outbox cannot be read")
+        return JSONResponse({"status": "ok", "outbox_depth": depth, "publishing": bridge.running})
+
+    async def metrics(request: Request) -> Response:
+        if not _token_ok(request, conf.token):
+            return unauthorized()
+        data = await asyncio.to_thread(generate_latest, registry)
+        return Response(data, media_type=CONTENT_TYPE_LATEST)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        ensure_started()
+        try:
+            yield
+        finally:
+            if owned:
+                drained = await asyncio.to_thread(bridge.drain, conf.drain_timeout)
+                await asyncio.to_thread(bridge.stop)
+                if not drained:
+                    log.warning("stopped with events still in the outbox; they go out on the next start")
+
+    app = Starlette(
+        routes=[
+            Route("/events", events, methods=["POST"]),
+            Route("/events/{provider}", events, methods=["POST"]),
+            Route("/healthz", healthz, methods=["GET"]),
+            Route("/metrics", metrics, methods=["GET"]),
+        ],
+        lifespan=lifespan,
+    )
+    app.state.bridge = bridge
+    return app
+
+
+class _RedactAccessLog(logging.Filter):
+    """uvicorn's access log prints the request line, query string included (``?token=``)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(redact(a) if isinstance(a, str) else a for a in record.args)
+        return True
+
+
+def _redact_access_log() -> None:
+    access = logging.getLogger("uvicorn.access")
+    if not any(isinstance(f, _RedactAccessLog) for f in access.filters):
+        access.addFilter(_RedactAccessLog())
+
+
+def serve(config: BridgeConfig, *, host: str | None = None, port: int | None = None,
+          log_level: str = "info") -> None:
+    """Run the app under uvicorn until SIGTERM/SIGINT, then drain and stop the bridge."""
+    require_serve_extra()
+    import uvicorn
+
+    app = create_app(config)
+    # claim the outbox before binding: a second bridge on it is a clean error, not a failed lifespan
+    app.state.bridge.start()
+    server = uvicorn.Server(uvicorn.Config(
+        app,
+        host=host or config.serve.host,
+        port=config.serve.port if port is None else port,
+        log_level=log_level,
+        lifespan="on",
+        timeout_graceful_shutdown=max(5, int(config.serve.drain_timeout) + 5),
+        server_header=False,
+    ))
+    # uvicorn re-raises the signal that stopped it once it has shut down; a graceful stop on SIGTERM
+    # or SIGINT is a normal exit for us, so the re-raised signal lands in a handler that ignores it
+    main = threading.current_thread() is threading.main_thread()
+    previous = {s: signal.signal(s, lambda *_: None) for s in (signal.SIGINT, signal.SIGTERM)} if main else {}
+    try:
+        server.run()
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)

@@ -1,0 +1,357 @@
+"""The SQLite outbox and dead-letter store, and the bridge's publisher loop on top of it."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from batchbridge.adapters import memory
+from batchbridge.core import registry
+from batchbridge.core.bridge import Bridge
+from batchbridge.core.config import config_from_dict
+from batchbridge.core.driver import Message
+from batchbridge.core.errors import ConfigError
+from batchbridge.core.outbox import DeadLetter, Outbox, OutboxRow
+from batchbridge.core.registry import BackendURI
+from vendor_payloads import alibaba_job, compact, tencent_element, tencent_message
+
+# --- a controllable backend: its outage is switched on and off by the test -------------------------------
+
+
+class _Switch:
+    def __init__(self) -> None:
+        self.down = False
+        self.sent: list[bytes] = []
+        self.lock = threading.Lock()
+
+
+SWITCHES: dict[str, _Switch] = {}
+
+
+class _SwitchPublisher:
+    attribute_prefix = "ce-"
+    max_attributes = 64
+    max_batch_count = 50
+    max_batch_bytes = 1 << 20
+    max_message_bytes = 1 << 20
+
+    def __init__(self, uri: BackendURI) -> None:
+        self.switch = SWITCHES.setdefault(uri.name, _Switch())
+        if self.switch.down:
+            raise ConnectionRefusedError("switch is down")
+
+    def send_batch(self, messages: Sequence[Message]) -> list[BaseException | None]:
+        if self.switch.down:
+            raise ConnectionRefusedError("switch is down")
+        with self.switch.lock:
+            self.switch.sent += [m.body for m in messages]
+        return [None] * len(messages)
+
+    def is_retryable(self, exc: BaseException) -> bool:
+        return isinstance(exc, ConnectionError)
+
+    def close(self) -> None:
+        pass
+
+
+class _SwitchBackend:
+    schemes = ("switch",)
+    extra = ""
+    forms = ("switch://NAME",)
+    options = ()
+
+    def open_publisher(self, uri: BackendURI) -> _SwitchPublisher:
+        return _SwitchPublisher(uri)
+
+
+@pytest.fixture(autouse=True)
+def switch_backend(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    # registered for this test only: the scheme must not leak into other tests' view of the registry
+    monkeypatch.setattr(registry, "_registered", {**registry._registered, "switch": _SwitchBackend()})
+    monkeypatch.setattr(registry, "_loaded", dict(registry._loaded))
+    SWITCHES.clear()
+    memory.reset()
+    yield
+    SWITCHES.clear()
+
+
+def config(tmp_path: Path, routes: list[dict[str, Any]], **top: Any) -> Any:
+    top.setdefault("outbox", {})
+    top["outbox"].setdefault("path", str(tmp_path / "outbox.db"))
+    top["outbox"].setdefault("backoff_initial", 0.05)
+    top["outbox"].setdefault("backoff_max", 0.2)
+    return config_from_dict({"routes": routes, **top})
+
+
+def tencent(name: str = "JOB_SUCCEED", job: str = "job-1") -> bytes:
+    return compact(tencent_message(tencent_element(name, JobId=job)))
+
+
+def wait_for(cond: Any, timeout: float = 10.0) -> None:
+    end = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < end, "timed out"
+        time.sleep(0.01)
+
+
+# --- the store ------------------------------------------------------------------------------------------
+
+
+def test_rows_survive_reopen_and_settle_atomically(tmp_path: Path) -> None:
+    path = tmp_path / "o.db"
+    with Outbox(path) as ob:
+        ob.put([OutboxRow("memory://a", f"id{i}", "batch.job.failed", b'{"n":%d}' % i) for i in range(5)]
+               + [OutboxRow("memory://b", "idb", None, b"{}")])
+    assert (path.stat().st_mode & 0o777) == 0o600
+    with Outbox(path) as ob:  # a restart resumes with what is left
+        assert ob.depths() == {"memory://a": 5, "memory://b": 1}
+        rows = ob.fetch("memory://a", 3)
+        assert [r.event_id for r in rows] == ["id0", "id1", "id2"]
+        err = DeadLetter("publish", "outbox", "message_too_large", "too big", rows[2].body, "q",
+                         destination="memory://a", event_id="id2")
+        ob.settle([rows[0].seq], [(rows[1].seq, "backend_error: down")], [(rows[2].seq, err)])
+        left = ob.fetch("memory://a", 10)
+        assert [(r.event_id, r.attempts) for r in left] == [("id1", 1), ("id3", 0), ("id4", 0)]
+        (dl,) = ob.dead_letters()
+        assert (dl.stage, dl.code, dl.reason, dl.where, dl.event_id, dl.payload) == (
+            "publish", "message_too_large", "too big", "q", "id2", b'{"n":2}')
+
+
+def test_wal_and_full_sync_for_intake(tmp_path: Path) -> None:
+    with Outbox(tmp_path / "o.db") as ob:
+        mode, sync = ob._committer.submit(lambda c: (c.execute("PRAGMA journal_mode").fetchone()[0],
+                                                     c.execute("PRAGMA synchronous").fetchone()[0])).result()
+        assert (mode, sync) == ("wal", 2)  # 2 = FULL
+    with Outbox(tmp_path / "n.db", synchronous="normal") as ob:
+        assert ob._committer.submit(lambda c: c.execute("PRAGMA synchronous").fetchone()[0]).result() == 1
+
+
+def test_concurrent_intake_is_group_committed(tmp_path: Path) -> None:
+    with Outbox(tmp_path / "o.db") as ob:
+        futures = [ob.submit([OutboxRow("memory://a", str(i), None, b"{}")]) for i in range(400)]
+        for f in futures:
+            f.result()
+        commits, requests = ob.group_commit_stats
+        assert requests == 400 and commits < 400 / 4, (commits, requests)
+        assert ob.depth() == 400
+
+
+def test_a_failing_request_does_not_sink_its_group(tmp_path: Path) -> None:
+    with Outbox(tmp_path / "o.db") as ob:
+        def boom(conn: Any) -> None:
+            conn.execute("INSERT INTO outbox (destination, body, created) VALUES ('memory://x', x'00', 0)")
+            raise RuntimeError("bad request")
+
+        bad = ob._committer.submit(boom)
+        good = ob.submit([OutboxRow("memory://a", "ok", None, b"{}")])
+        assert good.result() == []
+        with pytest.raises(Exception, match="bad request"):
+            bad.result()
+        assert ob.depths() == {"memory://a": 1}
+
+
+def test_dead_letters_keep_raw_bytes_and_scrub_secrets(tmp_path: Path) -> None:
+    raw = b"\xff\xfe not utf-8 \x00"
+    with Outbox(tmp_path / "o.db") as ob:
+        (dl_id,) = ob.put([], [DeadLetter("intake", "http", "malformed_payload",
+                                          "bad at sqs://q?aws_secret_access_key=topsecretvalue", raw, "$.x")])
+        rec = ob.dead_letter(dl_id)
+        assert rec is not None and rec.payload == raw
+        assert "topsecretvalue" not in rec.reason
+        assert ob.purge([dl_id, 999]) == 1 and ob.dead_letter_count() == 0
+
+
+# --- the bridge on top of it -----------------------------------------------------------------------------
+
+
+def test_acknowledged_means_committed(tmp_path: Path) -> None:
+    cfg = config(tmp_path, [{"to": "switch://a"}])
+    bridge = Bridge(cfg)  # not started: nothing publishes
+    result = bridge.handle(tencent(), source="t")
+    assert result.ok and result.events == 1 and result.deliveries == 1
+    bridge.stop()
+    with Outbox(cfg.outbox.path) as ob:  # another process would see it
+        (row,) = ob.fetch("switch://a", 10)
+        assert orjson.loads(row.body)["id"] == result.event_ids[0]
+
+
+def test_undecodable_input_is_dead_lettered_with_reason(tmp_path: Path) -> None:
+    with Bridge(config(tmp_path, [{"to": "switch://a"}])) as bridge:
+        result = bridge.handle(b'{"Events": [{"EventName": "JOB_FAILED"', source="http")
+        assert not result.ok and result.error is not None and result.events == 0
+        (dl_id,) = result.dead_letter_ids
+        rec = bridge.outbox.dead_letter(dl_id)
+        assert rec is not None
+        assert (rec.stage, rec.code, rec.source) == ("intake", result.error.code, "http")
+        assert rec.payload == b'{"Events": [{"EventName": "JOB_FAILED"' and rec.reason == result.error.reason
+        assert bridge.stats.snapshot()["rejected"] == {result.error.code: 1}
+
+
+def test_each_destination_independently(tmp_path: Path) -> None:
+    SWITCHES["down"] = _Switch()
+    SWITCHES["down"].down = True
+    with Bridge(config(tmp_path, [{"to": ["switch://up", "switch://down"]}])) as bridge:
+        ids = [bridge.handle(tencent(job=f"job-{i}")).event_ids[0] for i in range(20)]
+        wait_for(lambda: len(SWITCHES["up"].sent) == 20)
+        assert bridge.outbox.depths() == {"switch://down": 20}
+        assert bridge.stats.snapshot()["failed"].get("switch://down", 0) > 0
+        SWITCHES["down"].down = False  # the outage ends: everything arrives, nothing twice
+        assert bridge.drain(10)
+        got = [orjson.loads(b)["id"] for b in SWITCHES["down"].sent]
+        assert sorted(got) == sorted(ids)
+        assert sorted(orjson.loads(b)["id"] for b in SWITCHES["up"].sent) == sorted(ids)
+
+
+def test_restart_resumes_where_it_stopped(tmp_path: Path) -> None:
+    cfg = config(tmp_path, [{"to": "switch://q"}])
+    SWITCHES["q"] = _Switch()
+    SWITCHES["q"].down = True
+    bridge = Bridge(cfg).start()
+    ids = {bridge.handle(tencent(job=f"job-{i}")).event_ids[0] for i in range(10)}
+    assert not bridge.drain(0.3)
+    bridge.stop()
+    SWITCHES["q"].down = False
+    with Bridge(cfg) as again:
+        assert again.drain(10)
+    assert {orjson.loads(b)["id"] for b in SWITCHES["q"].sent} == ids
+
+
+def test_permanent_refusal_goes_to_dead_letters(tmp_path: Path) -> None:
+    small = "memory://small?max_bytes=600"
+    with Bridge(config(tmp_path, [{"to": [small, "memory://big"]}])) as bridge:
+        result = bridge.handle(tencent())
+        assert bridge.drain(10)
+        (rec,) = bridge.outbox.dead_letters()
+        assert (rec.stage, rec.code, rec.destination, rec.event_id) == (
+            "publish", "message_too_large", small, result.event_ids[0])
+        assert orjson.loads(rec.payload)["id"] == result.event_ids[0]
+        assert memory.depth("big") == 1
+        assert bridge.stats.snapshot()["dead_lettered"] == {"publish": 1}
+
+
+def test_second_publisher_on_one_outbox_is_refused(tmp_path: Path) -> None:
+    cfg = config(tmp_path, [{"to": "memory://a"}])
+    with Bridge(cfg):
+        other = Bridge(cfg)
+        with pytest.raises(ConfigError, match="already publishes"):
+            other.start()
+        other.stop()
+
+
+def test_unrouted_drop_counts_and_deadletter_keeps(tmp_path: Path) -> None:
+    with Bridge(config(tmp_path, [{"match": "JobFailed", "to": "memory://f"}])) as bridge:
+        r = bridge.handle(tencent("JOB_RUNNING"))
+        assert r.ok and r.unrouted == 1 and r.deliveries == 0 and r.dead_letter_ids == []
+        assert bridge.stats.snapshot()["unrouted_dropped"] == 1
+        assert bridge.outbox.dead_letter_count() == 0
+    with Bridge(config(tmp_path / "2", [{"match": "JobFailed", "to": "memory://f"}],
+                       unrouted="deadletter")) as bridge:
+        r = bridge.handle(tencent("JOB_RUNNING"))
+        (dl_id,) = r.dead_letter_ids
+        rec = bridge.outbox.dead_letter(dl_id)
+        assert rec is not None and rec.stage == "unrouted" and rec.code == "unrouted"
+        assert orjson.loads(rec.payload)["id"] == r.event_ids[0]
+
+
+def test_replay(tmp_path: Path) -> None:
+    path = str(tmp_path / "o.db")
+    strict = config(tmp_path, [{"match": "JobFailed", "to": "memory://f"}], unrouted="deadletter",
+                    outbox={"path": path})
+    with Bridge(strict) as bridge:
+        bad = bridge.handle(b"<not-a-notification/>").dead_letter_ids[0]
+        unrouted = bridge.handle(compact(alibaba_job("OnJobRunning"))).dead_letter_ids[0]
+        # replaying what still fails keeps it, with the attempt counted and the same id
+        assert bridge.replay(bad).error is not None and bridge.replay(unrouted).dead_letter_ids == [unrouted]
+        rec = bridge.outbox.dead_letter(bad)
+        assert rec is not None and rec.attempts == 2
+        rec = bridge.outbox.dead_letter(unrouted)
+        assert rec is not None and rec.attempts == 2
+    # with a route for it, the unrouted event goes out; the bad payload stays
+    wider = config(tmp_path, [{"to": "memory://all"}], outbox={"path": path})
+    with Bridge(wider) as bridge:
+        result = bridge.replay(unrouted)
+        assert result.ok and result.deliveries == 1
+        assert bridge.drain(10) and memory.depth("all") == 1
+        assert [r.id for r in bridge.outbox.dead_letters()] == [bad]
+        with pytest.raises(ConfigError, match="no dead letter"):
+            bridge.replay(12345)
+
+
+def test_publish_dead_letter_replays_to_its_destination_only(tmp_path: Path) -> None:
+    cfg = config(tmp_path, [{"to": ["memory://one", "memory://two?max_bytes=600"]}])
+    with Bridge(cfg) as bridge:
+        bridge.handle(tencent())
+        assert bridge.drain(10)
+        (rec,) = bridge.outbox.dead_letters()
+        assert memory.depth("one") == 1
+    # replayed, the event goes back only to the destination that refused it
+    bridge = Bridge(cfg)  # not publishing yet, so the outbox can be looked at
+    assert bridge.replay(rec.id).deliveries == 1
+    assert bridge.outbox.depths() == {"memory://two?max_bytes=600": 1}
+    assert bridge.outbox.dead_letter_count() == 0
+    bridge.start()
+    assert bridge.drain(10)  # still too large: refused again, and nothing re-sent to memory://one
+    bridge.stop()
+    assert memory.depth("one") == 1
+    with Outbox(cfg.outbox.path) as ob:
+        (again,) = ob.dead_letters()
+        assert again.code == "message_too_large" and again.event_id == rec.event_id
+
+
+# --- the command line ----------------------------------------------------------------------------------
+
+
+def test_dlq_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from batchbridge.core.cli import main
+
+    outbox = str(tmp_path / "o.db")
+    cfg = tmp_path / "bridge.toml"
+    cfg.write_text(f'unrouted = "deadletter"\n[outbox]\npath = "{outbox}"\n'
+                   '[[routes]]\nmatch = "JobFailed"\nto = "memory://failed"\n')
+    with Bridge(config_from_dict({"unrouted": "deadletter", "outbox": {"path": outbox}})) as bridge:
+        bad = bridge.handle(b"\xffnot an event", source="http").dead_letter_ids[0]
+        failed = bridge.handle(tencent("JOB_FAILED")).dead_letter_ids[0]
+    capsys.readouterr()
+    assert main(["dlq", "list", "--outbox", outbox, "--json", "--payload"]) == 0
+    rows = [orjson.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(r["id"], r["stage"]) for r in rows] == [(bad, "intake"), (failed, "unrouted")]
+    assert rows[0]["payload_base64"] and rows[0]["error"] == "unrecognized_format"
+    assert main(["dlq", "list", "--config", str(cfg)]) == 0
+    text = capsys.readouterr()
+    assert f"#{bad} [intake] unrecognized_format" in text.out and "2 in the dead-letter store" in text.err
+    # replaying with the config's routes sends the failed job out and keeps the garbage
+    assert main(["dlq", "replay", "--config", str(cfg)]) == 1
+    err = capsys.readouterr().err
+    assert f"#{bad}: still failing" in err and f"#{failed}: 1 event(s) back in the outbox" in err
+    assert "published" in err and memory.depth("failed") == 1
+    assert main(["dlq", "purge", "--outbox", outbox, "--id", str(bad)]) == 0
+    with Outbox(outbox) as ob:
+        assert ob.dead_letter_count() == 0 and ob.depth() == 0
+    assert main(["dlq", "list", "--outbox", str(tmp_path / "missing.db")]) == 2
+    assert "no outbox" in capsys.readouterr().err
+
+
+def test_demo_command(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from batchbridge.core.cli import main
+
+    # the demo must not need the serve extra
+    for name in ("starlette", "uvicorn", "prometheus_client", "cryptography"):
+        monkeypatch.setitem(sys.modules, name, None)
+    out = tmp_path / "out" / "events.jsonl"
+    assert main(["demo", "--out", str(out), "--show", "1"]) == 0
+    text = capsys.readouterr().out
+    events = [orjson.loads(line) for line in out.read_bytes().splitlines()]
+    assert events and f"{len(events)} events in {out}" in text and "outbox drained" in text
+    assert all(e["dataschema"] == "urn:batchbridge:batch-event:1" for e in events)
+    assert '"specversion": "1.0"' in text
+    # a second run appends, and reports only what it added
+    assert main(["demo", "--out", str(out), "--show", "0"]) == 0
+    assert f"{len(events)} events in {out} from this run" in capsys.readouterr().out
+    assert len(out.read_bytes().splitlines()) == 2 * len(events)
