@@ -132,9 +132,21 @@ def test_options_table_lists_every_scheme() -> None:
     assert "`dedup_window`" in table and "`fsync`" in table and "`mode`" in table
 
 
-def test_readme_options_table_is_current() -> None:
+def _readme_section(name: str) -> str:
     readme = (Path(__file__).parent.parent / "README.md").read_text()
-    begin, end = "<!-- options-table:begin -->", "<!-- options-table:end -->"
+    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
     assert begin in readme and end in readme
-    shown = readme.split(begin, 1)[1].split(end, 1)[0].strip()
-    assert shown == registry.options_table().strip(), "run: batchbridge backends > table, paste into README"
+    return readme.split(begin, 1)[1].split(end, 1)[0].strip()
+
+
+def test_readme_options_table_is_current() -> None:
+    assert _readme_section("options-table") == registry.options_table().strip(), "run docs/update_readme.py"
+
+
+def test_readme_canonical_example_is_what_normalize_prints() -> None:
+    sys.path.insert(0, str(Path(__file__).parent.parent / "docs"))
+    try:
+        import update_readme
+    finally:
+        sys.path.pop(0)
+    assert _readme_section("canonical-example") == update_readme.canonical_example().strip()
