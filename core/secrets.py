@@ -91,4 +91,8 @@ def redact_uri(uri: str) -> str:
         [(k, MASK if is_secret_key(k) else v) for k, v in parse_qsl(parts.query, keep_blank_values=True)],
         safe="*/:",
     )
-    return redact(urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment)))
+    shown = urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    if not netloc and uri.startswith(f"{parts.scheme}://"):
+        # urlunsplit drops an empty authority: keep servicebus:///queue as the user wrote it
+        shown = f"{parts.scheme}://{shown[len(parts.scheme) + 1:]}"
+    return redact(shown)

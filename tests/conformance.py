@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from contextlib import closing
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -262,7 +263,8 @@ class Conformance:
 
     def test_oversized_event_refused_others_sent(self, target: Target) -> None:
         backend, uri = parse_uri(target.publish_uri)
-        limit = backend.open_publisher(uri).max_message_bytes
+        with closing(backend.open_publisher(uri)) as driver:
+            limit = driver.max_message_bytes
         small, big = make_event("job-size", 1), make_event("job-size", 2, pad=limit + 1)
         with open_publisher(target.publish_uri) as pub, open_subscriber(target.subscribe_uri) as sub:
             ok, too_big = pub.publish([small, big])

@@ -150,3 +150,8 @@ def test_readme_canonical_example_is_what_normalize_prints() -> None:
     finally:
         sys.path.pop(0)
     assert _readme_section("canonical-example") == update_readme.canonical_example().strip()
+
+
+def test_redacted_uri_keeps_an_empty_authority() -> None:
+    assert redact_uri("servicebus:///q?sessions=true") == "servicebus:///q?sessions=true"
+    assert redact_uri("file:///var/x.jsonl") == "file:///var/x.jsonl"
