@@ -92,7 +92,7 @@ def redact_uri(uri: str) -> str:
         safe="*/:",
     )
     shown = urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
-    if not netloc and uri.startswith(f"{parts.scheme}://"):
+    if not netloc and uri.startswith(f"{parts.scheme}://") and not shown.startswith(f"{parts.scheme}://"):
         # urlunsplit drops an empty authority: keep servicebus:///queue as the user wrote it
         shown = f"{parts.scheme}://{shown[len(parts.scheme) + 1:]}"
     return redact(shown)
