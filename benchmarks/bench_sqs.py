@@ -42,6 +42,7 @@ for _name in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_SQS"):
     os.environ.pop(_name, None)
 
 import boto3  # noqa: E402
+from _common import emit_result  # noqa: E402
 from aws_servers import LOCALSTACK_PYTHON, MotoServer, start_localstack, stop_process_group  # noqa: E402
 from batchbridge.core import binding  # noqa: E402
 from batchbridge.core.backends import open_publisher  # noqa: E402
@@ -228,6 +229,12 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(f"batchbridge vs naive loop:  {vs_naive:5.1f}x   (target >= 5x)   {'ok' if vs_naive >= 5 else 'BELOW'}")
     print(f"batchbridge vs raw batched: {vs_batched:5.0%}   (target >= 90%)  {'ok' if vs_batched >= 0.9 else 'BELOW'}")
+    note = f"{n} events x {repeat}, medians, {server.kind}"
+    emit_result("sqs publish vs naive loop", round(rate["batchbridge"], 1), "msg/s", baseline=round(rate["naive"], 1),
+                ratio=round(vs_naive, 3), target=">= 5", passed=vs_naive >= 5, note=note)
+    emit_result("sqs publish vs raw batched", round(rate["batchbridge"], 1), "msg/s",
+                baseline=round(rate["batched"], 1), ratio=round(vs_batched, 3), target=">= 0.9",
+                passed=vs_batched >= 0.9, note=note)
     return 0
 
 

@@ -31,9 +31,20 @@ _CONTEXT = ("specversion", "time", "dataschema")
 _REQUIRED = ("specversion", "id", "source", "type")
 
 
+_KNOWN = frozenset({*_ROUTING, *_CONTEXT, "data", "datacontenttype", "data_base64"})
+#: attribute names in claim order, then their prefixed names, per prefix (a handful of backends)
+_NAMES: dict[str, tuple[tuple[str, str], ...]] = {}
+
+
 def _extensions(event: Mapping[str, Any]) -> list[str]:
-    known = {*_ROUTING, *_CONTEXT, "data", "datacontenttype", "data_base64"}
-    return [k for k in event if k not in known]
+    return [k for k in event if k not in _KNOWN]
+
+
+def _prefixed(prefix: str) -> tuple[tuple[str, str], ...]:
+    names = _NAMES.get(prefix)
+    if names is None:
+        names = _NAMES[prefix] = tuple((n, f"{prefix}{n}") for n in (*_ROUTING, *_CONTEXT))
+    return names
 
 
 def to_message(
@@ -56,11 +67,21 @@ def to_message(
         content_type = str(event.get("datacontenttype") or JSON)
     else:
         attributes = {}
-        for n in (*_ROUTING, *_CONTEXT, *_extensions(event)):
+        get = event.get
+        # the fixed names first, with their prefixed forms made once per prefix, then extensions
+        for n, name in _prefixed(prefix):
             if len(attributes) >= max_attributes:
                 break
-            if event.get(n) is not None:
-                attributes[f"{prefix}{n}"] = _attr(event[n])
+            value = get(n)
+            if value is not None:
+                attributes[name] = value if value.__class__ is str else _attr(value)
+        else:
+            for n in _extensions(event):
+                if len(attributes) >= max_attributes:
+                    break
+                value = get(n)
+                if value is not None:
+                    attributes[f"{prefix}{n}"] = value if value.__class__ is str else _attr(value)
         body = orjson.dumps(event)
         content_type = STRUCTURED_CONTENT_TYPE
     return Message(

@@ -32,7 +32,10 @@ class Message:
     size: int = field(init=False, compare=False)
 
     def __post_init__(self) -> None:
-        size = len(self.body) + sum(len(k.encode()) + len(v.encode()) for k, v in self.attributes.items())
+        size = len(self.body)
+        for k, v in self.attributes.items():
+            # attribute names and values are nearly always ASCII: skip the encode there
+            size += len(k) + len(v) if k.isascii() and v.isascii() else len(k.encode()) + len(v.encode())
         object.__setattr__(self, "size", size)
 
 

@@ -24,8 +24,7 @@ import base64
 import binascii
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 from xml.etree.ElementTree import Element, ParseError
 
 import orjson
@@ -44,13 +43,15 @@ MAX_JSON_DEPTH = 64
 Payload = bytes | bytearray | memoryview | str | Mapping[str, Any]
 
 
-@dataclass(frozen=True, slots=True)
-class Leaf:
+class Leaf(NamedTuple):
     """One native event (or a vendor's own multi-event container) found inside the envelopes."""
 
     obj: dict[str, Any]
     #: where it sat, e.g. ``$.msgBody / base64 / $`` — error locations continue from here
     where: str
+    #: what ``is_native`` returned for it (None for an unknown object kept for a forced provider),
+    #: so a caller whose test says *which* vendor claims it need not run the test again
+    claim: Any = None
 
 
 # --- safe primitives -------------------------------------------------------------------------------
@@ -62,19 +63,25 @@ def check_size(size: int, where: str) -> None:
 
 
 def _depth_ok(value: Any) -> bool:
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    while stack:
-        node, depth = stack.pop()
-        if isinstance(node, dict):
-            children: Any = node.values()
-        elif isinstance(node, list):
-            children = node
-        else:
-            continue
+    # level by level: no per-node tuples, and each level's scan is one comprehension
+    level = [value] if isinstance(value, (dict, list)) else []
+    depth = 1
+    while level:
         if depth > MAX_JSON_DEPTH:
             return False
-        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+        below: list[Any] = []
+        for node in level:
+            children = node.values() if isinstance(node, dict) else node
+            below += [child for child in children if isinstance(child, (dict, list))]
+        level = below
+        depth += 1
     return True
+
+
+def _openings(data: bytes | str) -> int:
+    if isinstance(data, str):
+        return data.count("{") + data.count("[")
+    return data.count(b"{") + data.count(b"[")
 
 
 def load_json(data: bytes | str, where: str) -> Any:
@@ -83,7 +90,9 @@ def load_json(data: bytes | str, where: str) -> Any:
         value = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
         raise MalformedPayloadError(f"invalid JSON: {exc}", where=where) from None
-    if not _depth_ok(value):
+    # nesting cannot exceed the number of opening brackets in the text (those inside strings only
+    # raise the bound), so the walk is needed only for the rare document with many of them
+    if _openings(data) > MAX_JSON_DEPTH and not _depth_ok(value):
         raise MalformedPayloadError(f"JSON nested deeper than {MAX_JSON_DEPTH} levels", where=where)
     return value
 
@@ -199,7 +208,7 @@ _PUBSUB_MESSAGE_KEYS = frozenset(
 
 
 class _Unwrapper:
-    def __init__(self, is_native: Callable[[Mapping[str, Any]], bool], keep_unknown: bool) -> None:
+    def __init__(self, is_native: Callable[[Mapping[str, Any]], Any], keep_unknown: bool) -> None:
         self.is_native = is_native
         self.keep_unknown = keep_unknown
         self.leaves: list[Leaf] = []
@@ -239,13 +248,22 @@ class _Unwrapper:
     def obj(self, obj: dict[str, Any], where: str, depth: int) -> None:
         if depth > MAX_UNWRAP_DEPTH:
             raise MalformedPayloadError(f"more than {MAX_UNWRAP_DEPTH} nested envelopes", where=where)
-        if self.is_native(obj):
-            self.leaves.append(Leaf(obj, where))
+        claim = self.is_native(obj)
+        if claim:
+            self.leaves.append(Leaf(obj, where, claim))
             return
-        for matches, opener in _ENVELOPES:
-            if matches(obj):
-                opener(self, obj, where, depth)
-                return
+        self.envelope(obj, where, depth)
+
+    def envelope(self, obj: dict[str, Any], where: str, depth: int) -> None:
+        """Open ``obj`` as the envelope it is, once it is known not to be a native event."""
+        for keys, matches, opener in _ENVELOPES:
+            # each shape needs one of its keys: most objects are done with a lookup per shape
+            for key in keys:
+                if key in obj:
+                    if matches(obj):
+                        opener(self, obj, where, depth)
+                        return
+                    break
         if self.keep_unknown:
             self.leaves.append(Leaf(obj, where))
             return
@@ -369,30 +387,42 @@ def _open_azure_records(u: _Unwrapper, obj: dict[str, Any], where: str, depth: i
         u.obj(record, path, depth + 1)
 
 
-_ENVELOPES: tuple[tuple[Callable[[Mapping[str, Any]], bool], Opener], ...] = (
-    (_is_pubsub_push, _open_pubsub_wrapper),
-    (_is_pubsub_received, _open_pubsub_wrapper),
-    (_is_pubsub_message, _open_pubsub_message),
-    (_is_cmq_push, _open_cmq_push),
-    (_is_mns_json, _open_mns_json),
-    (_is_sns, _open_sns),
-    (_is_eventbridge, _open_eventbridge),
-    (_is_azure_records, _open_azure_records),
+#: (keys one of which the test needs, the test, the opener), tried in this order
+_ENVELOPES: tuple[tuple[tuple[str, ...], Callable[[Mapping[str, Any]], bool], Opener], ...] = (
+    (("message",), _is_pubsub_push, _open_pubsub_wrapper),
+    (("message",), _is_pubsub_received, _open_pubsub_wrapper),
+    (("data",), _is_pubsub_message, _open_pubsub_message),
+    (("msgBody", "MsgBody"), _is_cmq_push, _open_cmq_push),
+    (("Message",), _is_mns_json, _open_mns_json),
+    (("Type",), _is_sns, _open_sns),
+    (("detail-type",), _is_eventbridge, _open_eventbridge),
+    (("records",), _is_azure_records, _open_azure_records),
 )
 
 
 def unwrap(
     payload: Payload,
     *,
-    is_native: Callable[[Mapping[str, Any]], bool],
+    is_native: Callable[[Mapping[str, Any]], Any],
     keep_unknown: bool = False,
 ) -> list[Leaf]:
     """Peel every envelope off ``payload`` and return the native events inside, in order.
 
-    ``is_native`` says whether an object is a vendor's event (checked before any envelope shape).
+    ``is_native`` says whether an object is a vendor's event (checked before any envelope shape); a
+    truthy result is kept as the leaf's ``claim``.
     With ``keep_unknown`` (a forced provider), an object nobody recognises is returned as a leaf for
     that vendor to judge instead of raising UnrecognizedFormatError.
     """
+    if payload.__class__ is bytes and payload[:1] == b"{" and len(payload) <= MAX_PAYLOAD_BYTES:
+        # The common case, a JSON object that is itself a native event, taken without the general
+        # machinery; it is exactly what _Unwrapper.text and .obj would do with it at depth 0.
+        obj = load_json(payload.strip(), "$")
+        claim = is_native(obj)
+        if claim:
+            return [Leaf(obj, "$", claim)]
+        unwrapper = _Unwrapper(is_native, keep_unknown)
+        unwrapper.envelope(obj, "$", 0)
+        return unwrapper.leaves
     unwrapper = _Unwrapper(is_native, keep_unknown)
     if isinstance(payload, Mapping):
         unwrapper.obj(mapping_to_json(payload), "$", 0)

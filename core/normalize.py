@@ -2,15 +2,15 @@
 
 :func:`normalize` turns one delivered payload (any envelope, any vendor) into its events;
 :func:`iter_payloads` and :func:`normalize_stream` do the same for CLI input (one document or JSON
-Lines), reporting each bad payload as a typed error instead of stopping; :func:`dumps` is the one
-serialiser the CLI and the backends share.
+Lines), reporting each bad payload as a typed error instead of stopping, and :func:`normalize_lines`
+for JSON Lines read a line at a time; :func:`dumps` is the one serialiser the CLI and the backends share.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator, Mapping
-from typing import Any, cast
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any
 
 import orjson
 
@@ -19,7 +19,7 @@ from .errors import ConfigError, InputError, MalformedPayloadError, Unrecognized
 from .event import PROVIDERS, CloudEvent, ordering_key
 from .vendors import alibaba, aws, azure, gcp, tencent
 
-__all__ = ["PROVIDERS", "dumps", "iter_payloads", "normalize", "normalize_stream", "ordering_key"]
+__all__ = ["PROVIDERS", "dumps", "iter_payloads", "normalize", "normalize_lines", "normalize_stream", "ordering_key"]
 
 Matcher = Callable[[Mapping[str, Any]], bool]
 Normalizer = Callable[[dict[str, Any], str], list[CloudEvent]]
@@ -42,12 +42,28 @@ def _check_provider(provider: str | None) -> str | None:
     return name
 
 
-def _any_vendor(obj: Mapping[str, Any]) -> bool:
-    return any(matches(obj) for matches, _ in _VENDORS.values())
+_MATCHERS: tuple[tuple[str, tuple[str, ...], Matcher], ...] = tuple(
+    (vendor.PROVIDER, vendor.MATCH_KEYS, vendor.matches) for vendor in (tencent, alibaba, aws, gcp, azure)
+)
+
+
+def _claims(obj: Mapping[str, Any]) -> list[str]:
+    """Every vendor that claims ``obj`` (empty, hence false, when none does): one test serves both
+    "is this a native event?" during unwrapping and "whose?" afterwards."""
+    claims = []
+    for name, keys, matches in _MATCHERS:
+        # a vendor's test runs only when a key it cannot do without is there: every object meets
+        # five tests, and usually four of them are over with one dictionary lookup
+        for key in keys:
+            if key in obj:
+                if matches(obj):
+                    claims.append(name)
+                break
+    return claims
 
 
 def _vendor_for(leaf: Leaf) -> str:
-    claims = [name for name, (matches, _) in _VENDORS.items() if matches(leaf.obj)]
+    claims: list[str] = leaf.claim
     if len(claims) != 1:
         # vendor shapes are disjoint by design; if two ever claim one event, refuse to pick
         raise UnrecognizedFormatError(
@@ -64,10 +80,13 @@ def normalize(payload: Payload, *, provider: str | None = None, skip_unsupported
     ``records`` export) instead of failing the whole payload. Raises only InputError subclasses —
     and ConfigError for an unknown ``provider``.
     """
-    forced = _check_provider(provider)
-    is_native = _VENDORS[forced][0] if forced else _any_vendor
+    return _normalize(payload, _check_provider(provider), skip_unsupported)
+
+
+def _normalize(payload: Payload, forced: str | None, skip_unsupported: bool) -> list[dict[str, Any]]:
+    is_native = _VENDORS[forced][0] if forced else _claims
     leaves = unwrap(payload, is_native=is_native, keep_unknown=forced is not None)
-    events: list[CloudEvent] = []
+    events: list[Any] = []
     for leaf in leaves:
         vendor = forced or _vendor_for(leaf)
         try:
@@ -79,7 +98,7 @@ def normalize(payload: Payload, *, provider: str | None = None, skip_unsupported
                 exc.provider = vendor
                 exc.args = (str(exc),)
             raise
-    return cast(list[dict[str, Any]], events)
+    return events
 
 
 def dumps(event: Mapping[str, Any]) -> bytes:
@@ -111,6 +130,42 @@ def _decodes_to_document(data: bytes) -> bool:
         return False
 
 
+def _is_json(data: bytes) -> bool:
+    try:
+        orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return False
+    return True
+
+
+def _nonblank_lines(data: bytes) -> Iterator[tuple[str, bytes]]:
+    """``("line N", stripped line)`` for each non-blank line, numbered as ``data.split(b"\n")`` would."""
+    size = len(data)
+    find = data.find
+    number = 0
+    pos = 0
+    while pos <= size:
+        end = find(b"\n", pos)
+        if end < 0:
+            end = size
+        number += 1
+        line = data[pos:end].strip()
+        if line:
+            yield f"line {number}", line
+        pos = end + 1
+
+
+def _last_nonblank_line(data: bytes) -> bytes:
+    end = len(data)
+    while end > 0:
+        start = data.rfind(b"\n", 0, end) + 1
+        line = data[start:end].strip()
+        if line:
+            return line
+        end = start - 1
+    return b""
+
+
 def iter_payloads(data: bytes) -> Iterator[tuple[str, bytes]]:
     """Split CLI input into payloads: ``("input", whole)`` for one multi-line document, else one per line.
 
@@ -121,30 +176,39 @@ def iter_payloads(data: bytes) -> Iterator[tuple[str, bytes]]:
     """
     if data.startswith(b"\xef\xbb\xbf"):
         data = data[3:]
-    lines = [(number, line.strip()) for number, line in enumerate(data.split(b"\n"), start=1) if line.strip()]
-    if not lines:
+    # One lazy pass: the decisions below need only the first two non-blank lines (and the last one),
+    # so JSON Lines input of any length is never split into a list or copied whole.
+    lines = _nonblank_lines(data)
+    first = next(lines, None)
+    if first is None:
         return
-    if len(lines) == 1:
-        number, line = lines[0]
-        yield f"line {number}", line
+    second = next(lines, None)
+    if second is None:
+        yield first
         return
-    whole = data.strip()
-    if _complete_document(whole):
-        yield "input", whole
-        return
-    bodies = [line for _, line in lines]
-    if all(looks_base64(body) for body in bodies) and not all(_decodes_to_document(body) for body in bodies):
-        joined = b"".join(bodies)
-        if _decodes_to_document(joined):
-            yield "input", joined
+    head = first[1]
+    # A first line that is a JSON value by itself cannot begin one document spanning several lines
+    # (the parser would stop at its end and meet the next line), which spares parsing the whole input.
+    if head[:1] == b"<" or not _is_json(head):
+        whole = data.strip()
+        if _complete_document(whole):
+            yield "input", whole
             return
+    if looks_base64(head):
+        bodies = [line for _, line in _nonblank_lines(data)]
+        if all(looks_base64(body) for body in bodies) and not all(_decodes_to_document(body) for body in bodies):
+            joined = b"".join(bodies)
+            if _decodes_to_document(joined):
+                yield "input", joined
+                return
     # a line holding only an opening bracket or an XML declaration cannot be a payload of its own:
     # this is one broken document, and it should fail once rather than line by line
-    if (bodies[0] in (b"{", b"[") and bodies[-1] in (b"}", b"]")) or _XML_DECLARATION.fullmatch(bodies[0]):
-        yield "input", whole
+    if (head in (b"{", b"[") and _last_nonblank_line(data) in (b"}", b"]")) or _XML_DECLARATION.fullmatch(head):
+        yield "input", data.strip()
         return
-    for number, line in lines:
-        yield f"line {number}", line
+    yield first
+    yield second
+    yield from lines
 
 
 def normalize_stream(
@@ -156,15 +220,38 @@ def normalize_stream(
     ``provider`` raises ConfigError at once, before any input is read.
     """
     forced = _check_provider(provider)
-    return _stream(data, forced, skip_unsupported)
+    return _stream(iter_payloads(data), forced, skip_unsupported)
+
+
+def normalize_lines(
+    lines: Iterable[bytes], *, provider: str | None = None, skip_unsupported: bool = False
+) -> Iterator[tuple[str, list[dict[str, Any]] | InputError]]:
+    """:func:`normalize_stream` for JSON Lines that arrive a line at a time (a file opened ``"rb"``, a pipe).
+
+    Each item of ``lines`` is one line (a trailing newline is fine); each non-blank one is a payload
+    named ``line N``. Lines are read only as the result is iterated and none is kept, so memory stays
+    flat however long the stream. Unlike :func:`normalize_stream`, the input is never read as one
+    multi-line document: a pretty-printed document fails line by line.
+    """
+    forced = _check_provider(provider)
+    return _stream(_numbered(lines), forced, skip_unsupported)
+
+
+def _numbered(lines: Iterable[bytes]) -> Iterator[tuple[str, bytes]]:
+    for number, line in enumerate(lines, start=1):
+        if number == 1 and line.startswith(b"\xef\xbb\xbf"):
+            line = line[3:]
+        body = line.strip()
+        if body:
+            yield f"line {number}", body
 
 
 def _stream(
-    data: bytes, provider: str | None, skip_unsupported: bool
+    payloads: Iterator[tuple[str, bytes]], provider: str | None, skip_unsupported: bool
 ) -> Iterator[tuple[str, list[dict[str, Any]] | InputError]]:
-    for where, payload in iter_payloads(data):
+    for where, payload in payloads:
         try:
-            events = normalize(payload, provider=provider, skip_unsupported=skip_unsupported)
+            events = _normalize(payload, provider, skip_unsupported)
         except InputError as exc:
             exc.located(where)
             yield where, exc

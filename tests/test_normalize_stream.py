@@ -177,3 +177,19 @@ def test_mapping_input_is_copied_not_shared() -> None:
     message["Events"][0]["Region"] = "changed"
     assert event["data"]["raw"]["Region"] == "ap-guangzhou"
     assert event["id"] == normalize(NODE)[0]["id"]
+
+
+def test_normalize_lines_matches_normalize_stream_on_json_lines() -> None:
+    from batchbridge.core.commands._io import samples_dir
+    from batchbridge.core.normalize import normalize_lines, normalize_stream
+
+    lines = [p.read_bytes().replace(b"\n", b"") for p in sorted(samples_dir().glob("*.json"))]
+    lines.insert(3, b'{"not": "a batch event"}')
+    data = b"\n".join(lines) + b"\n"
+
+    def flat(stream: object) -> list[object]:
+        return [(w, o if isinstance(o, list) else (type(o), o.reason)) for w, o in stream]  # type: ignore[attr-defined]
+
+    expected = flat(normalize_stream(data))
+    assert flat(normalize_lines(iter(data.splitlines(keepends=True)))) == expected
+    assert sum(isinstance(o, list) for _, o in expected) == len(lines) - 1

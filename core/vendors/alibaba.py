@@ -53,6 +53,10 @@ _STATE_VALUES: dict[str, State] = {
 }
 
 
+#: :func:`matches` is false unless one of these keys is present (a cheap pre-test for the dispatcher)
+MATCH_KEYS = ("Event",)
+
+
 def matches(obj: Mapping[str, Any]) -> bool:
     event = obj.get("Event")
     if not (isinstance(event, str) and event.startswith("On")):

@@ -32,6 +32,10 @@ _ARRAY_CHILD = re.compile(r"(?P<parent>.+):(?P<index>\d{1,9})")
 _DEFAULT_LOG_GROUP = "/aws/batch/job"
 
 
+#: :func:`matches` is false unless one of these keys is present (a cheap pre-test for the dispatcher)
+MATCH_KEYS = ("source",)
+
+
 def matches(obj: Mapping[str, Any]) -> bool:
     return obj.get("source") == "aws.batch" and isinstance(obj.get("detail-type"), str)
 
@@ -39,10 +43,11 @@ def matches(obj: Mapping[str, Any]) -> bool:
 def _resources(container: Reader) -> tuple[int | None, int | float | None]:
     cpu: int | None = None
     memory_mib: int | float | None = None
+    where = container.path("resourceRequirements")
     for index, item in enumerate(container.array("resourceRequirements")):
         if not isinstance(item, dict):
             continue
-        req = Reader(item, f"{container.path('resourceRequirements')}[{index}]")
+        req = Reader(item, f"{where}[{index}]")
         kind = req.text("type")
         if kind == "VCPU":
             vcpus = req.number("value", minimum=0)
@@ -101,7 +106,8 @@ def normalize(obj: dict[str, Any], where: str) -> list[CloudEvent]:
     if exit_code is None:
         exit_code = attempt_container.integer("exitCode")
     cpu, memory_gib = _resources(container)
-    log = _log_stream(container, region, r.text("account")) or _log_stream(attempt_container, region, r.text("account"))
+    account = r.text("account")
+    log = _log_stream(container, region, account) or _log_stream(attempt_container, region, account)
 
     draft = Draft(
         provider=PROVIDER,

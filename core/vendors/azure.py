@@ -31,6 +31,10 @@ POOL_EVENTS: dict[str, tuple[State, str | None]] = {
 TASK_EVENTS = ("TaskStartEvent", "TaskCompleteEvent", "TaskFailEvent")
 
 
+#: :func:`matches` is false unless one of these keys is present (a cheap pre-test for the dispatcher)
+MATCH_KEYS = ("operationName",)
+
+
 def matches(obj: Mapping[str, Any]) -> bool:
     if not isinstance(obj.get("operationName"), str) or "properties" not in obj:
         return False

@@ -52,6 +52,10 @@ def _attributes(obj: Mapping[str, Any]) -> dict[str, Any] | None:
     return attrs if isinstance(attrs, dict) else None
 
 
+#: :func:`matches` is false unless one of these keys is present (a cheap pre-test for the dispatcher)
+MATCH_KEYS = ("attributes",)
+
+
 def matches(obj: Mapping[str, Any]) -> bool:
     attrs = _attributes(obj)
     return attrs is not None and isinstance(attrs.get("Type"), str) and ("JobUID" in attrs or "JobName" in attrs)

@@ -53,14 +53,32 @@ _STATE_FIELD: dict[Kind, str] = {
 _CAMEL_BOUNDARY = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
 
 
+# names already spelled out: a stream repeats the same few dozen names
+_MESSAGE_NAMES: dict[str, str] = {}
+_MESSAGE_NAMES_MAX = 1024
+
+
 def message_name(name: str) -> str:
     """``JobFailed``/``job_failed``/``JOB_FAILED`` -> ``JOB_FAILED`` (the key of :data:`EVENTS`)."""
+    known = _MESSAGE_NAMES.get(name)
+    if known is None:
+        known = _message_name(name)
+        if len(_MESSAGE_NAMES) < _MESSAGE_NAMES_MAX:
+            _MESSAGE_NAMES[name] = known
+    return known
+
+
+def _message_name(name: str) -> str:
     key = name.strip()
     if "_" not in key:
         key = _CAMEL_BOUNDARY.sub("_", key)
     key = key.upper().replace("-", "_")
     # "Succeeded" is what users write when they follow the canonical names
     return key.replace("_SUCCEEDED", "_SUCCEED")
+
+
+#: :func:`matches` is false unless one of these keys is present (a cheap pre-test for the dispatcher)
+MATCH_KEYS = ("Events", "EventName")
 
 
 def matches(obj: Mapping[str, Any]) -> bool:
