@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 from .errors import BatchBridgeError, ConfigError
@@ -32,11 +31,13 @@ def open_publisher(uri: str, **options: Any) -> Publisher:
 
 
 def open_subscriber(uri: str, **options: Any) -> Subscriber:
+    """``open_subscriber("sqs://jobs?region=eu-west-1")`` -> a :class:`Subscriber`; keyword options
+    override the URI's query options."""
     driver, parsed = _open(uri, "open_subscriber", "subscriber")
     return Subscriber(driver, parsed, options)
 
 
-def open_async_publisher(uri: str, **options: Mapping[str, Any]) -> AsyncPublisher:
+def open_async_publisher(uri: str, **options: Any) -> AsyncPublisher:
     """Native async driver where the adapter has one (``open_async_publisher``), else threads."""
     backend, parsed = parse_uri(uri)
     method = "open_async_publisher" if hasattr(backend, "open_async_publisher") else "open_publisher"
@@ -45,6 +46,7 @@ def open_async_publisher(uri: str, **options: Mapping[str, Any]) -> AsyncPublish
 
 
 def open_async_subscriber(uri: str, **options: Any) -> AsyncSubscriber:
+    """The asyncio :class:`AsyncSubscriber`: a native async driver where the adapter has one, else threads."""
     backend, parsed = parse_uri(uri)
     method = "open_async_subscriber" if hasattr(backend, "open_async_subscriber") else "open_subscriber"
     driver, parsed = _open(uri, method, "subscriber")

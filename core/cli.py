@@ -11,6 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from .errors import BatchBridgeError
+from .logs import configure_logging
 from .secrets import redact
 
 _GROUPS = ("normalize", "backend", "bridge")
@@ -22,6 +23,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Decode, normalise and publish cloud batch-compute lifecycle events as CloudEvents.",
     )
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
+    parser.add_argument("--log-format", choices=("text", "json"), default="text",
+                        help="log records as text lines (default) or one JSON object per line, with the event id, "
+                             "type and backend as fields")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for group in _GROUPS:
         try:
@@ -38,7 +42,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     level = logging.WARNING - 10 * min(args.verbose, 2)
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # force=False: an embedding application's (or pytest's) handlers stay in charge, as with basicConfig
+    configure_logging(json=args.log_format == "json", level=level, force=False)
     try:
         status: int = args.func(args)
     except BatchBridgeError as exc:

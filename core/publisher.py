@@ -30,7 +30,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from . import binding
+from . import binding, tracing
 from .driver import AsyncPublisherDriver, Message, PublisherDriver
 from .errors import BackendError, BatchBridgeError, ClosedError, MessageTooLargeError
 from .registry import BackendURI
@@ -229,11 +229,12 @@ class Publisher(_Base):
     def publish(self, events: Iterable[Mapping[str, Any]]) -> list[PublishResult]:
         """Send every event; return one result per event, in input order."""
         self._check_open()
-        events = list(events)
-        plan = _Plan(events, self._settings, self._where)
-        for fut in [self._pool.submit(self._send_lane, plan, lane) for lane in plan.lanes]:
-            fut.result()
-        return plan.final()
+        with tracing.publishing(self.uri, self._where, list(events)) as obs:
+            plan = _Plan(obs.events, self._settings, self._where)
+            for fut in [self._pool.submit(self._send_lane, plan, lane) for lane in plan.lanes]:
+                fut.result()
+            obs.results = plan.final()
+        return obs.results
 
     def publish_one(self, event: Mapping[str, Any]) -> PublishResult:
         return self.publish([event])[0]
@@ -303,10 +304,11 @@ class AsyncPublisher(_Base):
 
     async def publish(self, events: Iterable[Mapping[str, Any]]) -> list[PublishResult]:
         self._check_open()
-        events = list(events)
-        plan = _Plan(events, self._settings, self._where)
-        await asyncio.gather(*(self._send_lane(plan, lane) for lane in plan.lanes))
-        return plan.final()
+        with tracing.publishing(self.uri, self._where, list(events)) as obs:
+            plan = _Plan(obs.events, self._settings, self._where)
+            await asyncio.gather(*(self._send_lane(plan, lane) for lane in plan.lanes))
+            obs.results = plan.final()
+        return obs.results
 
     async def publish_one(self, event: Mapping[str, Any]) -> PublishResult:
         return (await self.publish([event]))[0]

@@ -17,7 +17,7 @@ from typing import Any
 
 from tenacity import AsyncRetrying, Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
-from . import binding
+from . import binding, tracing
 from .driver import ReceivedMessage, SubscriberDriver
 from .errors import BatchBridgeError, ClosedError, ConfigError, DecodeMessageError
 from .publisher import is_retryable, wrap_error
@@ -95,7 +95,7 @@ class Subscriber(_SubBase):
             raise
         except Exception as exc:
             raise self._typed(exc) from None
-        return [decode(m) for m in msgs]
+        return tracing.consumed(self.uri, self._where, [decode(m) for m in msgs])
 
     def ack(self, items: Sequence[Received | ReceivedMessage]) -> None:
         self._settle("ack", items)
@@ -165,7 +165,7 @@ class AsyncSubscriber(_SubBase):
     async def receive(self, max_messages: int = 10, timeout: float = 5.0) -> list[Received]:
         self._check_open()
         msgs = await self._call("receive_batch", self._count(max_messages), timeout)
-        return [decode(m) for m in msgs or []]
+        return tracing.consumed(self.uri, self._where, [decode(m) for m in msgs or []])
 
     async def ack(self, items: Sequence[Received | ReceivedMessage]) -> None:
         self._check_open()
