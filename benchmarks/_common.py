@@ -411,3 +411,30 @@ def payload_chunks(n: int, chunk: int = 1000, seed: int = 8) -> Iterator[bytes]:
         if not block:
             return
         yield b"\n".join(block) + b"\n"
+
+
+def bench_events(n: int, jobs: int = 200) -> list[dict[str, Any]]:
+    """``n`` canonical-shaped events over ``jobs`` ordering keys, each with its own id: what the
+    publish benchmarks send through batchbridge and, pre-encoded, through the raw SDKs."""
+    events = []
+    for i in range(n):
+        job = f"job-{i % jobs:04d}"
+        events.append({
+            "specversion": "1.0",
+            "id": f"{i:08x}{random.getrandbits(96):024x}",
+            "source": "batch://tencent/ap-guangzhou",
+            "type": "batch.job.running",
+            "subject": f"jobs/{job}",
+            "time": "2024-01-01T00:00:00Z",
+            "datacontenttype": "application/json",
+            "dataschema": "urn:batchbridge:batch-event:1",
+            "data": {
+                "provider": "tencent", "region": "ap-guangzhou", "kind": "job", "transition": "running",
+                "state": "running", "native": {"event": "JOB_RUNNING", "state": "RUNNING"},
+                "job": {"id": job, "name": "nightly-etl"}, "task": None, "instance": None, "environment": None,
+                "node": None, "exit_code": None, "retry_count": None, "progress": i % 100, "error": None,
+                "times": {"created": "2024-01-01T00:00:00Z", "started": None, "ended": None}, "logs": None,
+                "resources": None, "priority": None, "vars": {}, "raw": {"n": i},
+            },
+        })
+    return events

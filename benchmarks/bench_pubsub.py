@@ -33,37 +33,12 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from _common import emit_result
+from _common import bench_events, emit_result
 from batchbridge.core import binding
 from batchbridge.core.backends import open_publisher
 from pubsub_servers import Admin, PubSubServer, admin, start_server
 
 PROJECT = "batchbridge-bench"
-
-
-def make_events(n: int, jobs: int = 200) -> list[dict[str, Any]]:
-    events = []
-    for i in range(n):
-        job = f"job-{i % jobs:04d}"
-        events.append({
-            "specversion": "1.0",
-            "id": uuid.uuid4().hex,
-            "source": "batch://tencent/ap-guangzhou",
-            "type": "batch.job.running",
-            "subject": f"jobs/{job}",
-            "time": "2024-01-01T00:00:00Z",
-            "datacontenttype": "application/json",
-            "dataschema": "urn:batchbridge:batch-event:1",
-            "data": {
-                "provider": "tencent", "region": "ap-guangzhou", "kind": "job", "transition": "running",
-                "state": "running", "native": {"event": "JOB_RUNNING", "state": "RUNNING"},
-                "job": {"id": job, "name": "nightly-etl"}, "task": None, "instance": None, "environment": None,
-                "node": None, "exit_code": None, "retry_count": None, "progress": i % 100, "error": None,
-                "times": {"created": "2024-01-01T00:00:00Z", "started": None, "ended": None}, "logs": None,
-                "resources": None, "priority": None, "vars": {}, "raw": {"n": i},
-            },
-        })
-    return events
 
 
 def encode_raw(events: list[dict[str, Any]]) -> list[tuple[bytes, dict[str, str]]]:
@@ -127,9 +102,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Pub/Sub server: {server.description} at {server.host}")
     clients = admin(server.host, PROJECT)
     try:
-        events = make_events(n)
+        events = bench_events(n)
         raw_messages = encode_raw(events)
-        warm = make_events(200)
+        warm = bench_events(200)
         one(clients, lambda t: run_raw(server, t, encode_raw(warm)))
         one(clients, lambda t: run_batchbridge(server, t, warm))
         raw_s: list[float] = []

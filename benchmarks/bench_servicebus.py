@@ -26,41 +26,15 @@ import statistics
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Callable
 from typing import Any
 
-from _common import ROOT, emit_result, machine  # benchmarks/ is on sys.path when run as a script
+from _common import ROOT, bench_events, emit_result, machine  # benchmarks/ is on sys.path when run as a script
 from batchbridge.core import binding
 from batchbridge.core.backends import open_publisher
 
 ENV = "BATCHBRIDGE_BENCH_SERVICEBUS"
 TARGET = 0.90
-
-
-def make_events(n: int, jobs: int = 200) -> list[dict[str, Any]]:
-    events = []
-    for i in range(n):
-        job = f"job-{i % jobs:04d}"
-        events.append({
-            "specversion": "1.0",
-            "id": uuid.uuid4().hex,
-            "source": "batch://tencent/ap-guangzhou",
-            "type": "batch.job.running",
-            "subject": f"jobs/{job}",
-            "time": "2024-01-01T00:00:00Z",
-            "datacontenttype": "application/json",
-            "dataschema": "urn:batchbridge:batch-event:1",
-            "data": {
-                "provider": "tencent", "region": "ap-guangzhou", "kind": "job", "transition": "running",
-                "state": "running", "native": {"event": "JOB_RUNNING", "state": "RUNNING"},
-                "job": {"id": job, "name": "nightly-etl"}, "task": None, "instance": None, "environment": None,
-                "node": None, "exit_code": None, "retry_count": None, "progress": i % 100, "error": None,
-                "times": {"created": "2024-01-01T00:00:00Z", "started": None, "ended": None}, "logs": None,
-                "resources": None, "priority": None, "vars": {}, "raw": {"n": i},
-            },
-        })
-    return events
 
 
 def encode_raw(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -145,9 +119,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Service Bus stand-in broker (own process); {machine()}")
     try:
         fresh = iter(queues)
-        events = make_events(n)
+        events = bench_events(n)
         raw_messages = encode_raw(events)
-        warm = make_events(200)
+        warm = bench_events(200)
         run_raw(broker.connection_string, next(fresh), encode_raw(warm))
         run_batchbridge(next(fresh), warm)
         raw_s: list[float] = []

@@ -42,34 +42,11 @@ for _name in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_SQS"):
     os.environ.pop(_name, None)
 
 import boto3  # noqa: E402
-from _common import emit_result  # noqa: E402
+from _common import bench_events, emit_result  # noqa: E402
 from aws_servers import LOCALSTACK_PYTHON, MotoServer, start_localstack, stop_process_group  # noqa: E402
 from batchbridge.core import binding  # noqa: E402
 from batchbridge.core.backends import open_publisher  # noqa: E402
 from botocore.config import Config  # noqa: E402
-
-
-def make_event(job: str, n: int) -> dict[str, Any]:
-    """A canonical-shaped event (as tests/conformance.py's ``make_event``); unique id per (job, n)."""
-    state = "running"
-    return {
-        "specversion": "1.0",
-        "id": uuid.uuid5(uuid.NAMESPACE_URL, f"{job}/{n}/{state}").hex,
-        "source": "batch://tencent/ap-guangzhou",
-        "type": f"batch.job.{state}",
-        "subject": f"jobs/{job}",
-        "time": f"2024-01-01T00:00:{n % 60:02d}Z",
-        "datacontenttype": "application/json",
-        "dataschema": "urn:batchbridge:batch-event:1",
-        "data": {
-            "provider": "tencent", "region": "ap-guangzhou", "kind": "job", "transition": state,
-            "state": state, "native": {"event": "JOB_RUNNING", "state": None},
-            "job": {"id": job, "name": "demo"}, "task": None, "instance": None, "environment": None,
-            "node": None, "exit_code": None, "retry_count": None, "progress": n, "error": None,
-            "times": {"created": None, "started": None, "ended": None}, "logs": None, "resources": None,
-            "priority": None, "vars": {}, "raw": {"n": n},
-        },
-    }
 
 
 def wire(events: list[dict[str, Any]]) -> list[tuple[str, dict[str, dict[str, str]]]]:
@@ -198,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="auto: LocalStack if installed (or BATCHBRIDGE_LOCALSTACK_URL), else moto")
     args = parser.parse_args(argv)
     n, repeat = (200, 1) if args.quick else (args.events, args.repeat)
-    events = [make_event(f"job-{i % 50}", i) for i in range(n)]
+    events = bench_events(n, jobs=50)
     prepared = wire(events)
 
     with tempfile.TemporaryDirectory(prefix="bench-sqs-") as tmp:

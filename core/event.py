@@ -398,12 +398,8 @@ class Reader:
         if value is None or value == "":
             if not more:
                 return None
-            get = self.obj.get
-            for key in more:  # the key found names the field in any error below
-                value = get(key)
-                if value is not None and value != "":
-                    break
-            else:
+            key, value = self.first(more)  # the key found names the field in any error below
+            if value is None:
                 return None
         if value.__class__ is str:
             text: str | None = value if value.strip() else None
@@ -415,12 +411,8 @@ class Reader:
         if value is None or value == "":
             if not more:
                 return None
-            get = self.obj.get
-            for key in more:  # the key found names the field in any error below
-                value = get(key)
-                if value is not None and value != "":
-                    break
-            else:
+            key, value = self.first(more)  # the key found names the field in any error below
+            if value is None:
                 return None
         if value.__class__ is int and _INT_MIN <= value <= _INT_MAX and (minimum is None or value >= minimum):
             number: int = value
@@ -434,12 +426,8 @@ class Reader:
         if value is None or value == "":
             if not more:
                 return None
-            get = self.obj.get
-            for key in more:  # the key found names the field in any error below
-                value = get(key)
-                if value is not None and value != "":
-                    break
-            else:
+            key, value = self.first(more)  # the key found names the field in any error below
+            if value is None:
                 return None
         if value.__class__ is int and _INT_MIN <= value <= _INT_MAX and (minimum is None or value >= minimum):
             number: int = value
@@ -453,12 +441,8 @@ class Reader:
         if value is None or value == "":
             if not more:
                 return None
-            get = self.obj.get
-            for key in more:  # the key found names the field in any error below
-                value = get(key)
-                if value is not None and value != "":
-                    break
-            else:
+            key, value = self.first(more)  # the key found names the field in any error below
+            if value is None:
                 return None
         if (
             value.__class__ is str
@@ -474,12 +458,8 @@ class Reader:
         if value is None or value == "":
             if not more:
                 return None
-            get = self.obj.get
-            for key in more:  # the key found names the field in any error below
-                value = get(key)
-                if value is not None and value != "":
-                    break
-            else:
+            key, value = self.first(more)  # the key found names the field in any error below
+            if value is None:
                 return None
         if value.__class__ is int and 0 <= value <= _MAX_MILLIS:
             return _millis_text(value)
