@@ -55,6 +55,13 @@ IDLE_POLL = 1.0
 RESCAN = 5.0
 
 
+class DecoderFailure(InputError):
+    """Decoding or routing a payload raised something other than a typed error (a bug); the payload is
+    dead-lettered like undecodable input."""
+
+    code = "decoder_failure"
+
+
 class UnroutedError(BatchBridgeError):
     """No route matched the event, and ``unrouted = "deadletter"``."""
 
@@ -216,13 +223,21 @@ class Bridge:
         attributes = (meta or {}).get("attributes")
         try:
             events = decode(raw, provider=provider, attributes=attributes if isinstance(attributes, Mapping) else None)
+            return self._route(events, source)
         except InputError as exc:
-            info = dict(meta or {})
-            if provider:
-                info["provider"] = provider
-            dead = DeadLetter.of(INTAKE, source, _as_bytes(raw), exc, meta=info or None)
-            return _Plan([], [dead], IntakeResult(error=exc), [])
-        return self._route(events, source)
+            error: InputError = exc
+        except Exception as exc:
+            # a bug in a decoder or a route must not make one payload a crash loop (a relay would get
+            # it redelivered forever, serve would answer 500 for good): it is kept like bad input, with
+            # what went wrong, and `dlq replay` takes it again once the bug is fixed
+            log.error("decoding or routing a payload failed unexpectedly (%s: %s); it is kept in the dead-letter "
+                      "store", type(exc).__name__, redact(str(exc)), exc_info=True)
+            error = DecoderFailure(redact(f"the decoder failed unexpectedly: {type(exc).__name__}: {exc}"), where="$")
+        info = dict(meta or {})
+        if provider:
+            info["provider"] = provider
+        dead = DeadLetter.of(INTAKE, source, _as_bytes(raw), error, meta=info or None)
+        return _Plan([], [dead], IntakeResult(error=error), [])
 
     def _route(self, events: list[dict[str, Any]], source: str) -> _Plan:
         rows: list[OutboxRow] = []
@@ -396,12 +411,17 @@ class _Worker:
         self.thread = threading.Thread(target=self._run, name="batchbridge-publish", daemon=True)
         self._publisher: Publisher | None = None
         self._failures = 0
+        #: outcomes the backend gave that could not be written to the outbox yet (e.g. a full disk):
+        #: settled before anything else, so delivered rows are not published again and again meanwhile
+        self._unsettled: _Outcome | None = None
 
     def _run(self) -> None:
         b = self.bridge
         try:
             while not b._stopping.is_set():
                 self.wake.clear()
+                if self._unsettled is not None and not self._settle(self._unsettled):
+                    continue
                 try:
                     rows = b.outbox.fetch(self.destination, b.config.outbox.batch_size)
                 except BatchBridgeError as exc:
@@ -474,19 +494,39 @@ class _Worker:
             else:
                 dead.append((p.seq, DeadLetter.of(PUBLISH, "outbox", p.body, r.error, destination=self.destination,
                                                   event_id=p.event_id)))
-        try:
-            b.outbox.settle(delivered, retry, dead)
-        except BatchBridgeError as exc:
-            # the rows stay; what was delivered is sent again later (same ids, so consumers can dedupe)
-            self._backoff(exc)
+        outcome = _Outcome(delivered, retry, dead, last_error)
+        if not self._settle(outcome):
             return
-        stats.add(stats.published, self.label, len(delivered))
-        stats.add(stats.failed, self.label, len(retry))
-        stats.add(stats.dead_lettered, PUBLISH, len(dead))
-        for _, d in dead:
-            log.error("dead-lettered event %s for %s: %s: %s", d.event_id, self.label, d.code, redact(d.reason))
         if last_error is not None:
             self._close_publisher()
             self._backoff(last_error)
         else:
             self._failures = 0
+
+    def _settle(self, outcome: _Outcome) -> bool:
+        """Write what the backend said to the outbox; False (after backing off) when that failed -- the
+        outcome is then kept and written first on the next turn, and its rows are not published again
+        unless the process stops first (then they go out again: same ids, consumers can dedupe)."""
+        b = self.bridge
+        stats = b.stats
+        try:
+            b.outbox.settle(outcome.delivered, outcome.retry, outcome.dead)
+        except BatchBridgeError as exc:
+            self._unsettled = outcome
+            self._backoff(exc)
+            return False
+        self._unsettled = None
+        stats.add(stats.published, self.label, len(outcome.delivered))
+        stats.add(stats.failed, self.label, len(outcome.retry))
+        stats.add(stats.dead_lettered, PUBLISH, len(outcome.dead))
+        for _, d in outcome.dead:
+            log.error("dead-lettered event %s for %s: %s: %s", d.event_id, self.label, d.code, redact(d.reason))
+        return True
+
+
+@dataclass
+class _Outcome:
+    delivered: list[int]
+    retry: list[tuple[int, str]]
+    dead: list[tuple[int, DeadLetter]]
+    last_error: BatchBridgeError | None = None

@@ -24,7 +24,7 @@ import os
 import re
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +67,9 @@ class RouteSpec:
     vars: Mapping[str, Any] = field(default_factory=dict)
     to: tuple[str, ...] = ()
     name: str | None = None
+
+    def __repr__(self) -> str:
+        return _redacted_repr(self, "to")
 
     @property
     def matches_every_type(self) -> bool:
@@ -126,6 +129,9 @@ class BridgeConfig:
     serve: ServeSettings = field(default_factory=ServeSettings)
     source: str = "<defaults>"
 
+    def __repr__(self) -> str:
+        return _redacted_repr(self, "unrouted")
+
     def destinations(self) -> list[str]:
         """Every backend URI the config may send to, in first-mention order."""
         seen: dict[str, None] = {}
@@ -143,6 +149,19 @@ class BridgeConfig:
         o = self.outbox
         settings = OutboxSettings(Path(path), o.synchronous, o.batch_size, o.backoff_initial, o.backoff_max)
         return BridgeConfig(self.routes, self.unrouted, settings, self.serve, self.source)
+
+
+def _redacted_repr(obj: Any, uri_field: str) -> str:
+    """The dataclass repr with the backend URIs in ``uri_field`` redacted (they may carry credentials)."""
+    parts = []
+    for f in fields(obj):
+        if not f.repr:
+            continue
+        value = getattr(obj, f.name)
+        if f.name == uri_field:
+            value = tuple(map(redact_uri, value)) if isinstance(value, tuple) else redact_uri(value)
+        parts.append(f"{f.name}={value!r}")
+    return f"{type(obj).__name__}({', '.join(parts)})"
 
 
 def catch_all(to: Sequence[str], where: str = "--to") -> RouteSpec:

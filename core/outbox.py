@@ -77,6 +77,46 @@ INTAKE, UNROUTED, PUBLISH = "intake", "unrouted", "publish"
 
 #: most requests folded into one group commit (bounds the time one commit holds the write lock)
 _MAX_GROUP = 2048
+#: intake is refused (503 / nack) while less than this is left for the outbox (``Outbox._room``): the
+#: publisher's deletes and SQLite's checkpoints need room too, and a disk filled to the last byte by
+#: intake could never be drained again
+DISK_RESERVE = 16 * 1024 * 1024
+#: after a checkpoint the WAL file is cut back to this size: a burst (e.g. a backend down for hours)
+#: must not keep its disk space once the outbox has drained
+WAL_SIZE_LIMIT = 64 * 1024 * 1024
+_SQLITE_FULL = 13
+
+
+def is_disk_full(exc: sqlite3.Error) -> bool:
+    """SQLITE_FULL: the disk (or a quota) has no room for the write."""
+    code = getattr(exc, "sqlite_errorcode", None)  # Python >= 3.11
+    if code is not None:
+        return bool(code & 0xFF == _SQLITE_FULL)
+    return "database or disk is full" in str(exc)
+
+
+def _is_damage(exc: sqlite3.Error) -> bool:
+    """SQLITE_CORRUPT or SQLITE_NOTADB."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in (11, 26)
+    text = str(exc)
+    return "malformed" in text or "not a database" in text
+
+
+def _write_failed(what: str, exc: sqlite3.Error, where: str) -> OutboxError:
+    if is_disk_full(exc):
+        return OutboxError(f"{what}: the disk holding the outbox is full ({exc}); nothing more is accepted until "
+                           "there is room again", where=where, retryable=True)
+    return OutboxError(f"{what}: {exc}", where=where, retryable=True)
+
+
+def _make_room(conn: sqlite3.Connection) -> None:
+    """On a full disk, most of the space is often the WAL (it grows until a checkpoint, 4 MiB by
+    default, and keeps its size after one): copy it into the database and truncate it, so that the
+    retried write -- and above all the publisher's deletes, which free rows -- can go through."""
+    with contextlib.suppress(sqlite3.Error):
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
 
 
 class OutboxError(BackendError):
@@ -168,9 +208,11 @@ def _opt(v: Any) -> str | None:
 class _Committer:
     """One thread, one FULL-sync connection: every intake write waiting when a commit starts joins it."""
 
-    def __init__(self, connect: Callable[[], sqlite3.Connection], where: str) -> None:
+    def __init__(self, connect: Callable[[], sqlite3.Connection], where: str,
+                 no_room: Callable[[sqlite3.Connection], str | None] = lambda conn: None) -> None:
         self._connect = connect
         self._where = where
+        self._no_room = no_room
         self._cond = threading.Condition()
         self._queue: list[tuple[Callable[[sqlite3.Connection], Any], Future[Any]]] = []
         self._closing = False
@@ -207,28 +249,25 @@ class _Committer:
 
     def _commit(self, conn: sqlite3.Connection, group: list[tuple[Callable[[sqlite3.Connection], Any],
                                                                    Future[Any]]]) -> None:
-        outcomes: list[tuple[Future[Any], Any, BaseException | None]] = []
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            for work, fut in group:
-                # a savepoint per request: one failing request must not sink the others in its group
-                conn.execute("SAVEPOINT request")
-                try:
-                    result = work(conn)
-                except Exception as exc:
-                    conn.execute("ROLLBACK TO request")
-                    outcomes.append((fut, None, exc))
-                else:
-                    outcomes.append((fut, result, None))
-                conn.execute("RELEASE request")
-            conn.execute("COMMIT")
+            full = self._no_room(conn)
         except sqlite3.Error as exc:
-            with contextlib.suppress(sqlite3.Error):
-                conn.execute("ROLLBACK")
-            err = OutboxError(f"could not commit to the outbox: {exc}", where=self._where, retryable=True)
+            return self._fail(group, exc)
+        if full is not None:
+            err = OutboxError(full, where=self._where, retryable=True)
             for _, fut in group:
                 fut.set_exception(err)
-            return
+            return None
+        try:
+            outcomes = self._transaction(conn, group)
+        except sqlite3.Error as exc:
+            if not is_disk_full(exc):
+                return self._fail(group, exc)
+            _make_room(conn)
+            try:
+                outcomes = self._transaction(conn, group)
+            except sqlite3.Error as again:
+                return self._fail(group, again)
         self.commits += 1
         self.requests += len(group)
         for fut, result, error in outcomes:
@@ -237,6 +276,41 @@ class _Committer:
             else:
                 fut.set_exception(error if isinstance(error, BatchBridgeError) else
                                   OutboxError(f"outbox write failed: {error}", where=self._where))
+
+    def _fail(self, group: list[tuple[Callable[[sqlite3.Connection], Any], Future[Any]]], exc: sqlite3.Error) -> None:
+        err = _write_failed("could not commit to the outbox", exc, self._where)
+        for _, fut in group:
+            fut.set_exception(err)
+
+    @staticmethod
+    def _transaction(conn: sqlite3.Connection, group: list[tuple[Callable[[sqlite3.Connection], Any],
+                                                                  Future[Any]]]
+                     ) -> list[tuple[Future[Any], Any, BaseException | None]]:
+        outcomes: list[tuple[Future[Any], Any, BaseException | None]] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for work, fut in group:
+                # a savepoint per request: one failing request must not sink the others in its group
+                conn.execute("SAVEPOINT request")
+                try:
+                    result = work(conn)
+                except sqlite3.Error as exc:
+                    if is_disk_full(exc):
+                        raise  # the whole transaction is in trouble, not this request
+                    conn.execute("ROLLBACK TO request")
+                    outcomes.append((fut, None, exc))
+                except Exception as exc:
+                    conn.execute("ROLLBACK TO request")
+                    outcomes.append((fut, None, exc))
+                else:
+                    outcomes.append((fut, result, None))
+                conn.execute("RELEASE request")
+            conn.execute("COMMIT")
+        except sqlite3.Error:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            raise
+        return outcomes
 
     def close(self) -> None:
         with self._cond:
@@ -250,9 +324,12 @@ class _Committer:
 class Outbox:
     """The SQLite outbox + dead-letter store. Thread-safe: each thread gets its own connection."""
 
-    def __init__(self, path: str | Path, *, synchronous: str = "full", busy_timeout: float = 30.0) -> None:
+    def __init__(self, path: str | Path, *, synchronous: str = "full", busy_timeout: float = 30.0,
+                 reserve_bytes: int = DISK_RESERVE) -> None:
         self.path = Path(path)
         self._where = str(self.path)
+        self.reserve_bytes = reserve_bytes
+        self._last_squeeze = 0.0
         self._intake_sync = synchronous.upper()
         if self._intake_sync not in ("FULL", "NORMAL"):
             raise ConfigError(f"synchronous must be full or normal, got {synchronous!r}", where=self._where)
@@ -263,7 +340,7 @@ class Outbox:
         self._lock_fd: int | None = None
         self._closed = False
         self._create()
-        self._committer = _Committer(lambda: self._connect(self._intake_sync), self._where)
+        self._committer = _Committer(lambda: self._connect(self._intake_sync), self._where, self._no_room)
 
     # --- connections -----------------------------------------------------------------------------
 
@@ -281,6 +358,11 @@ class Outbox:
             if str(mode).lower() != "wal":
                 raise OutboxError(f"SQLite refused WAL mode (got {mode}); put the outbox on a local disk",
                                   where=self._where)
+            # a damaged file must stop the start with a clear message, not fail later on a random row
+            # (quick_check reads every page once: O(size), milliseconds for a drained outbox)
+            problems = [str(r[0]) for r in conn.execute("PRAGMA quick_check").fetchall()]
+            if problems != ["ok"]:
+                raise self._damaged(problems[0])
             conn.executescript(_SCHEMA)
             version = conn.execute("PRAGMA user_version").fetchone()[0]
             if version == 0:
@@ -288,10 +370,66 @@ class Outbox:
             elif version > SCHEMA_VERSION:
                 raise OutboxError(f"the outbox was written by a newer batchbridge (schema {version})",
                                   where=self._where)
+        except sqlite3.DatabaseError as exc:
+            if _is_damage(exc):
+                raise self._damaged(str(exc)) from None
+            raise OutboxError(f"cannot open the outbox: {exc}", where=self._where) from None
         except sqlite3.Error as exc:
             raise OutboxError(f"cannot open the outbox: {exc}", where=self._where) from None
         finally:
             conn.close()
+
+    def _no_room(self, conn: sqlite3.Connection) -> str | None:
+        """Why intake must wait for room (None when there is enough): less than ``reserve_bytes`` left
+        for the outbox (see :meth:`_room`)."""
+        if self.reserve_bytes <= 0:
+            return None
+        free = self._room(conn)
+        if free is None or free >= self.reserve_bytes:
+            return None
+        now = time.monotonic()
+        if now - self._last_squeeze >= 1.0:
+            # once the outbox has drained, what keeps the disk full is mostly the WAL, which keeps its size
+            # after a checkpoint: truncating it gives the room back (tried at most once a second, and
+            # without waiting for readers, so a refused request stays cheap)
+            self._last_squeeze = now
+            conn.execute("PRAGMA busy_timeout = 50")
+            try:
+                _make_room(conn)
+            finally:
+                conn.execute(f"PRAGMA busy_timeout = {self._busy_ms}")
+            free = self._room(conn)
+            if free is None or free >= self.reserve_bytes:
+                return None
+        return (f"the disk holding the outbox is nearly full ({free // 1024} KiB left; {self.reserve_bytes // 1024} "
+                "KiB are kept for delivering what the outbox already holds): nothing more is accepted until "
+                "there is room again")
+
+    def _room(self, conn: sqlite3.Connection) -> int | None:
+        """Bytes the outbox can still use: free disk space, less what the next checkpoint will take to
+        copy new pages out of the WAL (a checkpoint that cannot grow the file can never shrink the WAL:
+        the outbox would stay full for good), plus the free pages inside the file, which new rows reuse."""
+        try:
+            st = os.statvfs(self.path.parent)
+            wal = os.stat(f"{self.path}-wal").st_size if os.path.exists(f"{self.path}-wal") else 0
+            physical = os.stat(self.path).st_size
+        except OSError:
+            return None  # no figure to go by: SQLITE_FULL still stops intake when it comes to that
+        free = st.f_bavail * st.f_frsize
+        if free - wal >= self.reserve_bytes:
+            return free - wal  # the checkpoint's growth is at most the WAL's size: plenty of room
+        page = conn.execute("PRAGMA page_size").fetchone()[0]
+        pages = conn.execute("PRAGMA page_count").fetchone()[0]
+        unused = conn.execute("PRAGMA freelist_count").fetchone()[0]
+        growth = max(0, pages * page - physical)
+        reusable = min(unused * page, max(0, physical - (pages - unused) * page))
+        return int(free - growth + reusable)
+
+    def _damaged(self, detail: str) -> OutboxError:
+        return OutboxError(
+            f"the outbox file is damaged or is not an outbox ({detail[:200]}); nothing was read from it. Move it "
+            "aside (its rows can often be salvaged with `sqlite3 FILE .recover`) and start with a new outbox "
+            "path", where=self._where)
 
     def _connect(self, synchronous: str) -> sqlite3.Connection:
         try:
@@ -299,6 +437,11 @@ class Outbox:
                                    check_same_thread=False)
             conn.execute(f"PRAGMA busy_timeout = {self._busy_ms}")
             conn.execute(f"PRAGMA synchronous = {synchronous}")
+            conn.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}")
+        except sqlite3.DatabaseError as exc:
+            if _is_damage(exc):
+                raise self._damaged(str(exc)) from None
+            raise OutboxError(f"cannot open the outbox: {exc}", where=self._where) from None
         except sqlite3.Error as exc:
             raise OutboxError(f"cannot open the outbox: {exc}", where=self._where) from None
         return conn
@@ -324,15 +467,29 @@ class Outbox:
     def _write(self, work: Callable[[sqlite3.Connection], T]) -> T:
         conn = self._conn()
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                result = work(conn)
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
+            return self._write_once(conn, work)
         except sqlite3.Error as exc:
-            raise OutboxError(f"outbox write failed: {exc}", where=self._where, retryable=True) from None
+            if not is_disk_full(exc):
+                raise _write_failed("outbox write failed", exc, self._where) from None
+        # a full disk: the deletes of delivered rows are what frees it, so they get room first
+        _make_room(conn)
+        try:
+            return self._write_once(conn, work)
+        except sqlite3.Error as exc:
+            raise _write_failed("outbox write failed", exc, self._where) from None
+
+    @staticmethod
+    def _write_once(conn: sqlite3.Connection, work: Callable[[sqlite3.Connection], T]) -> T:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            result = work(conn)
+            conn.execute("COMMIT")
+        except BaseException:
+            # a failed COMMIT (SQLITE_FULL) leaves the transaction open: every later BEGIN on this
+            # thread's connection would fail until it is rolled back
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            raise
         return result
 
     def lock(self) -> None:

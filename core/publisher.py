@@ -159,6 +159,28 @@ class _Plan:
         return [r if r is not None else PublishResult(self.ids[i], BackendError("not sent", retryable=True))
                 for i, r in enumerate(self.results)]
 
+    def hold_back(self, batch: list[tuple[int, Message]], held: set[str], where: str) -> list[tuple[int, Message]]:
+        """The messages of ``batch`` that may go now: one whose ordering key already failed retryably in
+        this lane waits (a retryable "not sent"), or it would overtake the failed one, which the caller
+        sends again later."""
+        if not held:
+            return batch
+        go = []
+        for i, msg in batch:
+            if msg.ordering_key in held:
+                self.results[i] = PublishResult(self.ids[i], BackendError(
+                    "not sent: an earlier event with the same ordering key failed; it goes after that one",
+                    where=where, retryable=True))
+            else:
+                go.append((i, msg))
+        return go
+
+    def note_failed_keys(self, batch: list[tuple[int, Message]], held: set[str]) -> None:
+        for i, msg in batch:
+            r = self.results[i]
+            if msg.ordering_key and r is not None and isinstance(r.error, BackendError) and r.error.retryable:
+                held.add(msg.ordering_key)
+
 
 class _Base:
     def __init__(self, driver: Any, uri: BackendURI | None, options: Mapping[str, Any] | None) -> None:
@@ -240,8 +262,12 @@ class Publisher(_Base):
         return self.publish([event])[0]
 
     def _send_lane(self, plan: _Plan, lane: list[list[tuple[int, Message]]]) -> None:
+        held: set[str] = set()
         for batch in lane:
-            self._send_batch(plan, batch)
+            batch = plan.hold_back(batch, held, self._where)
+            if batch:
+                self._send_batch(plan, batch)
+                plan.note_failed_keys(batch, held)
 
     def _send_batch(self, plan: _Plan, batch: list[tuple[int, Message]]) -> None:
         pending = batch
@@ -314,8 +340,12 @@ class AsyncPublisher(_Base):
         return (await self.publish([event]))[0]
 
     async def _send_lane(self, plan: _Plan, lane: list[list[tuple[int, Message]]]) -> None:
+        held: set[str] = set()
         for batch in lane:
-            await self._send_batch(plan, batch)
+            batch = plan.hold_back(batch, held, self._where)
+            if batch:
+                await self._send_batch(plan, batch)
+                plan.note_failed_keys(batch, held)
 
     async def _send_batch(self, plan: _Plan, batch: list[tuple[int, Message]]) -> None:
         pending = batch

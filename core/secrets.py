@@ -3,12 +3,19 @@
 URIs and connection strings carry keys and tokens. Everything batchbridge shows a human passes
 through :func:`redact` first; the adapters register the secret values they hold with
 :func:`remember` so that even an SDK's own exception text is scrubbed before it reaches a user.
+
+Once a secret has been remembered, every log record created in the process -- the SDKs' own too,
+e.g. botocore's DEBUG wire log with its ``X-Amz-Security-Token`` header -- is scrubbed when it is
+created (a LogRecord factory), whatever handler or formatter writes it later.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
+import traceback
+from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 MASK = "***"
@@ -49,17 +56,65 @@ def is_secret_key(name: str) -> bool:
 
 
 def remember(*values: str | None) -> None:
-    """Register secret values so :func:`redact` scrubs them from any text, wherever they appear."""
+    """Register secret values so :func:`redact` scrubs them from any text, wherever they appear
+    (log records included, from then on)."""
+    added = False
     with _known_lock:
         for v in values:
             if v and len(v) >= _MIN_REMEMBERED:
                 _known.add(v)
+                added = True
+    if added:
+        _scrub_log_records()
+
+
+_factory_installed = False
+
+
+def _scrub_log_records() -> None:
+    """Install (once) a LogRecord factory that redacts each record's message and traceback.
+
+    A handler-level filter would only cover handlers batchbridge installs; an application's own
+    handlers (or pytest's) would still write an SDK's DEBUG line with a token in it.
+    """
+    global _factory_installed
+    with _known_lock:
+        if _factory_installed:
+            return
+        _factory_installed = True
+        previous = logging.getLogRecordFactory()
+
+    def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = previous(*args, **kwargs)
+        _scrub(record)
+        return record
+
+    logging.setLogRecordFactory(factory)
+
+
+def _scrub(record: logging.LogRecord) -> None:
+    try:
+        message = record.getMessage()
+    except Exception:  # a broken format string: logging reports it itself when the record is written
+        return
+    clean = redact(message)
+    if clean != message:
+        record.msg, record.args = clean, ()
+    if record.exc_info and record.exc_info[0] is not None and not record.exc_text:
+        text = "".join(traceback.format_exception(*record.exc_info)).rstrip("\n")
+        clean = redact(text)
+        if clean != text:
+            # Formatter.format uses exc_text as it is when set: the traceback is written redacted
+            record.exc_text = clean
 
 
 _CONN_KV = re.compile(r"(?i)\b(SharedAccessKey|SharedAccessSignature|AccountKey|Password|sig)=([^;&\s\"']+)")
-_USERINFO = re.compile(r"(?i)([a-z][a-z0-9+.-]*://)([^/@\s:]*):([^/@\s]+)@")
+# Every group that must be followed by a literal is bounded, and a scheme must start where a run of
+# scheme characters starts: redact() runs on text an attacker controls (an error quoting a 200 KB JSON
+# key), and unbounded groups there backtrack quadratically -- 13 s of CPU for one 50 KB key.
+_USERINFO = re.compile(r"(?i)(?<![a-z0-9+.-])([a-z][a-z0-9+.-]{0,31}://)([^/@\s:]{0,256}):([^/@\s]{1,1024})@")
 # the name must *end* in a secret word: SharedAccessKeyName is not a secret, SharedAccessKey is
-_QUERY_SECRET = re.compile(r"(?i)([?&;])([a-z_\-]*(?:secret|token|password|key|sig))=([^&;\s\"']+)")
+_QUERY_SECRET = re.compile(r"(?i)([?&;])([a-z_\-]{0,64}(?:secret|token|password|key|sig))=([^&;\s\"']+)")
 
 
 def redact(text: str) -> str:

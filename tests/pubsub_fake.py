@@ -12,6 +12,11 @@ itself (``.pb()``), plugged into ``grpc.method_handlers_generic_handler``.
 
 Not a replacement for the official emulator (``tests/pubsub_servers.py`` prefers that), only what
 the adapter and its tests need.
+
+Fault injection (``fake.faults``, a :class:`FaultSwitch`): answer chosen RPCs with a gRPC status
+(UNAVAILABLE, RESOURCE_EXHAUSTED, ...) for a number of calls or a stretch of time; and
+``serve(fake=...)`` binds an existing servicer (its topics, subscriptions and messages) to a new
+server, so a test can stop the server and start it again on the same port.
 """
 
 from __future__ import annotations
@@ -146,10 +151,59 @@ class _Subscription:
                 self.outstanding[ack_id] = (item[0], now + seconds)
 
 
+class FaultSwitch:
+    """Makes the fake answer RPCs with an error status: ``fail(code, calls=N)`` for the next N matching
+    calls, or ``fail(code, seconds=S)`` for a stretch of time; ``methods`` limits it to some RPCs
+    (names as on the wire: ``Publish``, ``Pull``, ``Acknowledge``...). ``hits`` counts refused calls."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._code: grpc.StatusCode | None = None
+        self._calls: int | None = None
+        self._until: float | None = None
+        self._methods: frozenset[str] | None = None
+        self.hits = 0
+
+    def fail(self, code: grpc.StatusCode, *, calls: int | None = None, seconds: float | None = None,
+             methods: tuple[str, ...] | None = None) -> None:
+        with self._lock:
+            self._code = code
+            self._calls = calls
+            self._until = None if seconds is None else time.monotonic() + seconds
+            self._methods = frozenset(methods) if methods else None
+
+    def clear(self) -> None:
+        with self._lock:
+            self._code = None
+
+    @property
+    def active(self) -> bool:
+        with self._lock:
+            return self._code is not None and (self._until is None or time.monotonic() < self._until)
+
+    def check(self, method: str) -> grpc.StatusCode | None:
+        """The status to answer ``method`` with now, if any (and count it)."""
+        with self._lock:
+            code = self._code
+            if code is None or (self._methods is not None and method not in self._methods):
+                return None
+            if self._until is not None and time.monotonic() >= self._until:
+                self._code = None
+                return None
+            if self._calls is not None:
+                if self._calls <= 0:
+                    self._code = None
+                    return None
+                self._calls -= 1
+            self.hits += 1
+            return code
+
+
 class FakePubSub:
     """The servicer: every RPC the adapter, its tests and the high-level clients use."""
 
     def __init__(self) -> None:
+        self.faults = FaultSwitch()
         self._cond = threading.Condition()
         self._topics: dict[str, Any] = {}
         self._subs: dict[str, _Subscription] = {}
@@ -324,10 +378,21 @@ class FakePubSub:
             self._cond.notify_all()
 
     # wiring
+    def _faulty(self, name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        def call(request: Any, context: grpc.ServicerContext) -> Any:
+            code = self.faults.check(name)
+            if code is not None:
+                context.abort(code, f"injected fault: {code.name}")
+            return fn(request, context)
+
+        return call
+
     def handlers(self) -> list[grpc.GenericRpcHandler]:
         def unary(fn: Callable[..., Any], req: str, resp: Any) -> grpc.RpcMethodHandler:
+            name = "".join(part.capitalize() for part in fn.__name__.split("_"))
             return grpc.unary_unary_rpc_method_handler(
-                fn, request_deserializer=_pb[req].FromString, response_serializer=resp.SerializeToString)
+                self._faulty(name, fn), request_deserializer=_pb[req].FromString,
+                response_serializer=resp.SerializeToString)
 
         empty = empty_pb2.Empty
         publisher = {
@@ -344,17 +409,20 @@ class FakePubSub:
             "Acknowledge": unary(self.acknowledge, "AcknowledgeRequest", empty),
             "ModifyAckDeadline": unary(self.modify_ack_deadline, "ModifyAckDeadlineRequest", empty),
             "StreamingPull": grpc.stream_stream_rpc_method_handler(
-                self.streaming_pull, request_deserializer=_pb["StreamingPullRequest"].FromString,
+                self._faulty("StreamingPull", self.streaming_pull),
+                request_deserializer=_pb["StreamingPullRequest"].FromString,
                 response_serializer=_pb["StreamingPullResponse"].SerializeToString),
         }
         return [grpc.method_handlers_generic_handler("google.pubsub.v1.Publisher", publisher),
                 grpc.method_handlers_generic_handler("google.pubsub.v1.Subscriber", subscriber)]
 
 
-def serve(host: str = "127.0.0.1", port: int = 0) -> tuple[grpc.Server, FakePubSub, str]:
+def serve(host: str = "127.0.0.1", port: int = 0, *, fake: FakePubSub | None = None
+          ) -> tuple[grpc.Server, FakePubSub, str]:
     """Start the fake on ``host:port`` (0 = a free port); returns the server, the servicer and HOST:PORT.
-    Stop with ``fake.stop(); server.stop(None)``."""
-    fake = FakePubSub()
+    Stop with ``fake.stop(); server.stop(None)``. Pass ``fake`` to serve an existing servicer's state
+    again (a restart: stop only the server, ``server.stop(None)``, then call this on the same port)."""
+    fake = fake or FakePubSub()
     server = grpc.server(
         ThreadPoolExecutor(max_workers=32, thread_name_prefix="fake-pubsub"),
         handlers=fake.handlers(),
