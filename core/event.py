@@ -13,7 +13,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
-from typing import Any, Literal, TypedDict
+from typing import Any, Literal, TypedDict, get_args
 
 import orjson
 
@@ -40,22 +40,9 @@ State = Literal[
     "deleted",
 ]
 
-PROVIDERS: tuple[Provider, ...] = ("tencent", "alibaba", "aws", "gcp", "azure")
-KINDS: tuple[Kind, ...] = ("job", "task", "task_instance", "environment", "node")
-STATES: tuple[State, ...] = (
-    "pending",
-    "starting",
-    "running",
-    "succeeded",
-    "failed",
-    "interrupted",
-    "stopped",
-    "created",
-    "creation_failed",
-    "abnormal",
-    "deleting",
-    "deleted",
-)
+PROVIDERS: tuple[Provider, ...] = get_args(Provider)
+KINDS: tuple[Kind, ...] = get_args(Kind)
+STATES: tuple[State, ...] = get_args(State)
 
 # JSON cannot carry wider integers through every backend (orjson refuses them on the way out).
 _INT_MIN = -(2**63)

@@ -49,6 +49,7 @@ from fault_tools import (
     tencent_payloads,
     wait_until,
 )
+from uvicorn_thread import run_uvicorn
 
 if TYPE_CHECKING:
     from aws_servers import AwsServer, RestartableMoto
@@ -314,23 +315,6 @@ class CappedOutbox(Outbox):
         return conn
 
 
-def run_server(app: Any) -> tuple[str, Any]:
-    import uvicorn
-    from fault_tools import free_port
-
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    wait_until(lambda: bool(server.started), 10, what="uvicorn")
-
-    def stop() -> None:
-        server.should_exit = True
-        thread.join(15)
-
-    return f"http://127.0.0.1:{port}", stop
-
-
 def test_disk_full_refuses_with_503_and_recovers(request: pytest.FixtureRequest, tmp_path: Path,
                                                   moto_restartable: RestartableMoto,
                                                   caplog: pytest.LogCaptureFixture) -> None:
@@ -349,7 +333,7 @@ def test_disk_full_refuses_with_503_and_recovers(request: pytest.FixtureRequest,
                                               "backoff_max": 0.5}})
         bridge = Bridge(config, outbox=outbox)
         moto_restartable.stop()  # the backend is down: the outbox only grows
-        url, stop = run_server(create_app(bridge))
+        url, stop = run_uvicorn(create_app(bridge))
         try:
             items = tencent_payloads(20000, tag="full-")
             acked: list[str] = []

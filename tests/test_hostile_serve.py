@@ -29,7 +29,8 @@ import pytest
 from batchbridge.core.bridge import Bridge
 from batchbridge.core.config import config_from_dict
 from batchbridge.core.serve import create_app
-from fault_tools import MNS_CERT_URL, Figures, MnsSigner, Mutator, free_port, record, rss_kib, scale, wait_until
+from fault_tools import MNS_CERT_URL, Figures, MnsSigner, Mutator, record, rss_kib, scale
+from uvicorn_thread import run_uvicorn
 from vendor_payloads import alibaba_job, corpus, mns_xml
 
 # bounded by default; `pytest -m faults` (or BATCHBRIDGE_FAULTS_FULL=1) runs the full-size experiments
@@ -140,22 +141,6 @@ def test_hostile_requests_in_process(request: pytest.FixtureRequest, tmp_path: P
     assert slowest < PER_REQUEST_SECONDS
     assert growth < 96 * 1024, f"RSS grew by {growth} KiB"
     assert outcomes[204] and outcomes[400] and outcomes[401] and outcomes[413]
-
-
-def run_uvicorn(app: Any) -> tuple[str, Any]:
-    import uvicorn
-
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    wait_until(lambda: bool(server.started), 10, what="uvicorn")
-
-    def stop() -> None:
-        server.should_exit = True
-        thread.join(15)
-
-    return f"http://127.0.0.1:{port}", stop
 
 
 @pytest.fixture

@@ -39,6 +39,7 @@ from batchbridge.core.relay import Relay
 from batchbridge.core.serve import create_app
 from fault_tools import MNS_CERT_URL, CliProcess, MnsSigner, ServeProcess, free_port, tencent_payloads, wait_until
 from servicebus_broker import ServiceBusEnv, servicebus_broker  # noqa: F401  (the session fixture)
+from uvicorn_thread import run_uvicorn
 
 if TYPE_CHECKING:
     from aws_servers import AwsServer
@@ -133,7 +134,7 @@ def test_no_secret_in_logs_errors_reprs_metrics_or_output(
     bridge = Bridge(config)
     app = create_app(bridge)
     note(bridge, config)
-    server_url, stop = _uvicorn(app)
+    server_url, stop = run_uvicorn(app, log_level="debug")
     try:
         with httpx.Client(base_url=server_url, timeout=10) as c:
             body = tencent_payloads(1, tag="sec-")[0][0]
@@ -240,22 +241,6 @@ def _mns_body() -> bytes:
     from vendor_payloads import alibaba_job, mns_xml
 
     return mns_xml(orjson.dumps(alibaba_job("OnJobFailed")).decode())
-
-
-def _uvicorn(app: Any) -> tuple[str, Any]:
-    import uvicorn
-
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="debug", lifespan="on"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    wait_until(lambda: bool(server.started), 10, what="uvicorn")
-
-    def stop() -> None:
-        server.should_exit = True
-        thread.join(15)
-
-    return f"http://127.0.0.1:{port}", stop
 
 
 # --- the MNS certificate URL allow-list --------------------------------------------------------------------

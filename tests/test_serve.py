@@ -13,7 +13,7 @@ import hashlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from email.utils import formatdate
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,8 +21,6 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import orjson
 import pytest
-import uvicorn
-from aws_servers import free_port
 from batchbridge.core.bridge import Bridge
 from batchbridge.core.config import MnsSettings, config_from_dict
 from batchbridge.core.errors import BatchBridgeError
@@ -33,6 +31,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.x509.oid import NameOID
+from uvicorn_thread import run_uvicorn
 from vendor_payloads import (
     alibaba_job,
     aws_event,
@@ -115,23 +114,6 @@ class Running:
         return got
 
 
-def run_server(app: Any) -> tuple[str, Callable[[], None]]:
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="info", lifespan="on"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    end = time.monotonic() + 10
-    while not server.started:
-        assert time.monotonic() < end and thread.is_alive(), "uvicorn did not start"
-        time.sleep(0.01)
-
-    def stop() -> None:
-        server.should_exit = True
-        thread.join(15)
-
-    return f"http://127.0.0.1:{port}", stop
-
-
 def make(tmp_path: Path, signer: Signer | None = None, *, extra_to: list[str] | None = None,
          **serve: Any) -> Iterator[Running]:
     out = tmp_path / "events.jsonl"
@@ -144,7 +126,7 @@ def make(tmp_path: Path, signer: Signer | None = None, *, extra_to: list[str] | 
         "serve": {"mns": mns, **serve},
     })
     bridge = Bridge(cfg)
-    url, stop = run_server(create_app(bridge))
+    url, stop = run_uvicorn(create_app(bridge), log_level="info")
     running = Running(bridge, url, out)
     try:
         yield running
@@ -337,7 +319,7 @@ def test_delivers_to_sqs_on_moto(tmp_path: Path, signer: Signer, moto_server: Aw
 
 def test_serve_refuses_when_outbox_is_unwritable(tmp_path: Path) -> None:
     bridge = Bridge(config_from_dict({"routes": [{"to": "memory://x"}], "outbox": {"path": str(tmp_path / "o.db")}}))
-    url, stop = run_server(create_app(bridge))
+    url, stop = run_uvicorn(create_app(bridge), log_level="info")
     try:
         bridge.outbox.close()  # e.g. the disk went away: nothing can be made durable
         r = httpx.post(f"{url}/events", content=sample_bytes("tencent-cmq-node-created.json"))
