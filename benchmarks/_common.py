@@ -25,6 +25,7 @@ import os
 import platform
 import random
 import sys
+import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -438,3 +439,15 @@ def bench_events(n: int, jobs: int = 200) -> list[dict[str, Any]]:
             },
         })
     return events
+
+
+def timed_publish(pub: Any, events: list[dict[str, Any]]) -> float:
+    """Seconds ``pub.publish(events)`` took; exits if the backend did not confirm every event, since a
+    throughput that counts failures would flatter batchbridge."""
+    start = time.perf_counter()
+    results = pub.publish(events)
+    elapsed = time.perf_counter() - start
+    failed = [r.error for r in results if not r.ok]
+    if failed:
+        raise SystemExit(f"batchbridge: {len(failed)} events failed, first: {failed[0]}")
+    return elapsed

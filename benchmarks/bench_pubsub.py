@@ -33,7 +33,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from _common import bench_events, emit_result
+from _common import bench_events, emit_result, timed_publish
 from batchbridge.core import binding
 from batchbridge.core.backends import open_publisher
 from pubsub_servers import Admin, PubSubServer, admin, start_server
@@ -68,13 +68,7 @@ def run_raw(server: PubSubServer, topic: str, messages: list[tuple[bytes, dict[s
 def run_batchbridge(server: PubSubServer, topic: str, events: list[dict[str, Any]]) -> float:
     name = topic.rsplit("/", 1)[-1]
     with open_publisher(f"pubsub://{PROJECT}/{name}?emulator_host={server.host}") as pub:
-        start = time.perf_counter()
-        results = pub.publish(events)
-        elapsed = time.perf_counter() - start
-    failed = [r for r in results if not r.ok]
-    if failed:
-        raise SystemExit(f"batchbridge: {len(failed)} events failed, first: {failed[0].error}")
-    return elapsed
+        return timed_publish(pub, events)
 
 
 def one(clients: Admin, fn: Callable[[str], float]) -> float:

@@ -29,7 +29,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from _common import ROOT, bench_events, emit_result, machine  # benchmarks/ is on sys.path when run as a script
+# benchmarks/ is on sys.path when run as a script
+from _common import ROOT, bench_events, emit_result, machine, timed_publish
 from batchbridge.core import binding
 from batchbridge.core.backends import open_publisher
 
@@ -95,13 +96,7 @@ def run_raw(conn: str, queue: str, messages: list[dict[str, Any]]) -> float:
 
 def run_batchbridge(queue: str, events: list[dict[str, Any]]) -> float:
     with open_publisher(f"servicebus:///{queue}?connection_string_env={ENV}") as pub:
-        start = time.perf_counter()
-        results = pub.publish(events)
-        elapsed = time.perf_counter() - start
-    failed = [r for r in results if not r.ok]
-    if failed:
-        raise SystemExit(f"batchbridge: {len(failed)} events failed, first: {failed[0].error}")
-    return elapsed
+        return timed_publish(pub, events)
 
 
 def main(argv: list[str] | None = None) -> int:

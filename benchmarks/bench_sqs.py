@@ -42,7 +42,7 @@ for _name in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_SQS"):
     os.environ.pop(_name, None)
 
 import boto3  # noqa: E402
-from _common import bench_events, emit_result  # noqa: E402
+from _common import bench_events, emit_result, timed_publish  # noqa: E402
 from aws_servers import LOCALSTACK_PYTHON, MotoServer, start_localstack, stop_process_group  # noqa: E402
 from batchbridge.core import binding  # noqa: E402
 from batchbridge.core.backends import open_publisher  # noqa: E402
@@ -122,12 +122,7 @@ def run_batchbridge(server: Server, events: list[dict[str, Any]]) -> float:
     name = queue_url.rsplit("/", 1)[-1]
     with open_publisher(f"sqs://{name}?endpoint_url={server.url}&region={REGION}") as pub, \
             draining(server, queue_url):
-        start = time.perf_counter()
-        results = pub.publish(events)
-        elapsed = time.perf_counter() - start
-    failed = [r.error for r in results if not r.ok]
-    if failed:
-        raise SystemExit(f"batchbridge: {len(failed)} events failed, e.g. {failed[0]}")
+        elapsed = timed_publish(pub, events)
     _check(server, queue_url, len(events))
     return elapsed
 
