@@ -182,13 +182,17 @@ class _Plan:
                 held.add(msg.ordering_key)
 
 
-class _Base:
+class _Endpoint:
+    """What publishers and subscribers share: the driver, the URI's options with keyword overrides, a
+    redacted location for errors and reprs, and the closed state."""
+
+    _role = "endpoint"
+
     def __init__(self, driver: Any, uri: BackendURI | None, options: Mapping[str, Any] | None) -> None:
         self._driver = driver
         self.uri = uri
-        opts = dict(uri.options) if uri else {}
-        opts.update(options or {})
-        self._settings = _Settings.of(driver, opts)
+        self._options: dict[str, Any] = dict(uri.options) if uri else {}
+        self._options.update(options or {})
         self._closed = False
         self._where = uri.redacted if uri else type(driver).__name__
 
@@ -197,7 +201,15 @@ class _Base:
 
     def _check_open(self) -> None:
         if self._closed:
-            raise ClosedError("publisher is closed", where=self._where)
+            raise ClosedError(f"{self._role} is closed", where=self._where)
+
+
+class _Base(_Endpoint):
+    _role = "publisher"
+
+    def __init__(self, driver: Any, uri: BackendURI | None, options: Mapping[str, Any] | None) -> None:
+        super().__init__(driver, uri, options)
+        self._settings = _Settings.of(driver, self._options)
 
     def _retry_policy(self) -> dict[str, Any]:
         s = self._settings

@@ -19,8 +19,8 @@ from tenacity import AsyncRetrying, Retrying, retry_if_exception, stop_after_att
 
 from . import binding, tracing
 from .driver import ReceivedMessage, SubscriberDriver
-from .errors import BatchBridgeError, ClosedError, ConfigError, DecodeMessageError
-from .publisher import is_retryable, wrap_error
+from .errors import BatchBridgeError, ConfigError, DecodeMessageError
+from .publisher import _Endpoint, is_retryable, wrap_error
 from .registry import BackendURI
 
 
@@ -42,23 +42,13 @@ def decode(msg: ReceivedMessage) -> Received:
         return Received(msg, None, exc)
 
 
-class _SubBase:
+class _SubBase(_Endpoint):
+    _role = "subscriber"
+
     def __init__(self, driver: Any, uri: BackendURI | None, options: Mapping[str, Any] | None) -> None:
-        self._driver = driver
-        self.uri = uri
-        opts = dict(uri.options) if uri else {}
-        opts.update(options or {})
-        self._attempts = max(1, int(opts.get("retries", 5)))
-        self._max_wait = float(opts.get("retry_max_wait", 5.0))
-        self._closed = False
-        self._where = uri.redacted if uri else type(driver).__name__
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self._where!r})"
-
-    def _check_open(self) -> None:
-        if self._closed:
-            raise ClosedError("subscriber is closed", where=self._where)
+        super().__init__(driver, uri, options)
+        self._attempts = max(1, int(self._options.get("retries", 5)))
+        self._max_wait = float(self._options.get("retry_max_wait", 5.0))
 
     def _policy(self) -> dict[str, Any]:
         return {
