@@ -25,13 +25,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hmac
 import logging
 import signal
 import threading
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl
+
+import orjson
 
 from .bridge import Bridge
 from .config import BridgeConfig, ServeSettings, load_config
@@ -44,6 +48,7 @@ if TYPE_CHECKING:
     from starlette.applications import Starlette
     from starlette.requests import Request
     from starlette.responses import Response
+    from starlette.types import Receive, Scope, Send
 
 log = logging.getLogger("batchbridge.serve")
 
@@ -61,46 +66,177 @@ def require_serve_extra() -> None:
                                      f"'batchbridge[serve]' ({exc.name} is missing)") from None
 
 
-def _presented_token(request: Request) -> str | None:
-    auth = request.headers.get("authorization", "")
-    if auth[:7].lower() == "bearer ":
-        return auth[7:].strip()
-    return request.headers.get("x-batchbridge-token") or request.query_params.get("token")
+Headers = list[tuple[str, str]]
 
 
-def _token_ok(request: Request, token: str | None) -> bool:
+def _token_ok(headers: Mapping[str, str], query: bytes, token: str | None) -> bool:
     if token is None:
         return True
-    presented = _presented_token(request)
+    auth = headers.get("authorization", "")
+    if auth[:7].lower() == "bearer ":
+        presented: str | None = auth[7:].strip()
+    else:
+        presented = headers.get("x-batchbridge-token") or (
+            dict(parse_qsl(query.decode("latin-1"))).get("token") if query else None)
     return presented is not None and hmac.compare_digest(presented.encode(), token.encode())
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
+async def _read_body(receive: Receive, declared: str | None, limit: int) -> bytes | None:
     """The body, refusing early from Content-Length and again while streaming (a sender may lie or
-    use chunked encoding)."""
-    declared = request.headers.get("content-length")
+    use chunked encoding); None when the client went away."""
     if declared is not None:
         try:
             if int(declared) > limit:
                 raise _TooLarge
         except ValueError:
             pass  # the server rejects a malformed length itself; the stream check below still holds
-    chunks = []
-    size = 0
-    async for chunk in request.stream():
+    message = await receive()
+    if message["type"] != "http.request":
+        return None
+    body: bytes = message.get("body", b"")
+    if not message.get("more_body", False):  # the common case: one chunk, no copy
+        if len(body) > limit:
+            raise _TooLarge
+        return body
+    chunks = [body]
+    size = len(body)
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return None
+        chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
             raise _TooLarge
         chunks.append(chunk)
-    return b"".join(chunks)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
 
 
-def _target(request: Request) -> str:
+def _target(scope: Scope) -> str:
     """The request target as the client sent it (path and query), which MNS signs."""
-    raw_path = request.scope.get("raw_path")
-    path = raw_path.decode("latin-1") if isinstance(raw_path, bytes) else request.url.path
-    query = request.scope.get("query_string", b"")
+    raw_path = scope.get("raw_path")
+    path = raw_path.decode("latin-1") if isinstance(raw_path, bytes) else scope["path"]
+    query = scope.get("query_string", b"")
     return f"{path}?{query.decode('latin-1')}" if query else path
+
+
+def _route_path(scope: Scope) -> str:
+    """The path below the mount point (what Starlette's router matches on)."""
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    if root and path.startswith(root) and path[len(root):len(root) + 1] == "/":
+        return path[len(root):]
+    return path
+
+
+_NO_CONTENT = {"type": "http.response.start", "status": 204, "headers": []}
+_EMPTY = {"type": "http.response.body", "body": b""}
+
+
+async def _send_error(send: Send, status: int, code: str, reason: str, where: str | None = None,
+                      headers: Mapping[str, str] | None = None) -> None:
+    body = orjson.dumps({"error": code, "reason": redact(reason), "where": redact(where) if where else None})
+    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    raw += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in (headers or {}).items()]
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": body})
+
+
+class _Intake:
+    """``POST /events[/{provider}]`` as a plain ASGI app: every event a sender pushes goes through here,
+    so it skips the Request/Response objects and middleware that the other endpoints use."""
+
+    def __init__(self, bridge: Bridge, conf: ServeSettings, verifier: MnsVerifier) -> None:
+        self.bridge = bridge
+        self.conf = conf
+        self.verifier = verifier
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await self._handle(scope, receive, send)
+        except Exception:
+            # what Starlette's ServerErrorMiddleware would do, without echoing anything of the request
+            log.exception("the intake endpoint failed")
+            await _send_error(send, 500, "internal_error", "the request could not be handled; it was not accepted")
+
+    async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        conf, bridge = self.conf, self.bridge
+        path = _route_path(scope)
+        provider = path[8:] or None if len(path) > 7 else None
+        if provider is not None and provider not in PROVIDERS:
+            return await _send_error(send, 404, "unknown_provider",
+                                     f"no provider {provider!r}; use one of {', '.join(PROVIDERS)}")
+        raw_headers = scope["headers"]
+        headers: Headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in raw_headers]
+        lower = {k.lower(): v for k, v in headers}
+        mns = is_mns_request(lower)
+        verify = mns and conf.mns.verify
+        if verify:
+            try:
+                # headers first: an unsigned request never gets its body read
+                await asyncio.to_thread(self.verifier.verify, scope["method"], _target(scope), headers, None)
+            except SignatureError as exc:
+                log.warning("refused an MNS push: %s", exc)
+                return await _send_error(send, 403, exc.code, exc.reason, exc.where)
+        elif not _token_ok(lower, scope.get("query_string", b""), conf.token):
+            return await _send_error(send, 401, "unauthorized", "a valid shared token is required", None,
+                                     {"WWW-Authenticate": "Bearer"})
+        try:
+            body = await _read_body(receive, lower.get("content-length"), conf.max_body_bytes)
+        except _TooLarge:
+            return await _send_error(send, 413, "payload_too_large",
+                                     f"the body exceeds {conf.max_body_bytes} bytes", "body")
+        if body is None:
+            return None  # the client disconnected: nothing was accepted, nothing to answer
+        if verify:
+            try:
+                self.verifier.verify_body(headers, body)
+            except SignatureError as exc:
+                return await _send_error(send, 403, exc.code, exc.reason, exc.where)
+        if not bridge.running:
+            bridge.start()
+        meta: dict[str, object] = {"content_type": lower.get("content-type")}
+        if mns:
+            meta["mns"] = True
+        try:
+            result = await bridge.ahandle(body, source="http", provider=provider, meta=meta)
+        except BatchBridgeError as exc:
+            log.error("cannot accept events: %s", redact(str(exc)))
+            return await _send_error(send, 503, exc.code, "the outbox cannot be written; retry later", None,
+                                     {"Retry-After": "5"})
+        if result.error is not None:
+            e = result.error
+            return await _send_error(send, 400, e.code, e.reason, e.where)
+        await send(_NO_CONTENT)
+        await send(_EMPTY)
+        return None
+
+
+def _is_intake(scope: Scope) -> bool:
+    if scope["type"] != "http" or scope["method"] != "POST":
+        return False
+    path = _route_path(scope)
+    return path == "/events" or (path.startswith("/events/") and len(path) > 8 and "/" not in path[8:])
+
+
+@functools.cache
+def _app_type() -> Callable[..., Starlette]:
+    """Starlette with the intake path taken before routing and middleware (Starlette is imported
+    only when an app is built, hence the class made on first use)."""
+    from starlette.applications import Starlette
+
+    class BridgeApp(Starlette):
+        def __init__(self, intake: _Intake, **kwargs: Any) -> None:
+            super().__init__(**kwargs)
+            self.intake = intake
+
+        async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+            if _is_intake(scope):
+                return await self.intake(scope, receive, send)
+            return await super().__call__(scope, receive, send)
+
+    return BridgeApp
 
 
 def create_app(target: Bridge | BridgeConfig | str | Path, *, settings: ServeSettings | None = None,
@@ -117,7 +253,6 @@ def create_app(target: Bridge | BridgeConfig | str | Path, *, settings: ServeSet
     """
     require_serve_extra()
     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-    from starlette.applications import Starlette
     from starlette.responses import JSONResponse, Response
     from starlette.routing import Route
 
@@ -134,58 +269,24 @@ def create_app(target: Bridge | BridgeConfig | str | Path, *, settings: ServeSet
     verifier = mns_verifier or MnsVerifier(conf.mns)
     registry = prometheus_registry(bridge.stats, bridge.outbox.depths)
 
-    def error(status: int, code: str, reason: str, where: str | None = None,
-              headers: Mapping[str, str] | None = None) -> Response:
-        return JSONResponse({"error": code, "reason": redact(reason), "where": redact(where) if where else None},
-                            status_code=status, headers=dict(headers or {}))
+    def error(status: int, code: str, reason: str) -> Response:
+        return JSONResponse({"error": code, "reason": redact(reason), "where": None}, status_code=status)
+
+    def authorized(request: Request) -> bool:
+        return _token_ok(request.headers, request.scope.get("query_string", b""), conf.token)
 
     def unauthorized() -> Response:
-        return error(401, "unauthorized", "a valid shared token is required", None, {"WWW-Authenticate": "Bearer"})
+        return JSONResponse({"error": "unauthorized", "reason": "a valid shared token is required", "where": None},
+                            status_code=401, headers={"WWW-Authenticate": "Bearer"})
 
     def ensure_started() -> None:
         if not bridge.running:
             bridge.start()
 
-    async def events(request: Request) -> Response:
-        provider = request.path_params.get("provider")
-        if provider is not None and provider not in PROVIDERS:
-            return error(404, "unknown_provider", f"no provider {provider!r}; use one of {', '.join(PROVIDERS)}")
-        headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.scope["headers"]]
-        mns = is_mns_request({k.lower(): v for k, v in headers})
-        if mns and conf.mns.verify:
-            try:
-                # headers first: an unsigned request never gets its body read
-                await asyncio.to_thread(verifier.verify, request.method, _target(request), headers, None)
-            except SignatureError as exc:
-                log.warning("refused an MNS push: %s", exc)
-                return error(403, exc.code, exc.reason, exc.where)
-        elif not _token_ok(request, conf.token):
-            return unauthorized()
-        try:
-            body = await _read_body(request, conf.max_body_bytes)
-        except _TooLarge:
-            return error(413, "payload_too_large", f"the body exceeds {conf.max_body_bytes} bytes", "body")
-        if mns and conf.mns.verify:
-            try:
-                verifier.verify_body(headers, body)
-            except SignatureError as exc:
-                return error(403, exc.code, exc.reason, exc.where)
-        ensure_started()
-        meta: dict[str, object] = {"content_type": request.headers.get("content-type")}
-        if mns:
-            meta["mns"] = True
-        try:
-            result = await bridge.ahandle(body, source="http", provider=provider, meta=meta)
-        except BatchBridgeError as exc:
-            log.error("cannot accept events: %s", redact(str(exc)))
-            return error(503, exc.code, "the outbox cannot be written; retry later", None, {"Retry-After": "5"})
-        if result.error is not None:
-            e = result.error
-            return error(400, e.code, e.reason, e.where)
-        return Response(status_code=204)
+    intake = _Intake(bridge, conf, verifier)
 
     async def healthz(request: Request) -> Response:
-        if not conf.public_healthz and not _token_ok(request, conf.token):
+        if not conf.public_healthz and not authorized(request):
             return unauthorized()
         try:
             depth = await asyncio.to_thread(bridge.outbox.depth)
@@ -194,7 +295,7 @@ def create_app(target: Bridge | BridgeConfig | str | Path, *, settings: ServeSet
         return JSONResponse({"status": "ok", "outbox_depth": depth, "publishing": bridge.running})
 
     async def metrics(request: Request) -> Response:
-        if not _token_ok(request, conf.token):
+        if not authorized(request):
             return unauthorized()
         data = await asyncio.to_thread(generate_latest, registry)
         return Response(data, media_type=CONTENT_TYPE_LATEST)
@@ -211,10 +312,11 @@ def create_app(target: Bridge | BridgeConfig | str | Path, *, settings: ServeSet
                 if not drained:
                     log.warning("stopped with events still in the outbox; they go out on the next start")
 
-    app = Starlette(
+    app = _app_type()(
+        intake,
         routes=[
-            Route("/events", events, methods=["POST"]),
-            Route("/events/{provider}", events, methods=["POST"]),
+            Route("/events", intake, methods=["POST"]),
+            Route("/events/{provider}", intake, methods=["POST"]),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]),
         ],

@@ -378,8 +378,10 @@ def test_token_comparison_is_constant_time_by_inspection() -> None:
                 "startswith", "endswith", "find", "index"):
             assert "token" not in ast.unparse(node.func.value), ast.unparse(node)
     # and it is what every protected endpoint goes through
-    for endpoint in ("events", "healthz", "metrics"):
-        assert "_token_ok" in ast.unparse(funcs[endpoint])
+    assert "_token_ok" in ast.unparse(funcs["_handle"])  # the intake endpoint
+    assert "_token_ok" in ast.unparse(funcs["authorized"])
+    for endpoint in ("healthz", "metrics"):
+        assert "authorized(request)" in ast.unparse(funcs[endpoint])
     # the MNS body check compares digests the same way
     from batchbridge.core import mns_signature
 
