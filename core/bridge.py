@@ -14,12 +14,12 @@ move to the dead-letter table with the backend's reason.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import logging
 import random
 import threading
 import time
+from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -182,6 +182,7 @@ class Bridge:
         self._stopping = threading.Event()
         self._started = False
         self._supervisor: threading.Thread | None = None
+        self.outbox.on_commit(self._committed)
 
     def __repr__(self) -> str:
         return f"Bridge(outbox={str(self.outbox.path)!r}, routes={len(self.router.routes)})"
@@ -199,15 +200,15 @@ class Bridge:
                     provider: str | None = None) -> list[IntakeResult]:
         """:meth:`handle` for several payloads (each with its metadata) in one outbox transaction."""
         plans = [self._plan(p, source=source, provider=provider, meta=m) for p, m in items]
-        return self._finish(plans, self.outbox.put(*self._collect(plans)))
+        return self._finish(plans, self.outbox.put(*self._collect(plans)).dead_ids)
 
     async def ahandle(self, payload: Payload, *, source: str = "api", provider: str | None = None,
                       meta: Mapping[str, Any] | None = None) -> IntakeResult:
         """:meth:`handle` for asyncio: the commit is awaited, never blocking the event loop, and joins
         the same group commit as every other request waiting at that moment."""
         plans = [self._plan(payload, source=source, provider=provider, meta=meta)]
-        ids = await asyncio.wrap_future(self.outbox.submit(*self._collect(plans)))
-        return self._finish(plans, ids)[0]
+        inserted = await self.outbox.asubmit(*self._collect(plans))
+        return self._finish(plans, inserted.dead_ids)[0]
 
     @staticmethod
     def _collect(plans: Sequence[_Plan]) -> tuple[list[OutboxRow], list[DeadLetter]]:
@@ -274,6 +275,16 @@ class Bridge:
             for destination in {r.destination for r in plan.rows}:
                 self._worker(destination).wake.set()
         return plan.result
+
+    def _committed(self, rows: list[tuple[int, OutboxRow]]) -> None:
+        """On the committer thread, right after a commit: hand the rows to their publishers in memory."""
+        if not self.running:
+            return  # they wait in the outbox; a starting publisher reads it first
+        by_destination: dict[str, list[tuple[int, OutboxRow]]] = {}
+        for item in rows:
+            by_destination.setdefault(item[1].destination, []).append(item)
+        for destination, items in by_destination.items():
+            self._worker(destination).offer(items)
 
     # --- dead letters ------------------------------------------------------------------------------
 
@@ -401,7 +412,16 @@ def _retryable(error: BatchBridgeError) -> bool:
 
 
 class _Worker:
-    """Drains one destination's rows in batches, in outbox order, with backoff while it is down."""
+    """Drains one destination's rows in batches, in outbox order, with backoff while it is down.
+
+    The outbox is the truth, but reading it back costs a query and a JSON parse per row; so rows
+    committed while this worker runs are also handed to it in memory (:meth:`offer`), and it takes
+    them from there while it is *in step*: its last read of the outbox found every row it had (fewer
+    than a batch), and nothing handed over since was dropped. Anything else -- a start, a failed
+    batch, a full hand-over queue -- puts it back to reading the outbox, as does a timer
+    (``IDLE_POLL``), which finds rows other processes wrote (``dlq replay``). ``_high`` is the highest
+    seq it has taken, so no row goes out twice from the two sources.
+    """
 
     def __init__(self, bridge: Bridge, destination: str) -> None:
         self.bridge = bridge
@@ -414,6 +434,58 @@ class _Worker:
         #: outcomes the backend gave that could not be written to the outbox yet (e.g. a full disk):
         #: settled before anything else, so delivered rows are not published again and again meanwhile
         self._unsettled: _Outcome | None = None
+        self._handed: deque[tuple[int, OutboxRow]] = deque()
+        self._handed_lock = threading.Lock()
+        self._limit = max(4 * bridge.config.outbox.batch_size, 1000)
+        self._in_step = False
+        self._dropped = 0  # hand-overs dropped for want of room; the outbox still has those rows
+        self._high = 0
+        self._next_read = 0.0
+
+    def offer(self, items: list[tuple[int, OutboxRow]]) -> None:
+        with self._handed_lock:
+            if len(self._handed) + len(items) > self._limit:
+                self._handed.clear()
+                self._in_step = False
+                self._dropped += 1
+            else:
+                self._handed.extend(items)
+        self.wake.set()
+
+    def _take(self) -> list[Pending] | None:
+        """The next batch from the hand-over queue; None when the outbox must be read instead."""
+        if time.monotonic() >= self._next_read:
+            return None
+        limit = self.bridge.config.outbox.batch_size
+        out: list[Pending] = []
+        with self._handed_lock:
+            if not self._in_step:
+                return None
+            handed = self._handed
+            while handed and len(out) < limit:
+                seq, row = handed.popleft()
+                if seq > self._high:
+                    out.append(Pending(seq, row.destination, row.event_id, row.body, 0, row.event))
+        if out:
+            self._high = out[-1].seq
+        return out
+
+    def _read(self) -> list[Pending]:
+        b = self.bridge
+        limit = b.config.outbox.batch_size
+        with self._handed_lock:
+            dropped = self._dropped
+        rows = b.outbox.fetch(self.destination, limit)
+        self._next_read = time.monotonic() + IDLE_POLL
+        with self._handed_lock:
+            if rows:
+                self._high = max(self._high, rows[-1].seq)
+                while self._handed and self._handed[0][0] <= self._high:
+                    self._handed.popleft()
+            # a row committed after the read is handed over (its commit ends after the read began);
+            # one committed before it is in ``rows`` -- unless the read hit the batch limit
+            self._in_step = len(rows) < limit and self._dropped == dropped
+        return rows
 
     def _run(self) -> None:
         b = self.bridge
@@ -422,19 +494,24 @@ class _Worker:
                 self.wake.clear()
                 if self._unsettled is not None and not self._settle(self._unsettled):
                     continue
-                try:
-                    rows = b.outbox.fetch(self.destination, b.config.outbox.batch_size)
-                except BatchBridgeError as exc:
-                    self._backoff(exc)
-                    continue
+                rows = self._take()
+                if rows is None:
+                    try:
+                        rows = self._read()
+                    except BatchBridgeError as exc:
+                        self._in_step = False
+                        self._backoff(exc)
+                        continue
                 if not rows:
-                    self.wake.wait(IDLE_POLL)
+                    self.wake.wait(max(0.0, min(IDLE_POLL, self._next_read - time.monotonic())))
                     continue
                 self._send(rows)
         finally:
             self._close_publisher()
 
     def _backoff(self, exc: BatchBridgeError) -> None:
+        with self._handed_lock:
+            self._in_step = False  # what failed stays in the outbox: read it back, in order, next time
         o = self.bridge.config.outbox
         self._failures += 1
         delay = min(o.backoff_max, o.backoff_initial * 2 ** min(self._failures - 1, 30))
@@ -453,9 +530,12 @@ class _Worker:
     def _send(self, rows: list[Pending]) -> None:
         b = self.bridge
         stats = b.stats
-        events: list[tuple[Pending, dict[str, Any]]] = []
+        events: list[tuple[Pending, Mapping[str, Any]]] = []
         dead: list[tuple[int, DeadLetter]] = []
         for p in rows:
+            if p.event is not None:
+                events.append((p, p.event))
+                continue
             try:
                 events.append((p, orjson.loads(p.body)))
             except orjson.JSONDecodeError:

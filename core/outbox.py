@@ -21,6 +21,7 @@ has the measured cost of FULL against NORMAL.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import fcntl
 import logging
@@ -30,9 +31,9 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import orjson
 
@@ -131,10 +132,13 @@ class OutboxRow:
     event_id: str | None
     event_type: str | None
     body: bytes
+    #: the event ``body`` serialises, when the caller has it (not stored: it spares the publisher a
+    #: parse when the row is handed over in memory)
+    event: Mapping[str, Any] | None = field(default=None, compare=False, repr=False)
 
     @classmethod
     def of(cls, destination: str, event: Mapping[str, Any]) -> OutboxRow:
-        return cls(destination, _opt(event.get("id")), _opt(event.get("type")), orjson.dumps(event))
+        return cls(destination, _opt(event.get("id")), _opt(event.get("type")), orjson.dumps(event), event)
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +150,8 @@ class Pending:
     event_id: str | None
     body: bytes
     attempts: int
+    #: the parsed event, when the row was handed over in memory rather than read back
+    event: Mapping[str, Any] | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,6 +211,59 @@ def _opt(v: Any) -> str | None:
     return None if v is None else str(v)
 
 
+class Inserted(NamedTuple):
+    """What one intake request wrote: the seqs of its rows (in order) and its dead-letter ids."""
+
+    seqs: list[int]
+    dead_ids: list[int]
+
+
+class _Insert:
+    """One intake request: rows and dead letters. The committer folds the rows of every request in a
+    group into one statement; called on its own (the per-request fallback) it inserts just these."""
+
+    __slots__ = ("dead", "rows")
+
+    def __init__(self, rows: Sequence[OutboxRow], dead: Sequence[DeadLetter]) -> None:
+        self.rows = rows
+        self.dead = dead
+
+    def __call__(self, conn: sqlite3.Connection) -> Inserted:
+        return Inserted(_insert_rows(conn, self.rows), _insert(conn, (), self.dead))
+
+
+class _LoopWaiter:
+    """An asyncio caller's side of a request: the committer records the outcome, then wakes every
+    waiter of a group with one ``call_soon_threadsafe`` per event loop instead of one per request."""
+
+    __slots__ = ("error", "future", "loop", "result")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.future: asyncio.Future[Any] = loop.create_future()
+        self.result: Any = None
+        self.error: BaseException | None = None
+
+    def set_result(self, result: Any) -> None:
+        self.result = result
+
+    def set_exception(self, error: BaseException) -> None:
+        self.error = error
+
+
+def _wake(waiters: list[_LoopWaiter]) -> None:
+    for w in waiters:
+        if not w.future.done():  # a request whose task was cancelled meanwhile
+            if w.error is None:
+                w.future.set_result(w.result)
+            else:
+                w.future.set_exception(w.error)
+
+
+_Sink = Future[Any] | _LoopWaiter
+_Work = Callable[[sqlite3.Connection], Any]
+
+
 class _Committer:
     """One thread, one FULL-sync connection: every intake write waiting when a commit starts joins it."""
 
@@ -214,24 +273,34 @@ class _Committer:
         self._where = where
         self._no_room = no_room
         self._cond = threading.Condition()
-        self._queue: list[tuple[Callable[[sqlite3.Connection], Any], Future[Any]]] = []
+        self._queue: list[tuple[_Work, _Sink]] = []
         self._closing = False
         self._thread: threading.Thread | None = None
+        #: called on the committer thread after each commit with the rows it made durable, in seq order
+        self.listeners: list[Callable[[list[tuple[int, OutboxRow]]], None]] = []
         #: (transactions, requests) committed, for the measurements in the docs
         self.commits = 0
         self.requests = 0
 
     def submit(self, work: Callable[[sqlite3.Connection], T]) -> Future[T]:
         fut: Future[T] = Future()
+        self._enqueue(work, fut)
+        return fut
+
+    def submit_async(self, work: _Work, loop: asyncio.AbstractEventLoop) -> asyncio.Future[Any]:
+        waiter = _LoopWaiter(loop)
+        self._enqueue(work, waiter)
+        return waiter.future
+
+    def _enqueue(self, work: _Work, sink: _Sink) -> None:
         with self._cond:
             if self._closing:
                 raise OutboxError("the outbox is closed", where=self._where)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="batchbridge-outbox-commit", daemon=True)
                 self._thread.start()
-            self._queue.append((work, fut))
+            self._queue.append((work, sink))
             self._cond.notify()
-        return fut
 
     def _run(self) -> None:
         conn = self._connect()
@@ -244,19 +313,29 @@ class _Committer:
                         return
                     group, self._queue = self._queue[:_MAX_GROUP], self._queue[_MAX_GROUP:]
                 self._commit(conn, group)
+                self._wake(group)
         finally:
             conn.close()
 
-    def _commit(self, conn: sqlite3.Connection, group: list[tuple[Callable[[sqlite3.Connection], Any],
-                                                                   Future[Any]]]) -> None:
+    @staticmethod
+    def _wake(group: list[tuple[_Work, _Sink]]) -> None:
+        by_loop: dict[asyncio.AbstractEventLoop, list[_LoopWaiter]] = {}
+        for _, sink in group:
+            if isinstance(sink, _LoopWaiter):
+                by_loop.setdefault(sink.loop, []).append(sink)
+        for loop, waiters in by_loop.items():
+            with contextlib.suppress(RuntimeError):  # the loop was closed: nobody is waiting any more
+                loop.call_soon_threadsafe(_wake, waiters)
+
+    def _commit(self, conn: sqlite3.Connection, group: list[tuple[_Work, _Sink]]) -> None:
         try:
             full = self._no_room(conn)
         except sqlite3.Error as exc:
             return self._fail(group, exc)
         if full is not None:
             err = OutboxError(full, where=self._where, retryable=True)
-            for _, fut in group:
-                fut.set_exception(err)
+            for _, sink in group:
+                sink.set_exception(err)
             return None
         try:
             outcomes = self._transaction(conn, group)
@@ -270,46 +349,90 @@ class _Committer:
                 return self._fail(group, again)
         self.commits += 1
         self.requests += len(group)
-        for fut, result, error in outcomes:
+        if self.listeners:
+            committed = [(seq, row) for (work, _), (result, error) in zip(group, outcomes, strict=True)
+                         if error is None and isinstance(work, _Insert) for seq, row in zip(result.seqs, work.rows,
+                                                                                             strict=True)]
+            for listener in self.listeners:
+                try:
+                    listener(committed)
+                except Exception:  # a listener only speeds delivery up; the rows are durable regardless
+                    log.exception("an outbox commit listener failed")
+        for (_, sink), (result, error) in zip(group, outcomes, strict=True):
             if error is None:
-                fut.set_result(result)
+                sink.set_result(result)
             else:
-                fut.set_exception(error if isinstance(error, BatchBridgeError) else
-                                  OutboxError(f"outbox write failed: {error}", where=self._where))
+                sink.set_exception(error if isinstance(error, BatchBridgeError) else
+                                   OutboxError(f"outbox write failed: {error}", where=self._where))
+        return None
 
-    def _fail(self, group: list[tuple[Callable[[sqlite3.Connection], Any], Future[Any]]], exc: sqlite3.Error) -> None:
+    def _fail(self, group: list[tuple[_Work, _Sink]], exc: sqlite3.Error) -> None:
         err = _write_failed("could not commit to the outbox", exc, self._where)
-        for _, fut in group:
-            fut.set_exception(err)
+        for _, sink in group:
+            sink.set_exception(err)
 
-    @staticmethod
-    def _transaction(conn: sqlite3.Connection, group: list[tuple[Callable[[sqlite3.Connection], Any],
-                                                                  Future[Any]]]
-                     ) -> list[tuple[Future[Any], Any, BaseException | None]]:
-        outcomes: list[tuple[Future[Any], Any, BaseException | None]] = []
+    @classmethod
+    def _transaction(cls, conn: sqlite3.Connection, group: list[tuple[_Work, _Sink]]
+                     ) -> list[tuple[Any, BaseException | None]]:
+        """Commit the group; one outcome (result, error) per request. First all at once, the rows of
+        consecutive inserts in one statement; if anything in that fails, again with a savepoint per
+        request, so that one failing request does not sink the others in its group."""
         try:
             conn.execute("BEGIN IMMEDIATE")
-            for work, fut in group:
-                # a savepoint per request: one failing request must not sink the others in its group
-                conn.execute("SAVEPOINT request")
-                try:
-                    result = work(conn)
-                except sqlite3.Error as exc:
-                    if is_disk_full(exc):
-                        raise  # the whole transaction is in trouble, not this request
-                    conn.execute("ROLLBACK TO request")
-                    outcomes.append((fut, None, exc))
-                except Exception as exc:
-                    conn.execute("ROLLBACK TO request")
-                    outcomes.append((fut, None, exc))
-                else:
-                    outcomes.append((fut, result, None))
-                conn.execute("RELEASE request")
+            try:
+                outcomes = cls._together(conn, group)
+            except sqlite3.Error as exc:
+                if is_disk_full(exc):
+                    raise
+                outcomes = None
+            except Exception:
+                outcomes = None
+            if outcomes is None:
+                conn.execute("ROLLBACK")
+                conn.execute("BEGIN IMMEDIATE")
+                outcomes = cls._one_by_one(conn, group)
             conn.execute("COMMIT")
         except sqlite3.Error:
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
             raise
+        return outcomes
+
+    @staticmethod
+    def _together(conn: sqlite3.Connection, group: list[tuple[_Work, _Sink]]) -> list[tuple[Any, BaseException | None]]:
+        outcomes: list[tuple[Any, BaseException | None]] = []
+        i = 0
+        while i < len(group):
+            work = group[i][0]
+            if not isinstance(work, _Insert):
+                outcomes.append((work(conn), None))
+                i += 1
+                continue
+            run: list[_Insert] = []
+            while i < len(group) and isinstance(group[i][0], _Insert):
+                run.append(group[i][0])  # type: ignore[arg-type]
+                i += 1
+            seqs = iter(_insert_rows(conn, [r for w in run for r in w.rows]))
+            outcomes += [(Inserted([next(seqs) for _ in w.rows], _insert(conn, (), w.dead)), None) for w in run]
+        return outcomes
+
+    @staticmethod
+    def _one_by_one(conn: sqlite3.Connection, group: list[tuple[_Work, _Sink]]
+                    ) -> list[tuple[Any, BaseException | None]]:
+        outcomes: list[tuple[Any, BaseException | None]] = []
+        for work, _ in group:
+            conn.execute("SAVEPOINT request")
+            try:
+                outcomes.append((work(conn), None))
+            except sqlite3.Error as exc:
+                if is_disk_full(exc):
+                    raise  # the whole transaction is in trouble, not this request
+                conn.execute("ROLLBACK TO request")
+                outcomes.append((None, exc))
+            except Exception as exc:
+                conn.execute("ROLLBACK TO request")
+                outcomes.append((None, exc))
+            conn.execute("RELEASE request")
         return outcomes
 
     def close(self) -> None:
@@ -532,14 +655,24 @@ class Outbox:
 
     # --- intake (group-committed, FULL) ------------------------------------------------------------
 
-    def submit(self, rows: Sequence[OutboxRow], dead: Sequence[DeadLetter] = ()) -> Future[list[int]]:
+    def submit(self, rows: Sequence[OutboxRow], dead: Sequence[DeadLetter] = ()) -> Future[Inserted]:
         """Queue rows and dead letters for the next group commit; the future resolves once they are
-        durable, to the new dead-letter ids."""
-        return self._committer.submit(lambda conn: _insert(conn, rows, dead))
+        durable, to their seqs and the new dead-letter ids."""
+        return self._committer.submit(_Insert(rows, dead))
 
-    def put(self, rows: Sequence[OutboxRow], dead: Sequence[DeadLetter] = ()) -> list[int]:
+    def put(self, rows: Sequence[OutboxRow], dead: Sequence[DeadLetter] = ()) -> Inserted:
         """:meth:`submit` and wait: returns once the rows are committed."""
         return self.submit(rows, dead).result()
+
+    def asubmit(self, rows: Sequence[OutboxRow], dead: Sequence[DeadLetter] = ()) -> asyncio.Future[Inserted]:
+        """:meth:`submit` for asyncio (call it on the running loop): an awaitable future, and no thread
+        hop per request -- the whole group's waiters are woken at once."""
+        return self._committer.submit_async(_Insert(rows, dead), asyncio.get_running_loop())
+
+    def on_commit(self, listener: Callable[[list[tuple[int, OutboxRow]]], None]) -> None:
+        """Call ``listener`` on the committer thread after every intake commit, with the (seq, row) pairs
+        that commit made durable, in seq order (the bridge hands them to its publishers in memory)."""
+        self._committer.listeners.append(listener)
 
     # --- publisher side ----------------------------------------------------------------------------
 
@@ -623,12 +756,23 @@ def _record(r: Sequence[Any]) -> DeadLetterRecord:
                             meta if isinstance(meta, dict) else {}, int(r[11]))
 
 
-def _insert(conn: sqlite3.Connection, rows: Sequence[OutboxRow], dead: Sequence[DeadLetter]) -> list[int]:
+def _insert_rows(conn: sqlite3.Connection, rows: Sequence[OutboxRow]) -> list[int]:
+    """Insert rows; their seqs. One writer inside one transaction, so AUTOINCREMENT hands out
+    consecutive seqs and the last one gives them all."""
+    if not rows:
+        return []
     now = time.time()
-    if rows:
-        conn.executemany(
-            "INSERT INTO outbox (destination, event_id, event_type, body, created) VALUES (?, ?, ?, ?, ?)",
-            [(r.destination, r.event_id, r.event_type, r.body, now) for r in rows])
+    conn.executemany(
+        "INSERT INTO outbox (destination, event_id, event_type, body, created) VALUES (?, ?, ?, ?, ?)",
+        [(r.destination, r.event_id, r.event_type, r.body, now) for r in rows])
+    last = int(conn.execute("SELECT last_insert_rowid()").fetchone()[0])
+    return list(range(last - len(rows) + 1, last + 1))
+
+
+def _insert(conn: sqlite3.Connection, rows: Sequence[OutboxRow], dead: Sequence[DeadLetter]) -> list[int]:
+    """Insert rows and dead letters; the dead letters' ids."""
+    _insert_rows(conn, rows)
+    now = time.time()
     ids = []
     for d in dead:
         cur = conn.execute(

@@ -149,7 +149,7 @@ def test_a_failing_request_does_not_sink_its_group(tmp_path: Path) -> None:
 
         bad = ob._committer.submit(boom)
         good = ob.submit([OutboxRow("memory://a", "ok", None, b"{}")])
-        assert good.result() == []
+        assert good.result().dead_ids == []
         with pytest.raises(Exception, match="bad request"):
             bad.result()
         assert ob.depths() == {"memory://a": 1}
@@ -159,7 +159,7 @@ def test_dead_letters_keep_raw_bytes_and_scrub_secrets(tmp_path: Path) -> None:
     raw = b"\xff\xfe not utf-8 \x00"
     with Outbox(tmp_path / "o.db") as ob:
         (dl_id,) = ob.put([], [DeadLetter("intake", "http", "malformed_payload",
-                                          "bad at sqs://q?aws_secret_access_key=topsecretvalue", raw, "$.x")])
+                                          "bad at sqs://q?aws_secret_access_key=topsecretvalue", raw, "$.x")]).dead_ids
         rec = ob.dead_letter(dl_id)
         assert rec is not None and rec.payload == raw
         assert "topsecretvalue" not in rec.reason
