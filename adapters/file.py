@@ -234,6 +234,8 @@ class _FileBackend:
     extra = ""
     forms = ("file:///ABS/PATH/events.jsonl",)
     options = (
+        Option("concurrency", int, 1, "batches in flight at once: one, since every batch appends to the same "
+               "locked file"),
         Option("fsync", bool, True, "fsync after every batch before confirming it"),
         Option("max_bytes", int, 1024 * 1024, "largest event accepted, bytes"),
         Option("subscription", str, "default", "subscriber: name of the cursor kept beside the file"),

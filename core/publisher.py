@@ -265,8 +265,11 @@ class Publisher(_Base):
         self._check_open()
         with tracing.publishing(self.uri, self._where, list(events)) as obs:
             plan = _Plan(obs.events, self._settings, self._where)
-            for fut in [self._pool.submit(self._send_lane, plan, lane) for lane in plan.lanes]:
-                fut.result()
+            if len(plan.lanes) == 1:  # nothing to overlap: spare the hand-over to a pool thread
+                self._send_lane(plan, plan.lanes[0])
+            else:
+                for fut in [self._pool.submit(self._send_lane, plan, lane) for lane in plan.lanes]:
+                    fut.result()
             obs.results = plan.final()
         return obs.results
 
