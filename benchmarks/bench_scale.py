@@ -8,7 +8,7 @@ by line and reports its time and its peak RSS (``VmHWM``), so no run inherits an
 * **normalize**: ``normalize_lines(file)`` and ``dumps()`` of every event;
 * **publish**: the same events, gathered in chunks of 1,000, each chunk through
   ``open_publisher("file:///tmp/...jsonl").publish(chunk)`` (the portable Publisher with the file
-  driver's defaults: batches of up to 1,000, 4 lanes, write + fsync per batch);
+  driver's defaults: batches of up to 1,000, one lane, write + fsync per batch);
 * **publish-nofsync**: the same with ``?fsync=false``, which shows what the fsyncs cost.
 
 Nothing holds the whole stream: the file is read lazily and each chunk is dropped once published.

@@ -1,13 +1,16 @@
 """serve: vendor events ingested over HTTP with the durable outbox on, vs a bare ASGI endpoint that
 answers 204 on the same server (uvicorn, same settings), driven by the same load in the same run.
 
-    .venv/bin/python benchmarks/bench_serve.py [--quick] [--requests N] [--concurrency C]
+    .venv/bin/python benchmarks/bench_serve.py [--quick] [--seconds S] [--concurrency C] [--http H --loop L]
 
 Each server runs in its own process; the load generator is ``wrk`` (Debian package ``wrk``: a C
 client, so the servers and not the client are measured) posting the bundled JSON samples round-robin
 over C connections. Without wrk it falls back to an asyncio + httpx client and says so: that client
 saturates first, so its ratio flatters the bridge. Target: the bridge ingests at >= 30 % of the bare
 endpoint's rate.
+Both servers run on what ``batchbridge serve`` picks in this environment (uvicorn's ``auto``: its
+C parser ``httptools`` and ``uvloop`` when installed, else ``h11`` and asyncio; the ``serve`` extra
+installs neither) unless ``--http``/``--loop`` say otherwise; the line printed first names them.
 The 204 from ``serve`` means the events are committed to the SQLite outbox (group commits) and the
 outbox publisher drains them to a ``file://`` backend meanwhile, as in production.
 """
@@ -57,7 +60,18 @@ async def _bare_app(scope: dict, receive, send) -> None:  # type: ignore[no-unty
     await send({"type": "http.response.body", "body": b""})
 
 
-def _run_server(kind: str, port: int, workdir: str) -> None:
+def _stack(http: str, loop: str) -> tuple[str, str]:
+    """The HTTP protocol and event loop uvicorn will use (resolving ``auto`` as uvicorn does)."""
+    import importlib.util
+
+    if http == "auto":
+        http = "httptools" if importlib.util.find_spec("httptools") else "h11"
+    if loop == "auto":
+        loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
+    return http, loop
+
+
+def _run_server(kind: str, port: int, workdir: str, http: str, loop: str) -> None:
     import uvicorn
 
     if kind == "bare":
@@ -72,7 +86,7 @@ def _run_server(kind: str, port: int, workdir: str) -> None:
             f'[[routes]]\nto = ["file://{workdir}/events.jsonl"]\n'
         )
         app = create_app(load_config(config))
-    uvicorn.run(app, host="127.0.0.1", port=port, access_log=False, log_level="warning")
+    uvicorn.run(app, host="127.0.0.1", port=port, access_log=False, log_level="warning", http=http, loop=loop)
 
 
 def _free_port() -> int:
@@ -126,10 +140,10 @@ def _wrk(url: str, payloads: list[tuple[bytes, int]], seconds: float, concurrenc
 
 
 def _measure(kind: str, payloads: list[tuple[bytes, int]], requests: int, concurrency: int,
-             seconds: float) -> float:
+             seconds: float, stack: tuple[str, str]) -> float:
     port = _free_port()
     with tempfile.TemporaryDirectory() as workdir:
-        proc = subprocess.Popen([sys.executable, __file__, "--serve", kind, str(port), workdir],
+        proc = subprocess.Popen([sys.executable, __file__, "--serve", kind, str(port), workdir, *stack],
                                 start_new_session=True)
         try:
             url = f"http://127.0.0.1:{port}/events" if kind == "bridge" else f"http://127.0.0.1:{port}/"
@@ -163,21 +177,27 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=0, help="without wrk: requests per measurement")
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--repeat", type=int, default=0, help="measurements of each (default 3, quick 1)")
-    parser.add_argument("--serve", nargs=3, metavar=("KIND", "PORT", "DIR"), help=argparse.SUPPRESS)
+    parser.add_argument("--http", default="auto", choices=("auto", "h11", "httptools"),
+                        help="uvicorn's HTTP implementation for both servers (default: what serve would use)")
+    parser.add_argument("--loop", default="auto", choices=("auto", "asyncio", "uvloop"),
+                        help="uvicorn's event loop for both servers")
+    parser.add_argument("--serve", nargs=5, metavar=("KIND", "PORT", "DIR", "HTTP", "LOOP"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
-        _run_server(args.serve[0], int(args.serve[1]), args.serve[2])
+        _run_server(args.serve[0], int(args.serve[1]), args.serve[2], args.serve[3], args.serve[4])
         return 0
     requests = args.requests or (300 if args.quick else 4000)
     seconds = args.seconds or (2 if args.quick else 10)
     repeat = args.repeat or (1 if args.quick else 3)
     payloads = _payloads()
+    stack = _stack(args.http, args.loop)
     client = f"wrk, {seconds:g} s" if shutil.which("wrk") else f"httpx (no wrk: client-bound), {requests} requests"
-    print(f"serve benchmark: {client} x {repeat}, {args.concurrency} connections; {machine()}")
+    print(f"serve benchmark: {client} x {repeat}, {args.concurrency} connections; uvicorn with {stack[0]} on "
+          f"{stack[1]}; {machine()}")
     bare, bridge = [], []
     for _ in range(repeat):  # interleaved, so drift in machine load hits both alike
-        bare.append(_measure("bare", payloads, requests, args.concurrency, seconds))
-        bridge.append(_measure("bridge", payloads, requests, args.concurrency, seconds))
+        bare.append(_measure("bare", payloads, requests, args.concurrency, seconds, stack))
+        bridge.append(_measure("bridge", payloads, requests, args.concurrency, seconds, stack))
         print(f"  bare {bare[-1]:,.0f} events/s   serve+outbox {bridge[-1]:,.0f} events/s")
     b, s = statistics.median(bare), statistics.median(bridge)
     ratio = s / b
@@ -185,7 +205,7 @@ def main() -> int:
           f"= {ratio:.0%} (target >= {TARGET:.0%})")
     emit_result("serve: events/s ingested with the durable outbox vs a bare 204 endpoint", round(s, 1),
                 "events/s", baseline=round(b, 1), ratio=round(ratio, 3), target=f">= {TARGET}",
-                passed=ratio >= TARGET, note=client)
+                passed=ratio >= TARGET, note=f"{client}; uvicorn {stack[0]}/{stack[1]}")
     return 0
 
 

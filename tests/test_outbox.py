@@ -198,7 +198,7 @@ def test_each_destination_independently(tmp_path: Path) -> None:
     with Bridge(config(tmp_path, [{"to": ["switch://up", "switch://down"]}])) as bridge:
         ids = [bridge.handle(tencent(job=f"job-{i}")).event_ids[0] for i in range(20)]
         wait_for(lambda: len(SWITCHES["up"].sent) == 20)
-        assert bridge.outbox.depths() == {"switch://down": 20}
+        wait_for(lambda: bridge.outbox.depths() == {"switch://down": 20})  # sent, then deleted
         assert bridge.stats.snapshot()["failed"].get("switch://down", 0) > 0
         SWITCHES["down"].down = False  # the outage ends: everything arrives, nothing twice
         assert bridge.drain(10)
@@ -355,3 +355,116 @@ def test_demo_command(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkey
     assert main(["demo", "--out", str(out), "--show", "0"]) == 0
     assert f"{len(events)} events in {out} from this run" in capsys.readouterr().out
     assert len(out.read_bytes().splitlines()) == 2 * len(events)
+
+
+# --- group commits in one statement, asyncio waiters, hand-over in memory -------------------------------
+
+
+def test_rows_of_a_group_get_consecutive_seqs_across_statements(tmp_path: Path) -> None:
+    seen: list[list[tuple[int, OutboxRow]]] = []
+    with Outbox(tmp_path / "o.db") as ob:
+        ob.on_commit(seen.append)
+        first = ob.put([OutboxRow("memory://a", "x", None, b"{}")])
+        rows = [OutboxRow("memory://a", f"id{i}", None, b'{"n":%d}' % i) for i in range(1234)]  # > 2 statements
+        futures = [ob.submit(rows[i:i + 100]) for i in range(0, len(rows), 100)]
+        seqs = [s for f in futures for s in f.result().seqs]
+        assert seqs == list(range(first.seqs[0] + 1, first.seqs[0] + 1 + len(rows)))
+        fetched = ob.fetch("memory://a", 2000)[1:]
+        assert [(p.seq, p.event_id, p.body) for p in fetched] == [
+            (s, r.event_id, r.body) for s, r in zip(seqs, rows, strict=True)]
+        # the listener saw every committed row once, in seq order, with the row objects themselves
+        committed = [item for group in seen for item in group]
+        assert [s for s, _ in committed] == [first.seqs[0], *seqs]
+        assert [r for _, r in committed][1:] == rows
+
+
+def test_a_failing_request_leaves_the_listener_only_what_was_committed(tmp_path: Path) -> None:
+    seen: list[tuple[int, OutboxRow]] = []
+    with Outbox(tmp_path / "o.db") as ob:
+        ob.on_commit(seen.extend)
+        gate = threading.Event()
+        blocker = ob._committer.submit(lambda conn: gate.wait(5))  # holds the committer: the next three make one group
+
+        def boom(conn: Any) -> None:
+            raise RuntimeError("bad request")
+
+        good1 = ob.submit([OutboxRow("memory://a", "g1", None, b"{}")])
+        bad = ob._committer.submit(boom)
+        good2 = ob.submit([OutboxRow("memory://a", "g2", None, b"{}")])
+        gate.set()
+        blocker.result()
+        with pytest.raises(Exception, match="bad request"):
+            bad.result()
+        assert [r.event_id for _, r in seen] == ["g1", "g2"]
+        assert [s for s, _ in seen] == good1.result().seqs + good2.result().seqs
+        assert ob.depth() == 2
+
+
+def test_asyncio_waiters_of_a_group_are_woken_together(tmp_path: Path) -> None:
+    import asyncio
+
+    async def main(ob: Outbox) -> list[Any]:
+        loop = asyncio.get_running_loop()
+        calls = 0
+        original = loop.call_soon_threadsafe
+
+        def counting(*args: Any, **kwargs: Any) -> Any:
+            nonlocal calls
+            calls += 1
+            return original(*args, **kwargs)
+
+        loop.call_soon_threadsafe = counting  # type: ignore[method-assign]
+        gate = threading.Event()
+        held = ob._committer.submit(lambda conn: gate.wait(5))
+        waiters = [ob.asubmit([OutboxRow("memory://a", str(i), None, b"{}")]) for i in range(50)]
+        gate.set()
+        done = await asyncio.gather(*waiters)
+        held.result()
+        assert calls <= 2, calls  # one per group, not one per request
+        return done
+
+    with Outbox(tmp_path / "o.db") as ob:
+        done = asyncio.run(main(ob))
+        assert [len(d.seqs) for d in done] == [1] * 50 and ob.depth() == 50
+
+
+class _CountingOutbox(Outbox):
+    reads = 0
+
+    def fetch(self, destination: str, limit: int) -> list[Any]:
+        type(self).reads += 1
+        return super().fetch(destination, limit)
+
+
+def test_committed_rows_reach_the_publisher_without_being_read_back(tmp_path: Path) -> None:
+    cfg = config(tmp_path, [{"to": "switch://m?concurrency=1"}])  # one lane: one global order
+    _CountingOutbox.reads = 0
+    with Bridge(cfg, outbox=_CountingOutbox(cfg.outbox.path)) as bridge:
+        wait_for(lambda: _CountingOutbox.reads >= 1)  # the start-up read: the worker is in step
+        before = _CountingOutbox.reads
+        ids = [bridge.handle(tencent(job=f"job-{i}")).event_ids[0] for i in range(300)]
+        wait_for(lambda: len(SWITCHES["m"].sent) == 300)
+        assert [orjson.loads(b)["id"] for b in SWITCHES["m"].sent] == ids  # in order, once each
+        assert _CountingOutbox.reads - before <= 3  # only the once-a-second look for other writers
+        wait_for(lambda: bridge.outbox.depth() == 0)
+
+
+def test_rows_from_another_writer_and_failed_rows_are_still_read(tmp_path: Path) -> None:
+    cfg = config(tmp_path, [{"to": "switch://w?concurrency=1"}])
+    SWITCHES["w"] = _Switch()
+    with Bridge(cfg) as bridge:
+        first = bridge.handle(tencent(job="job-a")).event_ids[0]
+        wait_for(lambda: len(SWITCHES["w"].sent) == 1)
+        # another process (``dlq replay``, a second intake) commits through its own connection
+        with Outbox(cfg.outbox.path) as other:
+            other.put([OutboxRow("switch://w?concurrency=1", "from-elsewhere", None, orjson.dumps(
+                {**orjson.loads(SWITCHES["w"].sent[0]), "id": "from-elsewhere"}))])
+        wait_for(lambda: len(SWITCHES["w"].sent) == 2, timeout=5)
+        # an outage: the rows handed over fail, stay in the outbox and go out in order, once, after it
+        SWITCHES["w"].down = True
+        later = [bridge.handle(tencent(job=f"job-{i}")).event_ids[0] for i in range(30)]
+        time.sleep(0.3)
+        SWITCHES["w"].down = False
+        assert bridge.drain(10)
+        got = [orjson.loads(b)["id"] for b in SWITCHES["w"].sent]
+        assert got == [first, "from-elsewhere", *later]

@@ -455,3 +455,32 @@ def test_certificate_fetch_follows_no_redirect_and_caps_size(signer: Signer) -> 
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_intake_paths_methods_and_providers(srv: Running) -> None:
+    body = sample_bytes("tencent-cmq-http-push-job-failed.json")
+    assert srv.client.post("/events/tencent", content=body).status_code == 204
+    r = srv.client.post("/events/nosuch", content=body)
+    assert r.status_code == 404 and r.json()["error"] == "unknown_provider"
+    # what the intake endpoint does not take goes to Starlette's router, as before it was split off
+    assert srv.client.post("/events/tencent/extra", content=body).status_code == 404
+    assert srv.client.get("/events").status_code == 405
+    assert srv.client.post("/elsewhere", content=body).status_code == 404
+    assert srv.client.post("/events?provider=x", content=body).status_code == 204
+    assert len(srv.wait_lines(4)) == 4  # two accepted requests of two events each
+
+
+def test_intake_errors_are_typed_json_and_a_crash_is_a_500_without_details(tmp_path: Path, signer: Signer,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    for running in make(tmp_path, signer):
+        r = running.client.post("/events", content=b"{not json")
+        assert r.status_code == 400 and r.headers["content-type"] == "application/json"
+        assert set(r.json()) == {"error", "reason", "where"} and r.json()["error"] == "malformed_payload"
+
+        async def broken(*args: Any, **kwargs: Any) -> None:
+            raise RuntimeError("secret detail sqs://q?aws_secret_access_key=hunter2")
+
+        monkeypatch.setattr(running.bridge, "ahandle", broken)
+        r = running.client.post("/events", content=sample_bytes("tencent-cmq-http-push-job-failed.json"))
+        assert r.status_code == 500 and r.json()["error"] == "internal_error"
+        assert "hunter2" not in r.text and "secret detail" not in r.text
