@@ -6,10 +6,9 @@ canonical event example (Tencent's own seed sample, normalised).
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import json
 from importlib.resources import files
+from pathlib import Path
 
 from batchbridge.core.normalize import normalize
 from batchbridge.core.registry import options_table

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from contextlib import closing
 import uuid
 from collections.abc import Sequence
+from contextlib import closing
 from dataclasses import dataclass
 from typing import Any
 

@@ -14,10 +14,9 @@ from typing import Any
 
 import pytest
 from aws_servers import AwsServer
+from batchbridge.core.event import ordering_key
 from pubsub_servers import PubSubServer, admin
 from servicebus_broker import ServiceBusEnv, servicebus_broker  # noqa: F401  (the session fixture)
-
-from batchbridge.core.event import ordering_key
 
 CLI = str(Path(sys.executable).parent / "batchbridge")
 
