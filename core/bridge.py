@@ -271,10 +271,7 @@ class Bridge:
         elif plan.dead:
             s.add(s.dead_lettered, UNROUTED, len(plan.dead))
         s.drop_unrouted(plan.dropped)
-        if plan.rows and self._started:
-            for destination in {r.destination for r in plan.rows}:
-                self._worker(destination).wake.set()
-        return plan.result
+        return plan.result  # the committed rows already went to their publishers (``_committed``)
 
     def _committed(self, rows: list[tuple[int, OutboxRow]]) -> None:
         """On the committer thread, right after a commit: hand the rows to their publishers in memory."""
@@ -499,7 +496,6 @@ class _Worker:
                     try:
                         rows = self._read()
                     except BatchBridgeError as exc:
-                        self._in_step = False
                         self._backoff(exc)
                         continue
                 if not rows:

@@ -220,17 +220,28 @@ class Inserted(NamedTuple):
 
 
 class _Insert:
-    """One intake request: rows and dead letters. The committer folds the rows of every request in a
-    group into one statement; called on its own (the per-request fallback) it inserts just these."""
+    """One intake request: rows and dead letters, and the dead letter they replace when a replay made
+    them. The committer folds the rows of every request in a group into one statement; called on its
+    own (the per-request fallback) it inserts just these."""
 
-    __slots__ = ("dead", "rows")
+    __slots__ = ("dead", "replaces", "rows", "where")
 
-    def __init__(self, rows: Sequence[OutboxRow], dead: Sequence[DeadLetter]) -> None:
+    def __init__(self, rows: Sequence[OutboxRow], dead: Sequence[DeadLetter], *, replaces: int | None = None,
+                 where: str = "") -> None:
         self.rows = rows
         self.dead = dead
+        self.replaces = replaces
+        self.where = where
+
+    def claim(self, conn: sqlite3.Connection) -> None:
+        """Delete the dead letter this request replaces; it must still be there."""
+        if self.replaces is not None and conn.execute(
+                "DELETE FROM dead_letter WHERE id = ?", (self.replaces,)).rowcount != 1:
+            raise OutboxError(f"no dead letter with id {self.replaces}", where=self.where)
 
     def __call__(self, conn: sqlite3.Connection) -> Inserted:
-        return Inserted(_insert_rows(conn, self.rows), _insert(conn, (), self.dead))
+        self.claim(conn)
+        return Inserted(_insert_rows(conn, self.rows), _insert_dead(conn, self.dead))
 
 
 class _LoopWaiter:
@@ -413,8 +424,10 @@ class _Committer:
             while i < len(group) and isinstance(group[i][0], _Insert):
                 run.append(group[i][0])  # type: ignore[arg-type]
                 i += 1
+            for w in run:
+                w.claim(conn)
             seqs = iter(_insert_rows(conn, [r for w in run for r in w.rows]))
-            outcomes += [(Inserted([next(seqs) for _ in w.rows], _insert(conn, (), w.dead)), None) for w in run]
+            outcomes += [(Inserted([next(seqs) for _ in w.rows], _insert_dead(conn, w.dead)), None) for w in run]
         return outcomes
 
     @staticmethod
@@ -706,7 +719,7 @@ class Outbox:
             if again:
                 conn.executemany("UPDATE outbox SET attempts = attempts + 1, last_error = ? WHERE seq = ?", again)
             if moved:
-                _insert(conn, (), [d for _, d in moved])
+                _insert_dead(conn, [d for _, d in moved])
                 _delete_rows(conn, [s for s, _ in moved])
 
         self._write(work)
@@ -740,13 +753,9 @@ class Outbox:
         return self._write(work)
 
     def resolve(self, dl_id: int, rows: Sequence[OutboxRow], dead: Sequence[DeadLetter] = ()) -> None:
-        """Replace a dead letter by what replaying it produced, atomically (group-committed, FULL)."""
-        def work(conn: sqlite3.Connection) -> None:
-            if conn.execute("DELETE FROM dead_letter WHERE id = ?", (dl_id,)).rowcount != 1:
-                raise OutboxError(f"no dead letter with id {dl_id}", where=self._where)
-            _insert(conn, rows, dead)
-
-        self._committer.submit(work).result()
+        """Replace a dead letter by what replaying it produced, atomically (group-committed, FULL; the
+        rows reach the commit listeners like any intake)."""
+        self._committer.submit(_Insert(rows, dead, replaces=dl_id, where=self._where)).result()
 
     def failed_again(self, dl_id: int, error: BatchBridgeError) -> None:
         """A replay failed the same way or another: keep the item, record the latest reason."""
@@ -801,9 +810,8 @@ def _delete_rows(conn: sqlite3.Connection, seqs: Sequence[int]) -> None:
         conn.execute(f"DELETE FROM outbox WHERE seq IN ({', '.join('?' * len(chunk))})", chunk)
 
 
-def _insert(conn: sqlite3.Connection, rows: Sequence[OutboxRow], dead: Sequence[DeadLetter]) -> list[int]:
-    """Insert rows and dead letters; the dead letters' ids."""
-    _insert_rows(conn, rows)
+def _insert_dead(conn: sqlite3.Connection, dead: Sequence[DeadLetter]) -> list[int]:
+    """Insert dead letters; their ids."""
     now = time.time()
     ids = []
     for d in dead:

@@ -134,9 +134,18 @@ _NO_CONTENT = {"type": "http.response.start", "status": 204, "headers": []}
 _EMPTY = {"type": "http.response.body", "body": b""}
 
 
+#: the 401 every endpoint answers without the shared token: (code, reason, headers)
+_UNAUTHORIZED = ("unauthorized", "a valid shared token is required", {"WWW-Authenticate": "Bearer"})
+
+
+def _error_json(code: str, reason: str, where: str | None = None) -> bytes:
+    """The body of every error answer: ``{"error", "reason", "where"}``, secrets scrubbed."""
+    return orjson.dumps({"error": code, "reason": redact(reason), "where": redact(where) if where else None})
+
+
 async def _send_error(send: Send, status: int, code: str, reason: str, where: str | None = None,
                       headers: Mapping[str, str] | None = None) -> None:
-    body = orjson.dumps({"error": code, "reason": redact(reason), "where": redact(where) if where else None})
+    body = _error_json(code, reason, where)
     raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     raw += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in (headers or {}).items()]
     await send({"type": "http.response.start", "status": status, "headers": raw})
@@ -151,6 +160,10 @@ class _Intake:
         self.bridge = bridge
         self.conf = conf
         self.verifier = verifier
+
+    def ensure_started(self) -> None:
+        if not self.bridge.running:
+            self.bridge.start()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
@@ -180,8 +193,8 @@ class _Intake:
                 log.warning("refused an MNS push: %s", exc)
                 return await _send_error(send, 403, exc.code, exc.reason, exc.where)
         elif not _token_ok(lower, scope.get("query_string", b""), conf.token):
-            return await _send_error(send, 401, "unauthorized", "a valid shared token is required", None,
-                                     {"WWW-Authenticate": "Bearer"})
+            code, reason, challenge = _UNAUTHORIZED
+            return await _send_error(send, 401, code, reason, None, challenge)
         try:
             body = await _read_body(receive, lower.get("content-length"), conf.max_body_bytes)
         except _TooLarge:
@@ -194,8 +207,7 @@ class _Intake:
                 self.verifier.verify_body(headers, body)
             except SignatureError as exc:
                 return await _send_error(send, 403, exc.code, exc.reason, exc.where)
-        if not bridge.running:
-            bridge.start()
+        self.ensure_started()
         meta: dict[str, object] = {"content_type": lower.get("content-type")}
         if mns:
             meta["mns"] = True
@@ -269,19 +281,16 @@ def create_app(target: Bridge | BridgeConfig | str | Path, *, settings: ServeSet
     verifier = mns_verifier or MnsVerifier(conf.mns)
     registry = prometheus_registry(bridge.stats, bridge.outbox.depths)
 
-    def error(status: int, code: str, reason: str) -> Response:
-        return JSONResponse({"error": code, "reason": redact(reason), "where": None}, status_code=status)
+    def error(status: int, code: str, reason: str, headers: Mapping[str, str] | None = None) -> Response:
+        return Response(_error_json(code, reason), status_code=status, media_type="application/json",
+                        headers=dict(headers or {}))
 
     def authorized(request: Request) -> bool:
         return _token_ok(request.headers, request.scope.get("query_string", b""), conf.token)
 
     def unauthorized() -> Response:
-        return JSONResponse({"error": "unauthorized", "reason": "a valid shared token is required", "where": None},
-                            status_code=401, headers={"WWW-Authenticate": "Bearer"})
-
-    def ensure_started() -> None:
-        if not bridge.running:
-            bridge.start()
+        code, reason, challenge = _UNAUTHORIZED
+        return error(401, code, reason, challenge)
 
     intake = _Intake(bridge, conf, verifier)
 
@@ -302,7 +311,7 @@ def create_app(target: Bridge | BridgeConfig | str | Path, *, settings: ServeSet
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        ensure_started()
+        intake.ensure_started()
         try:
             yield
         finally:
