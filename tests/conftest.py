@@ -10,4 +10,4 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 
 # backend servers, each started once per session on a free port, on first use
-pytest_plugins = ["aws_servers", "pubsub_servers"]
+pytest_plugins = ["aws_servers", "pubsub_servers", "pg_server"]
