@@ -61,8 +61,8 @@ class StoreUnavailableError(OutboxError):
 
     code = "outbox_unavailable"
 
-    def __init__(self, reason: str, *, where: str | None = None) -> None:
-        super().__init__(reason, where=where, retryable=True)
+    def __init__(self, reason: str, *, where: str | None = None, cause: BaseException | None = None) -> None:
+        super().__init__(reason, where=where, retryable=True, cause=cause)
 
 
 @dataclass(frozen=True, slots=True)
