@@ -23,7 +23,6 @@ import glob
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -32,6 +31,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from fault_tools import free_port
 
 USER = "bb"
 INSTALL_HELP = "PostgreSQL server binaries not found: `apt-get install postgresql` (Debian) or set BATCHBRIDGE_PG_BIN"
@@ -45,13 +45,6 @@ def find_bindir() -> Path | None:
     return Path(found[-1]).parent if found else None
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 class PgServer:
     """One PostgreSQL cluster in a temporary directory, on 127.0.0.1:``port``."""
 
@@ -60,7 +53,7 @@ class PgServer:
         self.base = Path(tempfile.mkdtemp(prefix="bb-pg-"))
         self.data = self.base / "data"
         self.log = self.base / "log"
-        self.port = _free_port()
+        self.port = free_port()
         # the server refuses root: run it as the package's unprivileged account, which must own the files
         self._as: list[str] = []
         if os.geteuid() == 0:
@@ -107,7 +100,7 @@ class PgServer:
         import psycopg
 
         with psycopg.connect(self.url(), autocommit=True, connect_timeout=10) as conn:
-            conn.execute(sql)  # type: ignore[arg-type]  # test-made identifiers, no user input
+            conn.execute(sql)  # test-made identifiers, no user input
 
     def create_database(self) -> str:
         name = f"t_{uuid.uuid4().hex[:12]}"

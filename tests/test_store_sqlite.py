@@ -13,11 +13,11 @@ from batchbridge.core.outbox import Outbox, Pending
 from store_conformance import Opener, StoreCaps, StoreConformance
 
 
-class _SqliteClaims(Outbox):
+class _SqliteClaims(Outbox):  # type: ignore[misc]  # mypy run on tests/ sees batchbridge as untyped
     """``claim`` is today's ``fetch`` (the file lock makes this process the only claimant)."""
 
     def claim(self, destination: str, limit: int) -> list[Pending]:
-        return self.fetch(destination, limit)
+        return list(self.fetch(destination, limit))
 
 
 class TestSqliteOutbox(StoreConformance):
