@@ -48,8 +48,10 @@ def find_bindir() -> Path | None:
 class PgServer:
     """One PostgreSQL cluster in a temporary directory, on 127.0.0.1:``port``."""
 
-    def __init__(self, bindir: Path) -> None:
+    def __init__(self, bindir: Path, *, durable: bool = False) -> None:
         self.bindir = bindir
+        #: fsync on (benchmarks measure durable commits); the tests run without it
+        self.durable = durable
         self.base = Path(tempfile.mkdtemp(prefix="bb-pg-"))
         self.data = self.base / "data"
         self.log = self.base / "log"
@@ -72,11 +74,12 @@ class PgServer:
         self._run("initdb", "-D", str(self.data), "-U", USER, "-A", "trust", "-E", "UTF8", "--no-locale",
                   "--no-sync")
         with (self.data / "postgresql.conf").open("a") as conf:
-            conf.write(
-                f"\nlisten_addresses = '127.0.0.1'\nport = {self.port}\nunix_socket_directories = ''\n"
+            conf.write(f"\nlisten_addresses = '127.0.0.1'\nport = {self.port}\nunix_socket_directories = ''\n"
+                       "max_connections = 200\n")
+            if not self.durable:
                 # a test server: what an fsync protects against (a power cut) is not what the tests
                 # exercise, and each fsync costs the shared 2-core machine dearly
-                "fsync = off\nfull_page_writes = off\nmax_connections = 200\n")
+                conf.write("fsync = off\nfull_page_writes = off\n")
 
     def start(self) -> None:
         self._run("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-w", "-t", "60", "start")
