@@ -8,7 +8,7 @@
 * **Intake** -- one committer thread per store groups every request waiting at that moment into one
   transaction with multi-row INSERTs (the SQLite outbox's group committer, on a PostgreSQL
   connection); ``synchronous_commit`` stays at the server's setting (``on``: durable at the ack). The
-  transaction ends with one ``NOTIFY`` per destination it wrote to.
+  transaction's INSERTs notify (a statement trigger) once per destination they wrote to.
 * **Claims** -- rows carry their event's ordering key; ``key_lease`` holds (destination, key, owner,
   expires). A claim picks candidate rows with ``FOR UPDATE SKIP LOCKED`` (two claimants starting at
   once take different rows instead of queueing), leases their keys with one upsert that succeeds only
@@ -66,6 +66,8 @@ log = logging.getLogger("batchbridge.outbox.postgres")
 T = TypeVar("T")
 
 SCHEMA_VERSION = 1
+#: the NOTIFY channel; the payload is a digest of the destination (URIs may be long or hold secrets)
+CHANNEL = "batchbridge_outbox"
 #: serialises schema creation among replicas that start at once (any constant; "bboutbox" in ASCII)
 _SCHEMA_LOCK = 0x62626F7574626F78
 _SCHEMA = (
@@ -91,6 +93,20 @@ _SCHEMA = (
         PRIMARY KEY (destination, okey)
     )""",
     "CREATE INDEX IF NOT EXISTS key_lease_by_owner ON key_lease (owner)",
+    # every insert wakes the idle claimants, whoever wrote it (intake, a replay, another tool), in
+    # the inserting statement itself: no round trip of its own; delivered at commit, once per payload
+    f"""CREATE OR REPLACE FUNCTION outbox_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        PERFORM pg_notify('{CHANNEL}', d) FROM (SELECT DISTINCT md5(destination) AS d FROM inserted) AS t;
+        RETURN NULL;
+    END $$""",
+    # made once: replacing it on every start would lock the table against a running replica's intake
+    """DO $$ BEGIN
+        IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgname = 'outbox_notify' AND tgrelid = 'outbox'::regclass) THEN
+            CREATE TRIGGER outbox_notify AFTER INSERT ON outbox REFERENCING NEW TABLE AS inserted
+                FOR EACH STATEMENT EXECUTE FUNCTION outbox_notify();
+        END IF;
+    END $$""",
     """CREATE TABLE IF NOT EXISTS dead_letter (
         id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
         created     double precision NOT NULL DEFAULT extract(epoch FROM now()),
@@ -106,8 +122,6 @@ _SCHEMA = (
         attempts    integer NOT NULL DEFAULT 1
     )""",
 )
-#: the NOTIFY channel; the payload is a digest of the destination (URIs may be long or hold secrets)
-CHANNEL = "batchbridge_outbox"
 #: rows per INSERT statement (6 parameters a row; PostgreSQL allows 65,535 per statement)
 _ROWS_PER_STATEMENT = 1000
 #: seconds to wait for a connection before intake answers 503, unless the URL sets ``connect_timeout``
@@ -124,7 +138,8 @@ def _psycopg() -> Any:
 
 
 def _digest(destination: str) -> str:
-    return hashlib.sha1(destination.encode(), usedforsecurity=False).hexdigest()
+    """What the trigger ``outbox_notify`` sends for a destination (md5 of its UTF-8 bytes, in hex)."""
+    return hashlib.md5(destination.encode(), usedforsecurity=False).hexdigest()
 
 
 def parse_url(url: str) -> tuple[str, dict[str, Any], str]:
@@ -265,11 +280,6 @@ def _apply(cur: psycopg.Cursor[Any], work: _PgInsert, where: str) -> Inserted:
     return Inserted(_insert_rows(cur, work.rows), _insert_dead(cur, work.dead))
 
 
-def _notify(cur: psycopg.Cursor[Any], destinations: Iterable[str]) -> None:
-    for digest in sorted({_digest(d) for d in destinations}):
-        cur.execute("SELECT pg_notify(%s, %s)", (CHANNEL, digest))
-
-
 class _PgCommitter(_Committer):
     """The SQLite outbox's group committer (queue, grouping, waking asyncio waiters per loop), with the
     transaction made on PostgreSQL: one transaction per group, the rows of the whole group in
@@ -322,7 +332,6 @@ class _PgCommitter(_Committer):
             seqs = iter(_insert_rows(cur, [r for w in works for r in w.rows]))
             outcomes: list[tuple[Inserted, BaseException | None]] = [
                 (Inserted([next(seqs) for _ in w.rows], _insert_dead(cur, w.dead)), None) for w in works]
-            _notify(cur, (r.destination for w in works for r in w.rows))
         return outcomes
 
     def _with_savepoints(self, conn: psycopg.Connection[Any], works: list[_PgInsert]
@@ -340,8 +349,6 @@ class _PgCommitter(_Committer):
                     if _unavailable(exc):
                         raise
                     outcomes.append((None, _store_error("outbox write failed", exc, self._where)))
-            _notify(cur, (r.destination for (w, (_, e)) in zip(works, outcomes, strict=True) if e is None
-                          for r in w.rows))
         return outcomes
 
 

@@ -18,7 +18,7 @@ from batchbridge.core.outbox import OutboxError
 from batchbridge.core.store import OutboxStore, StoreUnavailableError
 from batchbridge.core.store_postgres import PostgresStore
 from pg_server import PgServer
-from store_conformance import DEST, ClaimConformance, Opener, assert_typed, row, wait_for
+from store_conformance import DEST, OTHER, ClaimConformance, Opener, assert_typed, row, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -197,3 +197,13 @@ def test_the_lease_upsert_decides_between_claimants_that_saw_a_key_free_at_once(
         finally:
             other.close()
         assert got == [[]], "the claim took a key another claimant had just leased"
+
+
+def test_rows_any_writer_inserts_wake_the_claimants(pg_url: str) -> None:
+    with PostgresStore(pg_url) as b:
+        b.wait(DEST, 0.01)
+        wait_for(lambda: b.wait(DEST, 0.05) is False, 10, "the listener to settle")
+        with psycopg.connect(pg_url, autocommit=True) as other:  # e.g. a replay from another tool
+            other.execute("INSERT INTO outbox (destination, okey, body) VALUES (%s, 'k', '{}')", (DEST,))
+        assert b.wait(DEST, 5) is True
+        assert b.wait(OTHER, 0.05) is False, "a commit to one destination woke another's claimants"
