@@ -2,9 +2,10 @@
 
 A store's test module subclasses :class:`StoreConformance` and provides a ``stores`` fixture: a
 function that opens another store object -- another claimant -- on the *same* fresh outbox each
-time it is called (closed by the fixture at the end). ``caps`` says what the store offers: today's
-SQLite outbox has intake, fetch/settle and dead letters but no leases yet, so the claim tests run
-only where ``caps.claims`` is set (they are not skipped: they are not collected for it).
+time it is called (closed by the fixture at the end). :class:`StoreConformance` holds what every
+store offers (intake, claim/fetch and settle, dead letters); :class:`ClaimConformance` adds the
+invariants of claims, for stores with leases. Today's SQLite outbox has no leases yet, so its module
+subclasses only the first (the claim tests are not collected for it, rather than skipped).
 """
 
 from __future__ import annotations
@@ -15,8 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 import orjson
 import pytest
@@ -26,12 +26,6 @@ from batchbridge.core.store import NO_KEY
 
 DEST = "file:///tmp/bb-store-a.jsonl"
 OTHER = "file:///tmp/bb-store-b.jsonl"
-
-
-@dataclass(frozen=True)
-class StoreCaps:
-    #: claim with leases, renew/release, wait, backlog: what replicas need
-    claims: bool = True
 
 
 def event(job: str | None, n: int) -> dict[str, Any]:
@@ -64,8 +58,6 @@ Opener = Callable[..., Any]
 
 
 class StoreConformance:
-    caps: ClassVar[StoreCaps] = StoreCaps()
-
     @pytest.fixture
     def stores(self) -> Opener:  # pragma: no cover - every subclass provides it
         raise NotImplementedError

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from batchbridge.core.outbox import Outbox, Pending
-from store_conformance import Opener, StoreCaps, StoreConformance
+from store_conformance import Opener, StoreConformance
 
 
 class _SqliteClaims(Outbox):  # type: ignore[misc]  # mypy run on tests/ sees batchbridge as untyped
@@ -21,8 +21,6 @@ class _SqliteClaims(Outbox):  # type: ignore[misc]  # mypy run on tests/ sees ba
 
 
 class TestSqliteOutbox(StoreConformance):
-    caps = StoreCaps(claims=False)
-
     @pytest.fixture
     def stores(self, tmp_path: Path) -> Iterator[Opener]:
         opened: list[Outbox] = []
