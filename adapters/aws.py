@@ -381,8 +381,8 @@ class _AwsPublisher:
 
     service = ""
     attribute_prefix = "ce-"
-    #: 9 binding attributes + ``content-type`` = the 10 SQS and SNS allow. Without ``content-type`` a
-    #: structured message (which carries ``ce-specversion``) would be read back as binary mode.
+    #: 9 binding attributes + ``content-type`` = the 10 SQS and SNS allow. ``content-type`` is what tells
+    #: a structured message from a binary one to readers that do not know batchbridge's own messages.
     max_attributes = MAX_ATTRIBUTES - 1
     max_batch_count = MAX_BATCH
     body_field = "MessageBody"
