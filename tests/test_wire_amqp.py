@@ -21,7 +21,7 @@ from conformance import drain, make_event
 from servicebus_broker import ServiceBusEnv, servicebus_broker  # noqa: F401  (the session fixture)
 
 pytest.importorskip("azure.servicebus")
-from azure.servicebus import ServiceBusClient, ServiceBusMessage  # noqa: E402
+from azure.servicebus import ServiceBusClient, ServiceBusMessage
 
 CLI = str(Path(sys.executable).parent / "batchbridge")
 TIME = datetime.datetime(2025, 1, 2, 3, 4, 5, 678000, tzinfo=datetime.timezone.utc)
