@@ -67,7 +67,7 @@ def read_with_sdk_amqp(content_type: str | None, properties: dict[str, Any], bod
     return {**attributes, "data": got.get_data()}
 
 
-def read_with_azure(body: bytes, attributes: dict[str, str], prefix: str) -> AzureCloudEvent:
+def read_with_azure(body: bytes, attributes: dict[str, str], prefix: str) -> AzureCloudEvent[Any]:
     """``azure.core`` reads the JSON format only; a binary message is the attributes plus the body
     as data, which is all a consumer on azure.core has to go on."""
     if not any(k.startswith(prefix) for k in attributes) or f"{prefix}specversion" not in attributes:
@@ -86,7 +86,7 @@ def assert_same_event(got: dict[str, Any], event: dict[str, Any]) -> None:
     assert got == {k: v for k, v in event.items() if k != "time"}
 
 
-def assert_azure_reads(got: AzureCloudEvent, event: dict[str, Any]) -> None:
+def assert_azure_reads(got: AzureCloudEvent[Any], event: dict[str, Any]) -> None:
     assert (got.id, got.source, got.type, got.subject) == (event["id"], event["source"], event["type"],
                                                           event["subject"])
     assert (got.specversion, got.dataschema, got.datacontenttype) == ("1.0", event["dataschema"],
@@ -268,7 +268,7 @@ def test_sdk_events_sent_with_azure_servicebus_are_consumed(servicebus_broker: S
             attributes["time"] = isoparse(event["time"])
             ce = CoreCloudEvent(attributes=attributes, data=event["data"])
             message = ce_amqp.to_binary_event(ce) if mode == "binary" else ce_amqp.to_structured_event(ce)
-            properties = dict(message.application_properties)
+            properties: dict[str | bytes, Any] = {k: v for k, v in message.application_properties.items()}
             if "cloudEvents_time" in properties:
                 # azure-servicebus writes a Python int as an AMQP int (32 bits), which the SDK's epoch
                 # milliseconds overflow; as a datetime it goes out as the AMQP binding's native timestamp

@@ -43,7 +43,7 @@ def consume(env: ServiceBusEnv, queue: str, want: int) -> list[dict[str, Any]]:
 
 def binary_message(event: dict[str, Any], prefix: str, **native: Any) -> Any:
     names = ("specversion", "id", "source", "type", "subject", "time", "dataschema")
-    properties: dict[str, Any] = {f"{prefix}{k}": event[k] for k in names}
+    properties: dict[str | bytes, Any] = {f"{prefix}{k}": event[k] for k in names}
     properties.update({f"{prefix}{k}": v for k, v in native.items()})
     return ServiceBusMessage(body=orjson.dumps(event["data"]), content_type="application/json",
                              application_properties=properties)
@@ -109,7 +109,8 @@ def test_colon_prefix_option_writes_the_amqp_bindings_own_names(servicebus_broke
             client.get_queue_receiver(queue, max_wait_time=5) as receiver:
         [msg] = receiver.receive_messages(max_message_count=1, max_wait_time=5)
         receiver.complete_message(msg)
-    props = {k.decode(): (v.decode() if isinstance(v, bytes) else v) for k, v in msg.application_properties.items()}
+    props = {(k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
+             for k, v in (msg.application_properties or {}).items()}
     assert props["cloudEvents:id"] == event["id"] and props["cloudEvents:type"] == event["type"]
     assert not [k for k in props if k.startswith("cloudEvents_")]
     assert ("cloudEvents:specversion" in props) == (mode == "binary")
