@@ -103,7 +103,7 @@ def normalize(obj: dict[str, Any], where: str) -> list[CloudEvent]:
     region = as_region(obj.get("region"), r.path("region"))
     job_id = detail.require("jobId")
     index = detail.sub("arrayProperties").integer("index", minimum=0)
-    if index is None:
+    if index is None and "nodeDetails" in detail.obj:
         index = detail.sub("nodeDetails").integer("nodeIndex", minimum=0)
     child = _CHILD.fullmatch(job_id)
     parent_id = job_id
