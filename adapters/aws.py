@@ -51,8 +51,8 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-import orjson
 from batchbridge.core.driver import Message, ReceivedMessage
+from batchbridge.core.envelopes import parse_sns_notification
 from batchbridge.core.errors import (
     BackendError,
     BatchBridgeError,
@@ -381,8 +381,8 @@ class _AwsPublisher:
 
     service = ""
     attribute_prefix = "ce-"
-    #: 9 binding attributes + ``content-type`` = the 10 SQS and SNS allow. Without ``content-type`` a
-    #: structured message (which carries ``ce-specversion``) would be read back as binary mode.
+    #: 9 binding attributes + ``content-type`` = the 10 SQS and SNS allow. ``content-type`` is what tells
+    #: a structured message from a binary one to readers that do not know batchbridge's own messages.
     max_attributes = MAX_ATTRIBUTES - 1
     max_batch_count = MAX_BATCH
     body_field = "MessageBody"
@@ -551,23 +551,12 @@ class SqsPublisher(_AwsPublisher):
 
 
 def _unwrap_sns(body: str, attrs: dict[str, str]) -> tuple[str, dict[str, str], dict[str, Any]]:
-    """Undo SNS's notification envelope (a subscription without raw message delivery)."""
-    if not body.startswith("{") or '"Notification"' not in body or '"Type"' not in body:
+    """Undo SNS's notification envelope (a subscription without raw message delivery); the binding
+    attributes of a binary-mode CloudEvent are inside it."""
+    notification = parse_sns_notification(body)
+    if notification is None:
         return body, attrs, {}
-    try:
-        doc = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return body, attrs, {}
-    if not isinstance(doc, dict) or doc.get("Type") != "Notification" or not isinstance(doc.get("Message"), str):
-        return body, attrs, {}
-    unwrapped = dict(attrs)
-    envelope_attrs = doc.get("MessageAttributes")
-    if isinstance(envelope_attrs, dict):
-        for name, attr in envelope_attrs.items():
-            if isinstance(attr, dict) and attr.get("Type") in ("String", "Number") and "Value" in attr:
-                unwrapped[str(name)] = str(attr["Value"])
-    extra = {k: doc[k] for k in ("TopicArn", "MessageId", "Subject", "Timestamp") if doc.get(k)}
-    return doc["Message"], unwrapped, {"sns": extra}
+    return notification.message, {**attrs, **notification.attributes}, {"sns": notification.meta}
 
 
 class SqsSubscriber:

@@ -16,7 +16,9 @@ namespace host. The official emulator's connection string (``UseDevelopmentEmula
 unchanged. The connection string and its key are registered with :mod:`batchbridge.core.secrets`, so
 no log line, error or repr shows them.
 
-On the wire (the CloudEvents AMQP binding): application properties ``cloudEvents_*``,
+On the wire (the CloudEvents AMQP binding): application properties ``cloudEvents_*`` (or the
+binding's own ``cloudEvents:*`` with ``?amqp_prefix=colon``; received messages may use either, and
+properties in native AMQP types -- timestamp, binary, uuid -- are read as the binding maps them),
 ``subject`` = event type, ``content_type``, ``message_id`` = event id (Service Bus duplicate
 detection works on it), ``session_id`` = job or environment id with ``?sessions=true``. A batch the
 portable layer hands over is sent as one or more ``ServiceBusMessageBatch``es, never larger than the
@@ -41,6 +43,7 @@ from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from batchbridge.core.binding import AMQP_PREFIXES, amqp_properties
 from batchbridge.core.driver import Message, ReceivedMessage
 from batchbridge.core.errors import (
     BackendError,
@@ -321,8 +324,7 @@ class _Handle:
 
 
 def _received(receiver: Any, msg: Any) -> ReceivedMessage:
-    props = msg.application_properties or {}
-    attributes = {_text(k): _text(v) for k, v in props.items() if v is not None}
+    attributes = amqp_properties(msg.application_properties)
     count = msg.delivery_count
     return ReceivedMessage(
         body=_body(msg),
@@ -351,6 +353,7 @@ class _PublisherBase:
         self._t = _target(uri, subscriber=False)
         self._closed = False
         self._limits(STANDARD_TIER_BYTES, STANDARD_TIER_BYTES)
+        self.attribute_prefix = AMQP_PREFIXES[str(uri.options.get("amqp_prefix") or "underscore")]
 
     def _limits(self, message_bytes: int, batch_bytes: int) -> None:
         self.max_message_bytes = max(1024, message_bytes - _ENVELOPE)
@@ -890,6 +893,10 @@ class _ServiceBusBackend:
         Option("prefetch", int, 0, "subscriber: messages locked ahead of receive calls; 0 = only what a "
                "receive asks for"),
         Option("operation_timeout", float, 30.0, "bound on one send, settlement or link open, seconds"),
+        Option("amqp_prefix", str, "underscore",
+               "publisher: application property prefix, underscore = cloudEvents_* (what Service Bus SQL "
+               "filters name without quoting), colon = cloudEvents:* (the AMQP binding's own; for readers "
+               "that know only it, e.g. the Go SDK). Subscribers read both", choices=tuple(AMQP_PREFIXES)),
     )
 
     def open_publisher(self, uri: BackendURI) -> ServiceBusPublisher:

@@ -11,7 +11,9 @@ Each invocation commits the events to the bridge's outbox, publishes them, and r
 the destinations confirmed them (or the time budget ran out): Lambda freezes the instance between
 invocations, so nothing may be left for later.
 
-* :func:`make_eventbridge_handler` -- the target of an EventBridge rule on ``Batch Job State Change``.
+* :func:`make_eventbridge_handler` -- the target of an EventBridge rule on ``Batch Job State Change``
+  (or ``Batch Job Queue Blocked``), or a function subscribed to an SNS topic such a rule publishes to
+  (Lambda's ``{"Records": [{"Sns": ...}]}`` event, unwrapped like every other envelope).
   When an event cannot be published in time the invocation fails with a
   :class:`~batchbridge.core.errors.BackendError` and Lambda retries it (asynchronous invocation).
 * :func:`make_sqs_handler` -- an SQS event source mapping with ``ReportBatchItemFailures``. Answers
@@ -32,8 +34,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import orjson
 from batchbridge.core.bridge import Bridge, Payload
+from batchbridge.core.envelopes import parse_sns_notification
 from batchbridge.core.errors import BatchBridgeError
 
 from ._common import Runtime, Target, as_bytes, intake, summary
@@ -127,20 +129,11 @@ def _record(record: Mapping[str, Any]) -> tuple[Payload, dict[str, Any]]:
 def _unwrap_sns(body: bytes, attributes: dict[str, str], meta: dict[str, Any]) -> tuple[bytes, dict[str, str]]:
     """A queue subscribed to SNS without raw delivery gets the notification envelope; the CloudEvents
     binding attributes are inside it."""
-    if not body.startswith(b"{") or b'"Notification"' not in body:
+    notification = parse_sns_notification(body)
+    if notification is None:
         return body, attributes
-    try:
-        doc = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return body, attributes
-    if not isinstance(doc, dict) or doc.get("Type") != "Notification" or not isinstance(doc.get("Message"), str):
-        return body, attributes
-    inner = dict(attributes)
-    for name, a in (doc.get("MessageAttributes") or {}).items():
-        if isinstance(a, Mapping) and a.get("Type") in ("String", "Number") and "Value" in a:
-            inner[str(name)] = str(a["Value"])
-    meta["sns_message_id"] = doc.get("MessageId")
-    return doc["Message"].encode("utf-8"), inner
+    meta["sns_message_id"] = notification.meta.get("MessageId")
+    return notification.message.encode("utf-8"), {**attributes, **notification.attributes}
 
 
 def make_eventbridge_handler(target: Target, *, outbox: str | Path | None = None,

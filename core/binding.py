@@ -5,13 +5,22 @@ and ``id``/``type``/``source``/``subject`` are copied into attributes so broker-
 route without reading the body. Binary mode: every attribute goes into message metadata and only
 ``data`` into the body.
 
+Structured-mode messages never carry ``specversion`` as an attribute: SDKs that take its presence
+for binary mode (the Go SDK, the Python SDK's core reader) would read the whole event as its data.
+The content type ``application/cloudevents+json`` is what says "structured".
+
 Backends name attributes differently: ``ce-id`` (Pub/Sub binding, and what SNS/SQS users filter
-on) or ``cloudEvents_id`` (AMQP binding, Service Bus). Receivers accept every prefix, so a message
-published by any version or mode decodes to the same event.
+on), ``cloudEvents_id`` (Service Bus's usual AMQP spelling) or ``cloudEvents:id`` (the AMQP
+binding's own, the only one some AMQP readers know). Receivers accept every prefix, so a message
+published by any version or mode decodes to the same event. :func:`amqp_properties` turns AMQP
+application properties in native types (timestamp, binary, uuid) into the attributes' string forms.
 """
 
 from __future__ import annotations
 
+import base64
+import datetime
+import uuid
 from collections.abc import Mapping
 from typing import Any
 
@@ -24,6 +33,8 @@ from .event import ordering_key
 STRUCTURED_CONTENT_TYPE = "application/cloudevents+json"
 JSON = "application/json"
 PREFIXES = ("ce-", "ce_", "cloudEvents_", "cloudEvents:")
+#: the AMQP prefixes by their option name (``?amqp_prefix=`` on an AMQP backend's URI)
+AMQP_PREFIXES = {"underscore": "cloudEvents_", "colon": "cloudEvents:"}
 
 #: attributes always present, in the order they claim the backend's attribute slots
 _ROUTING = ("id", "type", "source", "subject")
@@ -41,9 +52,12 @@ def _extensions(event: Mapping[str, Any]) -> list[str]:
 
 
 def _prefixed(prefix: str) -> tuple[tuple[str, str], ...]:
+    """The structured-mode filter attributes: every fixed name but ``specversion`` (see the module doc)."""
     names = _NAMES.get(prefix)
     if names is None:
-        names = _NAMES[prefix] = tuple((n, f"{prefix}{n}") for n in (*_ROUTING, *_CONTEXT))
+        names = _NAMES[prefix] = tuple(
+            (n, f"{prefix}{n}") for n in (*_ROUTING, *_CONTEXT) if n != "specversion"
+        )
     return names
 
 
@@ -96,6 +110,61 @@ def to_message(
 
 def _attr(value: Any) -> str:
     return value if isinstance(value, str) else orjson.dumps(value).decode()
+
+
+_EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
+#: attributes whose CloudEvents type is Timestamp (an AMQP ``timestamp``: milliseconds since the epoch)
+_TIMESTAMPS = frozenset({"time"})
+
+
+def _rfc3339(moment: datetime.datetime) -> str:
+    stamp = moment if moment.tzinfo else moment.replace(tzinfo=datetime.timezone.utc)
+    utc = stamp.astimezone(datetime.timezone.utc)
+    fraction = f".{utc.microsecond // 1000:03d}" if utc.microsecond else ""
+    return f"{utc:%Y-%m-%dT%H:%M:%S}{fraction}Z"
+
+
+def amqp_value(name: str, value: Any) -> str:
+    """One AMQP application property value as its CloudEvents canonical string form.
+
+    ``name`` is the attribute name without prefix. The AMQP binding's types: ``timestamp`` ->
+    RFC 3339 (an SDK that decodes it to epoch milliseconds, as azure-servicebus does, hands an
+    integer for an attribute whose type is Timestamp, which can be nothing else), ``binary`` ->
+    Base64, ``uuid`` -> its text, ``boolean`` -> ``true``/``false``, ``long`` -> decimal. Some SDKs
+    hand AMQP strings as UTF-8 bytes too: bytes that are UTF-8 are text, any other bytes binary.
+    """
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        raw = bytes(value)
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return base64.b64encode(raw).decode("ascii")
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, datetime.datetime):
+        return _rfc3339(value)
+    if isinstance(value, int) and name in _TIMESTAMPS:
+        try:
+            return _rfc3339(_EPOCH + datetime.timedelta(milliseconds=value))
+        except OverflowError:
+            raise DecodeMessageError(f"AMQP timestamp {value} is out of range", where=f"attributes.{name}") from None
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    return str(value)
+
+
+def amqp_properties(properties: Mapping[Any, Any] | None) -> dict[str, str]:
+    """AMQP application properties (keys and values as the SDK decoded them) as string attributes;
+    a CloudEvents attribute's value follows its type (:func:`amqp_value`), null values are dropped."""
+    attributes: dict[str, str] = {}
+    for key, value in (properties or {}).items():
+        if value is None:
+            continue
+        name = amqp_value("", key)
+        attributes[name] = amqp_value(_strip_prefix(name) or "", value)
+    return attributes
 
 
 def _strip_prefix(name: str) -> str | None:

@@ -7,7 +7,10 @@ Recognised layers (auto-detected, nested in any order up to :data:`MAX_UNWRAP_DE
 - CMQ HTTP push, JSON format (``msgBody`` plus ``msgId``/``topicName``/...; SIMPLIFIED is the body itself);
 - MNS HTTP push: XML ``<Notification>``, its JSON form, and SIMPLIFIED (the body itself); MNS queue XML;
 - EventBridge events (``aws.batch`` ones are native; custom-bus events carry a payload in ``detail``);
-- SNS HTTP notifications (``Type: Notification``);
+- SNS HTTP notifications (``Type: Notification``), also as an SQS message body (a queue subscribed
+  without raw delivery);
+- AWS Lambda events: SQS batches (``{"Records": [{"eventSource": "aws:sqs", "body": ...}]}``) and SNS
+  deliveries (``{"Records": [{"EventSource": "aws:sns", "Sns": {...}}]}``), one event per record;
 - Pub/Sub push (``{"message": ..., "subscription": ...}``), pulled messages (``{"attributes", "data"}``)
   and pull responses' received messages (``{"ackId", "message"}``);
 - Azure Monitor log exports ``{"records": [...]}``.
@@ -335,6 +338,75 @@ def _open_sns(u: _Unwrapper, obj: dict[str, Any], where: str, depth: int) -> Non
     u.inner(obj["Message"], f"{where}.Message", depth)
 
 
+class SnsNotification(NamedTuple):
+    """What an SNS notification envelope holds besides its shape."""
+
+    #: the published message, as text
+    message: str
+    #: its ``String`` and ``Number`` message attributes (where a binary-mode CloudEvent keeps its context)
+    attributes: dict[str, str]
+    #: ``TopicArn``, ``MessageId``, ``Subject``, ``Timestamp`` where present
+    meta: dict[str, Any]
+
+
+def sns_notification(doc: Any) -> SnsNotification | None:
+    """``doc`` as an SNS notification, or None when it is none (or carries no message)."""
+    if not isinstance(doc, Mapping) or not _is_sns(doc) or doc["Type"] != "Notification":
+        return None
+    message = doc["Message"]
+    if not isinstance(message, str):
+        return None
+    attributes: dict[str, str] = {}
+    envelope_attrs = doc.get("MessageAttributes")
+    if isinstance(envelope_attrs, Mapping):
+        for name, attr in envelope_attrs.items():
+            if isinstance(attr, Mapping) and attr.get("Type") in ("String", "Number") and "Value" in attr:
+                attributes[str(name)] = str(attr["Value"])
+    meta = {k: doc[k] for k in ("TopicArn", "MessageId", "Subject", "Timestamp") if doc.get(k)}
+    return SnsNotification(message, attributes, meta)
+
+
+def parse_sns_notification(body: bytes | str) -> SnsNotification | None:
+    """An SQS message body that is SNS's notification envelope (a subscription without raw delivery),
+    or None for any other body. Cheap for the bodies it is not: no parse unless the markers are there."""
+    if isinstance(body, str):
+        if not body.startswith("{") or '"Notification"' not in body or '"TopicArn"' not in body:
+            return None
+    elif not body.startswith(b"{") or b'"Notification"' not in body or b'"TopicArn"' not in body:
+        return None
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    return sns_notification(doc)
+
+
+def _lambda_source(record: Any) -> str | None:
+    if not isinstance(record, Mapping):
+        return None
+    source = record.get("eventSource", record.get("EventSource"))
+    return source if source in ("aws:sqs", "aws:sns") else None
+
+
+def _is_lambda_records(obj: Mapping[str, Any]) -> bool:
+    records = obj.get("Records")
+    return isinstance(records, list) and bool(records) and all(_lambda_source(r) for r in records)
+
+
+def _open_lambda_records(u: _Unwrapper, obj: dict[str, Any], where: str, depth: int) -> None:
+    for index, record in enumerate(obj["Records"]):
+        path = f"{where}.Records[{index}]"
+        if _lambda_source(record) == "aws:sqs":
+            if "body" not in record:
+                raise MalformedPayloadError("an SQS record needs a body", where=path)
+            u.inner(record["body"], f"{path}.body", depth)
+        else:
+            notification = record.get("Sns")
+            if not isinstance(notification, dict) or not _is_sns(notification):
+                raise MalformedPayloadError("an SNS record needs an Sns notification", where=f"{path}.Sns")
+            _open_sns(u, notification, f"{path}.Sns", depth + 1)
+
+
 def _is_eventbridge(obj: Mapping[str, Any]) -> bool:
     return isinstance(obj.get("detail-type"), str) and isinstance(obj.get("source"), str) and "detail" in obj
 
@@ -395,6 +467,7 @@ _ENVELOPES: tuple[tuple[tuple[str, ...], Callable[[Mapping[str, Any]], bool], Op
     (("msgBody", "MsgBody"), _is_cmq_push, _open_cmq_push),
     (("Message",), _is_mns_json, _open_mns_json),
     (("Type",), _is_sns, _open_sns),
+    (("Records",), _is_lambda_records, _open_lambda_records),
     (("detail-type",), _is_eventbridge, _open_eventbridge),
     (("records",), _is_azure_records, _open_azure_records),
 )

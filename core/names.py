@@ -44,12 +44,13 @@ def _table() -> dict[str, frozenset[str]]:
             add(name, _type(kind, maybe_state or "priority_changed"))
     aws_states = set(aws.STATUSES.values())
     add(aws.DETAIL_TYPE, *(_type(kind, s) for kind in ("job", "task_instance") for s in aws_states))
+    add(aws.QUEUE_BLOCKED, _type("job", "blocked"))
     gcp_states = set(gcp.STATES.values())
     for name, (kind, _attr) in gcp.TYPES.items():
         add(name, *(_type(kind, s) for s in gcp_states))
-    add("TaskStartEvent", _type("task", "running"))
-    add("TaskCompleteEvent", _type("task", "succeeded"), _type("task", "failed"))
-    add("TaskFailEvent", _type("task", "failed"))
+    for name, (maybe_state, transition) in azure.TASK_EVENTS.items():
+        outcomes = ("succeeded", "failed") if maybe_state is None else (transition or maybe_state,)
+        add(name, *(_type("task", outcome) for outcome in outcomes))
     for name, (state, transition) in azure.POOL_EVENTS.items():
         add(name, _type("environment", transition or state))
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import datetime
+import uuid
+
 import orjson
 import pytest
-from batchbridge.core.binding import STRUCTURED_CONTENT_TYPE, from_message, to_message
+from batchbridge.core.binding import STRUCTURED_CONTENT_TYPE, amqp_properties, amqp_value, from_message, to_message
 from batchbridge.core.errors import DecodeMessageError, MessageTooLargeError
 from batchbridge.core.event import ordering_key
 from conformance import make_event
@@ -65,5 +68,57 @@ def test_undecodable_bodies_give_typed_errors(body: bytes, needle: str) -> None:
 def test_structured_body_without_content_type_is_not_mistaken_for_binary() -> None:
     event = make_event("job-9", 1)
     msg = to_message(event, prefix="ce-")
-    assert "ce-specversion" in msg.attributes
+    assert "ce-specversion" not in msg.attributes
     assert from_message(msg.body, msg.attributes, None) == event
+
+
+# --- the wire rules of the contract's "On the wire" --------------------------------------------------
+
+
+@pytest.mark.parametrize("prefix", ["ce-", "cloudEvents_", "cloudEvents:"])
+def test_structured_mode_never_carries_specversion_binary_mode_always_does(prefix: str) -> None:
+    event = make_event("job-spec", 1)
+    structured = to_message(event, prefix=prefix)
+    assert f"{prefix}specversion" not in structured.attributes
+    assert structured.attributes[f"{prefix}time"] == event["time"]
+    binary = to_message(event, mode="binary", prefix=prefix)
+    assert binary.attributes[f"{prefix}specversion"] == "1.0"
+
+
+def test_structured_message_of_an_older_version_with_specversion_still_decodes() -> None:
+    event = make_event("job-old", 1)
+    msg = to_message(event)
+    attributes = {**msg.attributes, "ce-specversion": "1.0"}
+    assert from_message(msg.body, attributes, STRUCTURED_CONTENT_TYPE) == event
+    assert from_message(msg.body, attributes, None) == event
+
+
+def test_amqp_timestamp_is_rfc3339() -> None:
+    # azure-servicebus hands an AMQP timestamp as epoch milliseconds
+    assert amqp_value("time", 1735787045678) == "2025-01-02T03:04:05.678Z"
+    assert amqp_value("time", 1735787045000) == "2025-01-02T03:04:05Z"
+    moment = datetime.datetime(2025, 1, 2, 3, 4, 5, 678000, tzinfo=datetime.timezone.utc)
+    assert amqp_value("time", moment) == "2025-01-02T03:04:05.678Z"
+    assert amqp_value("time", "2025-01-02T03:04:05.678Z") == "2025-01-02T03:04:05.678Z"
+    # an integer attribute that is not a Timestamp stays a number
+    assert amqp_value("attempt", 1735787045678) == "1735787045678"
+    with pytest.raises(DecodeMessageError, match="out of range"):
+        amqp_value("time", 10**18)
+
+
+def test_amqp_binary_uuid_and_strings() -> None:
+    assert amqp_value("x", b"\xff\x00\x01") == "/wAB"  # binary: Base64
+    assert amqp_value("id", b"job-1") == "job-1"  # SDKs hand AMQP strings as UTF-8 bytes
+    assert amqp_value("id", uuid.UUID("12345678-1234-5678-1234-567812345678")) == "12345678-1234-5678-1234-567812345678"
+    assert amqp_value("flag", True) == "true"
+    assert amqp_properties({b"cloudEvents:time": 1735787045678, b"origin": b"x", "empty": None}) == {
+        "cloudEvents:time": "2025-01-02T03:04:05.678Z", "origin": "x"}
+
+
+def test_binary_message_with_native_amqp_types_decodes_to_the_event() -> None:
+    event = make_event("job-native", 2)
+    event["time"] = "2025-01-02T03:04:05.678Z"
+    msg = to_message(event, mode="binary", prefix="cloudEvents:")
+    native: dict[object, object] = {k.encode(): v.encode() for k, v in msg.attributes.items()}
+    native[b"cloudEvents:time"] = 1735787045678
+    assert from_message(msg.body, amqp_properties(native), msg.content_type) == event

@@ -111,7 +111,7 @@ def test_eventbridge_handler_dead_letters_what_it_cannot_decode(moto_server: Aws
                                                                 closing: list[Any]) -> None:
     handler = make_eventbridge_handler(moto_server.uri("sqs", moto_server.queue().name), outbox=tmp_path / "o.db")
     closing.append(handler)
-    other = {**SUCCEEDED, "detail-type": "Batch Job Queue Blocked", "detail": {"jobQueue": "q"}}
+    other = {**SUCCEEDED, "detail-type": "Batch Service Job State Change", "detail": {"jobQueue": "q"}}
     assert handler(other, LambdaContext(10))["dead_lettered"] == 1
     [dl] = handler.bridge.outbox.dead_letters()
     assert dl.stage == "intake" and json.loads(dl.payload) == other
@@ -199,3 +199,37 @@ def test_default_outbox_goes_to_the_outbox_dir(moto_server: AwsServer, tmp_path:
     assert a.bridge.outbox.path != b.bridge.outbox.path
     assert a(SUCCEEDED, None)["deliveries"] == 1
     assert b({"Records": []}, None) == {"batchItemFailures": []}
+
+
+def test_lambda_sqs_events_of_real_deliveries_normalize_to_the_bare_events(moto_server: AwsServer) -> None:
+    """EventBridge -> SQS, and EventBridge -> SNS -> SQS without raw delivery: the whole Lambda SQS
+    event, as Lambda passes it, gives the ids the bare events give."""
+    direct, fanned = moto_server.queue(), moto_server.queue()
+    moto_server.client("sqs").send_message(QueueUrl=direct.url, MessageBody=json.dumps(SUCCEEDED))
+    topic = moto_server.topic()
+    moto_server.subscribe(topic, fanned, raw=False)
+    moto_server.client("sns").publish(TopicArn=topic.arn, Message=json.dumps(CHILD_FAILED))
+    bare = {e["id"] for e in normalize(SUCCEEDED) + normalize(CHILD_FAILED)}
+    via_sqs = normalize(_lambda_event(moto_server, direct, 1))
+    via_sns = normalize(_lambda_event(moto_server, fanned, 1))
+    assert via_sqs == normalize(SUCCEEDED)
+    assert via_sns == normalize(CHILD_FAILED)
+    assert {e["id"] for e in via_sqs + via_sns} == bare
+
+
+def test_eventbridge_handler_takes_a_lambda_sns_event(moto_server: AwsServer, tmp_path: Path,
+                                                      closing: list[Any]) -> None:
+    """A function subscribed to an SNS topic that EventBridge publishes to gets Records[].Sns."""
+    out = moto_server.queue()
+    handler = make_eventbridge_handler(moto_server.uri("sqs", out.name), outbox=tmp_path / "outbox.db")
+    closing.append(handler)
+    event = {"Records": [{
+        "EventVersion": "1.0", "EventSource": "aws:sns",
+        "EventSubscriptionArn": "arn:aws:sns:us-east-1:123456789012:batch:2bcfbf39",
+        "Sns": {"Type": "Notification", "MessageId": "95df01b4", "TopicArn": "arn:aws:sns:us-east-1:123456789012:batch",
+                "Subject": None, "Message": json.dumps(SUCCEEDED), "Timestamp": "2022-01-11T23:45:32.000Z",
+                "MessageAttributes": {}},
+    }]}
+    assert handler(event, LambdaContext(30))["deliveries"] == 1
+    [got] = _events(moto_server, out, 1)
+    assert got == normalize(SUCCEEDED)[0]

@@ -47,7 +47,7 @@ def _event(body: bytes, n: int) -> Any:
 def _with_unmapped_record(body: bytes) -> bytes:
     """A diagnostic setting streams every ServiceLog operation, not only the mapped ones."""
     doc = json.loads(body)
-    doc["records"].append({**doc["records"][0], "operationName": "PoolResizeStartEvent"})
+    doc["records"].append({**doc["records"][0], "operationName": "JobStartEvent"})
     return json.dumps(doc).encode()
 
 
@@ -91,7 +91,7 @@ def test_a_body_that_is_no_export_is_dead_lettered_and_the_rest_published(tmp_pa
     handler = make_event_hub_handler(f"file://{out}", outbox=tmp_path / "outbox.db")
     closing.append(handler)
     only_unmapped = json.dumps({"records": [{**json.loads(POOL)["records"][0],
-                                             "operationName": "PoolResizeStartEvent"}]}).encode()
+                                             "operationName": "JobStartEvent"}]}).encode()
     summary = handler([_event(b"{not json", 1), _event(POOL, 2), _event(only_unmapped, 3)])
     assert summary["dead_lettered"] == 1 and summary["events"] == 2 and summary["skipped_bodies"] == 1
     assert len(_lines(out)) == 2

@@ -318,3 +318,112 @@ def test_real_size_limit_is_enforced() -> None:
 def test_unsupported_input_type() -> None:
     with pytest.raises(UnrecognizedFormatError):
         normalize(12345)  # type: ignore[arg-type]
+
+
+# --- AWS Lambda event shapes ------------------------------------------------------------------------------
+
+AWS_BARE = aws_event("RUNNING")
+AWS_IDS = ids(compact(AWS_BARE))
+TOPIC = "arn:aws:sns:us-east-1:123456789012:batch-events"
+
+
+def sqs_record(body: str, n: int = 1) -> dict[str, Any]:
+    """One record of Lambda's SQS event, in the shape Lambda's event source mapping delivers."""
+    return {
+        "messageId": f"059f36b4-87a3-44ab-83d2-66197516123{n}",
+        "receiptHandle": "AQEBwJnKyrHigUMZj6rYigCgxlaS3SLy0a...",
+        "body": body,
+        "attributes": {
+            "ApproximateReceiveCount": "1",
+            "SentTimestamp": "1545082649183",
+            "SenderId": "AIDAIENQZJOLO23YVJ4VO",
+            "ApproximateFirstReceiveTimestamp": "1545082649185",
+        },
+        "messageAttributes": {},
+        "md5OfBody": "e4e68fb7bd0e697a0ae8f1bb342846b3",
+        "eventSource": "aws:sqs",
+        "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:batch-queue",
+        "awsRegion": "us-east-1",
+    }
+
+
+def sns_notification(message: str) -> dict[str, Any]:
+    return {
+        "Type": "Notification",
+        "MessageId": "95df01b4-ee98-5cb9-9903-4c221d41eb5e",
+        "TopicArn": TOPIC,
+        "Subject": None,
+        "Message": message,
+        "Timestamp": "2022-01-11T23:45:32.000Z",
+        "SignatureVersion": "1",
+        "Signature": "tcc6faL2yUC6dgZdmrwh1Y4cGa/ebXEkAi6RibDsvpi+tE/1+82j...65r==",
+        "SigningCertUrl": "https://sns.us-east-1.amazonaws.com/SimpleNotificationService-ac565b8b1a6c5d002d285f9598aa1d9b.pem",
+        "UnsubscribeUrl": "https://sns.us-east-1.amazonaws.com/?Action=Unsubscribe&SubscriptionArn=" + TOPIC + ":1",
+        "MessageAttributes": {"origin": {"Type": "String", "Value": "batch"}},
+    }
+
+
+def sns_record(message: str) -> dict[str, Any]:
+    """One record of Lambda's SNS event."""
+    return {
+        "EventVersion": "1.0",
+        "EventSubscriptionArn": f"{TOPIC}:2bcfbf39-05c3-41de-beaa-fcfcc21c8f55",
+        "EventSource": "aws:sns",
+        "Sns": sns_notification(message),
+    }
+
+
+def test_lambda_sqs_event_of_eventbridge_events() -> None:
+    child = compact(aws_event("FAILED", jobId="7b5d3c40:3")).decode()
+    event = {"Records": [sqs_record(compact(AWS_BARE).decode(), 1), sqs_record(child, 2)]}
+    assert ids(compact(event)) == AWS_IDS + ids(child)
+
+
+def test_lambda_sns_event() -> None:
+    assert ids(compact({"Records": [sns_record(compact(AWS_BARE).decode())]})) == AWS_IDS
+
+
+def test_lambda_sqs_event_of_sns_notifications() -> None:
+    """EventBridge -> SNS -> SQS (no raw delivery) -> Lambda: three layers, one event."""
+    body = compact(sns_notification(compact(AWS_BARE).decode())).decode()
+    assert ids(compact({"Records": [sqs_record(body)]})) == AWS_IDS
+
+
+def test_lambda_records_carry_any_vendor_and_locate_errors() -> None:
+    assert ids(compact({"Records": [sqs_record(NODE.decode())]})) == NODE_IDS
+    broken = {"Records": [sqs_record(compact(AWS_BARE).decode()), sqs_record("{not json", 2)]}
+    with pytest.raises(MalformedPayloadError) as info:
+        normalize(compact(broken))
+    assert info.value.where == "$.Records[1].body"
+
+
+@pytest.mark.parametrize(
+    "records",
+    [
+        [{"eventSource": "aws:sqs", "messageId": "1"}],
+        [{"EventSource": "aws:sns", "Sns": "not an object"}],
+    ],
+)
+def test_broken_lambda_records_are_malformed(records: list[dict[str, Any]]) -> None:
+    with pytest.raises(MalformedPayloadError):
+        normalize(compact({"Records": records}))
+
+
+def test_records_of_other_event_sources_are_unrecognised() -> None:
+    s3 = {"Records": [{"eventSource": "aws:s3", "eventName": "ObjectCreated:Put", "s3": {}}]}
+    with pytest.raises(UnrecognizedFormatError):
+        normalize(compact(s3))
+
+
+def test_sns_notification_parsing_is_the_one_place_for_every_reader() -> None:
+    body = compact(sns_notification(compact(AWS_BARE).decode()))
+    parsed = envelopes.parse_sns_notification(body)
+    assert parsed is not None
+    assert parsed.message == compact(AWS_BARE).decode()
+    assert parsed.attributes == {"origin": "batch"}
+    assert parsed.meta["TopicArn"] == TOPIC
+    assert envelopes.parse_sns_notification(body.decode()) == parsed
+    for other in (compact(AWS_BARE), b"{not json", b'{"Type": "Notification"}', b"plain text"):
+        assert envelopes.parse_sns_notification(other) is None
+    confirmation = compact({**sns_notification("x"), "Type": "SubscriptionConfirmation"})
+    assert envelopes.parse_sns_notification(confirmation) is None

@@ -6,7 +6,7 @@ import pytest
 from batchbridge.core.errors import MalformedPayloadError, UnsupportedEventError
 from batchbridge.core.event import ordering_key
 from batchbridge.core.normalize import normalize
-from vendor_payloads import AWS_STATUSES, aws_array_child, aws_event, compact, validate_event
+from vendor_payloads import AWS_STATUSES, aws_array_child, aws_event, compact, sample_json, validate_event
 
 JOB_ID = "4c7599ae-0a82-49aa-ba5a-4727fcce14a8"
 PARENT = "7b5d3c40-3e9b-4f3c-bc36-0c4d2a9a1f10"
@@ -99,7 +99,7 @@ def test_fractional_fargate_vcpus_are_left_in_raw() -> None:
 
 def test_other_batch_detail_types_are_unsupported() -> None:
     event = aws_event()
-    event["detail-type"] = "Batch Job Queue Blocked"
+    event["detail-type"] = "Batch Service Job State Change"
     with pytest.raises(UnsupportedEventError):
         normalize(compact(event))
 
@@ -133,3 +133,65 @@ def test_broken_events_are_malformed(mutate: Any) -> None:
     mutate(event)
     with pytest.raises(MalformedPayloadError):
         normalize(compact(event))
+
+
+# --- the rows after the first contract table (documented shapes in core/samples) -------------------
+
+BLOCKED_JOB = "9d3f1c2e-6a7b-4c8d-9e0f-1a2b3c4d5e6f"
+MNP_JOB = "3f6a8b1c-2d4e-4f5a-9b6c-7d8e9f0a1b2c"
+
+
+def test_queue_blocked_is_the_job_blocked_with_its_reason() -> None:
+    event = one(sample_json("aws-eventbridge-job-queue-blocked.json"))
+    data = event["data"]
+    assert event["type"] == "batch.job.blocked"
+    assert (data["kind"], data["state"], data["transition"]) == ("job", "pending", "blocked")
+    assert event["subject"] == f"jobs/{BLOCKED_JOB}"
+    assert data["native"] == {"event": "Batch Job Queue Blocked", "state": "RUNNABLE"}
+    assert data["error"] == {
+        "code": None,
+        "message": "MISCONFIGURATION:JOB_RESOURCE_REQUIREMENT - The job resource requirement (vCPU/memory/GPU) "
+                   "is higher than that can be met by the CE(s) attached to the job queue.",
+    }
+    assert event["time"] == "2022-01-11T23:36:40Z"
+    assert data["resources"] == {"cpu": 64, "memory_gib": 256}
+
+
+def test_queue_blocked_and_runnable_of_one_moment_are_different_events() -> None:
+    blocked = sample_json("aws-eventbridge-job-queue-blocked.json")
+    runnable = dict(blocked, **{"detail-type": "Batch Job State Change"})
+    first, second = one(blocked), one(runnable)
+    assert (first["data"]["state"], second["data"]["state"]) == ("pending", "pending")
+    assert first["id"] != second["id"]
+    assert second["data"]["error"] is None  # a RUNNABLE job is not an error by itself
+
+
+def test_multi_node_parallel_node_is_a_task_instance_of_its_job() -> None:
+    event = one(sample_json("aws-eventbridge-mnp-node-failed.json"))
+    data = event["data"]
+    assert event["type"] == "batch.task_instance.failed"
+    assert event["subject"] == f"jobs/{MNP_JOB}/tasks/-/instances/2"
+    assert data["job"] == {"id": MNP_JOB, "name": "mpi-solver"}
+    assert data["instance"] == {"index": 2}
+    assert data["exit_code"] == 137
+    # statusReason is empty: the container's reason is the error
+    assert data["error"] == {"code": None, "message": "OutOfMemoryError: Container killed due to memory usage"}
+    assert ordering_key(event) == MNP_JOB
+
+
+def test_multi_node_index_comes_from_the_job_id_without_node_details() -> None:
+    event = sample_json("aws-eventbridge-mnp-node-failed.json")
+    del event["detail"]["nodeDetails"]
+    assert one(event)["subject"] == f"jobs/{MNP_JOB}/tasks/-/instances/2"
+
+
+def test_multi_node_main_job_stays_a_job() -> None:
+    event = aws_event("RUNNING", nodeProperties={"numNodes": 3, "mainNode": 0})
+    assert one(event)["data"]["kind"] == "job"
+
+
+def test_failure_reason_falls_back_to_the_last_attempt() -> None:
+    event = aws_event("FAILED", statusReason="")
+    event["detail"]["container"]["reason"] = ""
+    event["detail"]["attempts"][0]["statusReason"] = "Host EC2 (instance i-0a1b) terminated."
+    assert one(event)["data"]["error"] == {"code": None, "message": "Host EC2 (instance i-0a1b) terminated."}

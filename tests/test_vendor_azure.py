@@ -100,7 +100,9 @@ def test_complete_is_succeeded_or_failed_by_exit_code_and_result(execution: dict
         ("PoolCreateEvent", "created", "created"),
         ("PoolDeleteStartEvent", "deleting", "deleting"),
         ("PoolDeleteCompleteEvent", "deleted", "deleted"),
+        ("PoolResizeStartEvent", "running", "resizing"),
         ("PoolResizeCompleteEvent", "running", "resized"),
+        ("PoolAutoscaleEvent", "running", "autoscaled"),
     ],
 )
 def test_pool_events(operation: str, state: str, transition: str) -> None:
@@ -130,7 +132,7 @@ def test_records_wrapper_yields_every_record() -> None:
 
 def test_unmapped_operations_fail_the_export_unless_skipped() -> None:
     export = azure_records()
-    export["records"].append(azure_pool_record("PoolResizeStartEvent"))
+    export["records"].append(azure_pool_record("JobStartEvent"))
     with pytest.raises(UnsupportedEventError) as info:
         events_of(export)
     assert info.value.where == "$.records[2].operationName"
@@ -173,3 +175,123 @@ def test_broken_task_records_are_malformed(mutate: Any) -> None:
 def test_empty_records_are_malformed() -> None:
     with pytest.raises(MalformedPayloadError):
         events_of({"records": []})
+
+
+# --- the rows after the first contract table (documented shapes in core/samples) -------------------
+
+
+def test_schedule_fail_is_a_pending_task_with_the_scheduling_error() -> None:
+    event = events_of(sample_bytes("azure-records-task-scheduling-events.json"))[0]
+    data = event["data"]
+    assert event["type"] == "batch.task.schedule_failed"
+    assert (data["kind"], data["state"], data["transition"]) == ("task", "pending", "schedule_failed")
+    assert event["subject"] == "jobs/render-job/tasks/frame-0107"
+    assert data["error"] == {
+        "code": "JobPreparationTaskFailed",
+        "message": "Task cannot run because the job preparation task failed on node",
+    }
+    # no execution yet: dated by the record; the blank nodeId Azure writes is no node
+    assert event["time"] == "2025-06-12T08:00:03.2140000Z"
+    assert data["node"] is None
+    assert data["environment"] == {"id": "render-pool", "name": None}
+
+
+def test_requeue_is_a_pending_task_dated_by_its_record() -> None:
+    event = events_of(sample_bytes("azure-records-task-scheduling-events.json"))[1]
+    data = event["data"]
+    assert event["type"] == "batch.task.requeued"
+    assert (data["state"], data["transition"]) == ("pending", "requeued")
+    assert event["time"] == "2025-06-12T08:20:41.9030000Z"
+    assert data["times"]["ended"] == "2025-06-12T08:20:40.1000000Z"
+    assert data["error"] is None
+
+
+def test_requeue_keeps_an_execution_error_when_azure_reports_one() -> None:
+    record = azure_task_record("TaskRequeueEvent", exitCode=11, result="failure",
+                               schedulingError={"category": "UserError", "code": "BadCommandType",
+                                                "message": "Task has invalid command", "details": []})
+    data = one(record)["data"]
+    assert data["state"] == "pending"
+    assert data["error"] == {"code": "BadCommandType", "message": "Task has invalid command"}
+
+
+def test_current_task_fail_reads_its_reason_from_execution_scheduling_error() -> None:
+    event = events_of(sample_bytes("azure-records-task-scheduling-events.json"))[2]
+    data = event["data"]
+    assert event["type"] == "batch.task.failed"
+    assert data["error"] == {"code": "BadCommandType", "message": "Task has invalid command"}
+    assert data["exit_code"] == 11
+    assert event["time"] == "2025-06-12T08:31:16.8000000Z"
+
+
+def test_failure_info_wins_over_a_scheduling_error() -> None:
+    record = azure_task_record("TaskFailEvent", endTime="2024-03-05T10:18:45Z", exitCode=1,
+                               failureInfo={"code": "FailureExitCode", "message": "exit 1"},
+                               schedulingError={"code": "Other", "message": "other"})
+    assert one(record)["data"]["error"] == {"code": "FailureExitCode", "message": "exit 1"}
+
+
+def test_complete_with_only_a_scheduling_error_is_failed() -> None:
+    record = azure_task_record("TaskCompleteEvent", endTime="2024-03-05T10:18:45Z",
+                               schedulingError={"code": "ResourceFileDownloadFailed", "message": "403"})
+    event = one(record)
+    assert event["type"] == "batch.task.failed"
+    assert event["data"]["error"] == {"code": "ResourceFileDownloadFailed", "message": "403"}
+
+
+def test_job_preparation_and_release_tasks_are_tasks_named_by_task_name() -> None:
+    prep, release = events_of(sample_bytes("azure-records-job-prep-release.json"))
+    assert prep["type"] == "batch.task.succeeded"
+    assert prep["subject"] == "jobs/render-job/tasks/jobprep-render"
+    assert prep["data"]["task"] == {"name": "jobprep-render"}
+    assert prep["data"]["native"] == {"event": "SpecialTaskEvent", "state": None}
+    # the empty schedulingError of a success is no error
+    assert prep["data"]["error"] is None
+    assert prep["time"] == "2025-06-12T07:47:57Z"
+    assert release["type"] == "batch.task.failed"
+    assert release["subject"] == "jobs/render-job/tasks/jobrelease-render"
+    assert release["data"]["exit_code"] == 2
+    assert release["data"]["error"] == {
+        "code": "FailureExitCode",
+        "message": "The task process exited with an unexpected exit code",
+    }
+
+
+@pytest.mark.parametrize(("exit_code", "result", "state"), [(0, None, "succeeded"), (1, None, "failed"),
+                                                              (0, "failure", "failed"), (1, "success", "succeeded")])
+def test_special_task_outcome_by_exit_code_and_result(exit_code: int, result: str | None, state: str) -> None:
+    record = json.loads(sample_bytes("azure-records-job-prep-release.json"))["records"][0]
+    record["properties"]["executionInfo"] = {"endTime": "2025-06-12T07:47:57Z", "exitCode": exit_code,
+                                             **({"result": result} if result else {})}
+    assert one(record)["data"]["state"] == state
+
+
+def test_start_tasks_are_unsupported() -> None:
+    record = json.loads(sample_bytes("azure-records-job-prep-release.json"))["records"][0]
+    record["properties"]["taskType"] = "StartTask"
+    del record["properties"]["jobId"]
+    with pytest.raises(UnsupportedEventError) as info:
+        events_of(record)
+    assert info.value.where == "$.properties.taskType"
+
+
+def test_pool_resize_start_and_autoscale() -> None:
+    resizing, autoscaled = events_of(sample_bytes("azure-records-pool-scaling.json"))
+    assert resizing["type"] == "batch.environment.resizing"
+    assert resizing["time"] == "2025-06-12T07:40:00.5000000Z"
+    assert resizing["data"]["error"] is None
+    assert autoscaled["type"] == "batch.environment.autoscaled"
+    assert autoscaled["data"]["state"] == "running"
+    # the autoscale run's own timestamp, not the record's
+    assert autoscaled["time"] == "2025-06-12T07:54:56.204Z"
+    assert autoscaled["data"]["error"] == {
+        "code": "InsufficientSampleData",
+        "message": "Autoscale evaluation failed due to insufficient sample data",
+    }
+
+
+def test_successful_autoscale_has_no_error() -> None:
+    record = azure_pool_record("PoolAutoscaleEvent", timestamp="2025-06-12T07:54:56Z", formula="$x=1", results="")
+    data = one(record)["data"]
+    assert data["error"] is None
+    assert data["transition"] == "autoscaled"

@@ -112,7 +112,8 @@ def normalize(obj: dict[str, Any], where: str) -> list[CloudEvent]:
         started=r.time("StartTime"),
         ended=r.time("EndTime"),
         error_code=r.text("ErrorCode"),
-        error_message=r.text("ErrorMessage", "Message"),
+        # an instance may leave ErrorCode/ErrorMessage empty and say what happened in Detail
+        error_message=r.text("ErrorMessage", "Message", "Detail"),
     )
     if category == "Cluster":
         draft.environment_id = r.text("ClusterId")

@@ -1,8 +1,13 @@
-"""AWS Batch: EventBridge ``Batch Job State Change`` events.
+"""AWS Batch: EventBridge ``Batch Job State Change`` and ``Batch Job Queue Blocked`` events.
 
-An array job's children have ids ``<parent uuid>:<index>``; they become ``task_instance`` events of
-the parent job (AWS has no task level, so their subject's task segment is ``-``). Timestamps in
-``detail`` are epoch milliseconds; the event's own ``time`` dates the transition.
+An array job's children have ids ``<parent uuid>:<index>`` and a multi-node parallel job's nodes
+``<parent uuid>#<node index>``; both become ``task_instance`` events of the parent job (AWS has no
+task level, so their subject's task segment is ``-``). Timestamps in ``detail`` are epoch
+milliseconds; the event's own ``time`` dates the transition.
+
+A queue-blocked event names the ``RUNNABLE`` job at the head of a queue that cannot run it; it is
+the job's transition ``blocked`` (state ``pending``), its ``statusReason`` the error, so it never
+collides with the job's own ``pending`` event.
 """
 
 from __future__ import annotations
@@ -16,6 +21,9 @@ from ..event import CloudEvent, Draft, Reader, State, as_region, build_event
 
 PROVIDER: Final = "aws"
 DETAIL_TYPE = "Batch Job State Change"
+QUEUE_BLOCKED = "Batch Job Queue Blocked"
+#: detail-type -> transition when it differs from the state
+DETAIL_TYPES: dict[str, str | None] = {DETAIL_TYPE: None, QUEUE_BLOCKED: "blocked"}
 
 #: ``detail.status`` -> canonical state (SUBMITTED is not in the spec's table but precedes PENDING)
 STATUSES: dict[str, State] = {
@@ -28,7 +36,8 @@ STATUSES: dict[str, State] = {
     "FAILED": "failed",
 }
 
-_ARRAY_CHILD = re.compile(r"(?P<parent>.+):(?P<index>\d{1,9})")
+#: an array child ``parent:index`` or a multi-node parallel node ``parent#index``
+_CHILD = re.compile(r"(?P<parent>.+)[:#](?P<index>\d{1,9})")
 _DEFAULT_LOG_GROUP = "/aws/batch/job"
 
 
@@ -77,7 +86,7 @@ def _log_stream(container: Reader, region: str | None, account: str | None) -> s
 def normalize(obj: dict[str, Any], where: str) -> list[CloudEvent]:
     r = Reader(obj, where)
     detail_type = r.require("detail-type")
-    if detail_type != DETAIL_TYPE:
+    if detail_type not in DETAIL_TYPES:
         raise UnsupportedEventError(
             f"AWS Batch {detail_type[:60]!r} events are not mapped", where=r.path("detail-type")
         )
@@ -85,14 +94,18 @@ def normalize(obj: dict[str, Any], where: str) -> list[CloudEvent]:
         raise MalformedPayloadError("missing detail object", where=r.path("detail"))
     detail = r.sub("detail")
     status = detail.require("status")
-    state = STATUSES.get(status)
+    transition = DETAIL_TYPES[detail_type]
+    # a blocked queue holds its job back: whatever AWS reports, the job is still waiting
+    state: State | None = "pending" if transition == "blocked" else STATUSES.get(status)
     if state is None:
         raise UnsupportedEventError(f"AWS Batch status {status[:40]!r} is not mapped", where=detail.path("status"))
 
     region = as_region(obj.get("region"), r.path("region"))
     job_id = detail.require("jobId")
-    index = detail.sub("arrayProperties").integer("index")
-    child = _ARRAY_CHILD.fullmatch(job_id)
+    index = detail.sub("arrayProperties").integer("index", minimum=0)
+    if index is None and "nodeDetails" in detail.obj:
+        index = detail.sub("nodeDetails").integer("nodeIndex", minimum=0)
+    child = _CHILD.fullmatch(job_id)
     parent_id = job_id
     if child is not None:
         parent_id = child["parent"]
@@ -113,6 +126,7 @@ def normalize(obj: dict[str, Any], where: str) -> list[CloudEvent]:
         provider=PROVIDER,
         kind="task_instance" if index is not None else "job",
         state=state,
+        transition=transition,
         native_event=detail_type,
         native_state=status,
         raw=obj,
@@ -132,6 +146,12 @@ def normalize(obj: dict[str, Any], where: str) -> list[CloudEvent]:
         cpu=cpu,
         memory_gib=memory_gib,
     )
-    if state == "failed":
-        draft.error_message = detail.text("statusReason") or container.text("reason")
+    if state == "failed" or transition == "blocked":
+        attempt = Reader(last_attempt, "")
+        draft.error_message = (
+            detail.text("statusReason")
+            or container.text("reason")
+            or attempt.text("statusReason")
+            or attempt_container.text("reason")
+        )
     return [build_event(draft)]

@@ -154,7 +154,7 @@ def _event(element: dict[str, Any], where: str) -> CloudEvent:
         exit_code=batch.integer("ExitCode"),
         retry_count=batch.integer("RetryCount", minimum=0),
         error_code=batch.text("ErrorCode", "StateReasonCode"),
-        error_message=batch.text("StateReason", "ErrorMessage", "Message"),
+        error_message=batch.text("StateReason", "ErrorMessage", "Message", "Reason"),
         created=batch.time("ResourceCreatedTime", "CreateTime"),
         started=batch.time("RunningTime", "LaunchTime", "StartTime"),
         ended=batch.time("EndTime"),
