@@ -449,6 +449,11 @@ class ServiceBusPublisher(_PublisherBase):
                 raise
             log.debug("Service Bus sender not open yet (%s); it opens on the first send", exc)
 
+    def probe(self) -> None:
+        """``batchbridge check``: open the link now, whatever the error (opening only logs a retryable one)."""
+        with self._lock:
+            self._ensure_open()
+
     def _ensure_open(self) -> None:
         if self._open:
             return
@@ -891,6 +896,12 @@ class _ServiceBusBackend:
                "receive asks for"),
         Option("operation_timeout", float, 30.0, "bound on one send, settlement or link open, seconds"),
     )
+
+    def check_publisher(self, uri: BackendURI) -> None:
+        _target(uri, subscriber=False)
+
+    def check_subscriber(self, uri: BackendURI) -> None:
+        _target(uri, subscriber=True)
 
     def open_publisher(self, uri: BackendURI) -> ServiceBusPublisher:
         return ServiceBusPublisher(uri)

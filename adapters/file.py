@@ -33,6 +33,12 @@ def _path(uri: BackendURI) -> Path:
     return Path(uri.path)
 
 
+def _publisher_path(uri: BackendURI) -> Path:
+    if uri.options["mode"] == "binary":
+        raise ConfigError("file:// stores structured CloudEvents only; drop ?mode=binary", where=uri.redacted)
+    return _path(uri)
+
+
 def _cut_torn_tail(fd: int) -> None:
     """Drop a partial last line left by a writer killed mid-batch.
 
@@ -60,9 +66,7 @@ class FilePublisher:
     max_batch_count = 1000
 
     def __init__(self, uri: BackendURI) -> None:
-        if uri.options["mode"] == "binary":
-            raise ConfigError("file:// stores structured CloudEvents only; drop ?mode=binary", where=uri.redacted)
-        self._path = _path(uri)
+        self._path = _publisher_path(uri)
         self._where = uri.redacted
         self._fsync = bool(uri.options["fsync"])
         self.max_message_bytes = int(uri.options["max_bytes"])
@@ -242,6 +246,12 @@ class _FileBackend:
         Option("visibility_timeout", float, 30.0, "subscriber: seconds before an unacked line is redelivered"),
         Option("create", bool, False, "subscriber: create an empty file if none exists"),
     )
+
+    def check_publisher(self, uri: BackendURI) -> None:
+        _publisher_path(uri)
+
+    def check_subscriber(self, uri: BackendURI) -> None:
+        _path(uri)
 
     def open_publisher(self, uri: BackendURI) -> FilePublisher:
         return FilePublisher(uri)

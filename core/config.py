@@ -32,7 +32,7 @@ import orjson
 
 from .errors import ConfigError
 from .event import KINDS, PROVIDERS
-from .registry import parse_uri
+from .registry import check_uri
 from .secrets import redact_uri, remember
 
 if sys.version_info >= (3, 11):
@@ -45,6 +45,10 @@ SYNC_MODES = ("full", "normal")
 
 DEFAULT_OUTBOX = "batchbridge-outbox.db"
 DEFAULT_MAX_BODY = 1024 * 1024
+#: seven days: long enough to outlast a weekend outage, short enough that a dead destination is noticed
+DEFAULT_MAX_PENDING_AGE = 7 * 24 * 3600.0
+#: ``/readyz`` turns false once a destination has failed without a success for this long, seconds
+DEFAULT_READY_MAX_FAILING = 300.0
 #: a vendor's certificate host; the allow-list compares hostnames exactly or as a dot-suffix
 DEFAULT_MNS_HOSTS = ("aliyuncs.com",)
 
@@ -94,6 +98,9 @@ class OutboxSettings:
     batch_size: int = 500
     backoff_initial: float = 0.5
     backoff_max: float = 30.0
+    #: a row still undelivered after this many seconds moves to the dead-letter store with its
+    #: destination and last error (``dlq replay`` sends it again); 0 = rows wait for ever
+    max_pending_age: float = DEFAULT_MAX_PENDING_AGE
 
 
 @dataclass(frozen=True)
@@ -118,6 +125,8 @@ class ServeSettings:
     public_healthz: bool = True
     drain_timeout: float = 5.0
     mns: MnsSettings = field(default_factory=MnsSettings)
+    #: ``/readyz`` is false while a destination has been failing for longer than this, seconds
+    ready_max_failing: float = DEFAULT_READY_MAX_FAILING
 
 
 @dataclass(frozen=True)
@@ -147,7 +156,8 @@ class BridgeConfig:
 
     def with_outbox(self, path: str | Path) -> BridgeConfig:
         o = self.outbox
-        settings = OutboxSettings(Path(path), o.synchronous, o.batch_size, o.backoff_initial, o.backoff_max)
+        settings = OutboxSettings(Path(path), o.synchronous, o.batch_size, o.backoff_initial, o.backoff_max,
+                                  o.max_pending_age)
         return BridgeConfig(self.routes, self.unrouted, settings, self.serve, self.source)
 
 
@@ -262,8 +272,9 @@ def _kind(value: Any) -> str:
 
 
 def _check_uri(uri: str, where: str) -> str:
+    """The checks ``publish --to`` makes before it connects (:func:`~batchbridge.core.registry.check_uri`)."""
     try:
-        parse_uri(uri)
+        check_uri(uri, "publisher")
     except ConfigError as exc:
         raise exc.located(where) from None
     return uri
@@ -513,9 +524,9 @@ def _vendor_file(ctx: _Ctx, file: Path, path: str, topics: Mapping[str, tuple[st
 
 _TOP_KEYS = ("unrouted", "outbox", "serve", "topics", "routes", "vendor_configs", "notifications",
              "Notifications", "Notification")
-_OUTBOX_KEYS = ("path", "synchronous", "batch_size", "backoff_initial", "backoff_max")
+_OUTBOX_KEYS = ("path", "synchronous", "batch_size", "backoff_initial", "backoff_max", "max_pending_age")
 _SERVE_KEYS = ("host", "port", "max_body_bytes", "token", "token_env", "token_file", "public_healthz",
-               "drain_timeout", "mns")
+               "drain_timeout", "mns", "ready_max_failing")
 _MNS_KEYS = ("verify", "allowed_hosts", "trust_store", "cert_timeout", "cache_ttl", "max_skew",
              "require_content_md5")
 
@@ -538,6 +549,8 @@ def _outbox(ctx: _Ctx, value: Any) -> OutboxSettings:
         if "batch_size" in t else d.batch_size,
         backoff_initial=backoff_initial,
         backoff_max=backoff_max,
+        max_pending_age=ctx.number(t["max_pending_age"], "outbox.max_pending_age") if "max_pending_age" in t
+        else d.max_pending_age,
     )
 
 
@@ -616,6 +629,8 @@ def _serve(ctx: _Ctx, value: Any) -> ServeSettings:
         drain_timeout=ctx.number(t["drain_timeout"], "serve.drain_timeout") if "drain_timeout" in t
         else d.drain_timeout,
         mns=_mns(ctx, t["mns"]) if "mns" in t else d.mns,
+        ready_max_failing=ctx.number(t["ready_max_failing"], "serve.ready_max_failing", minimum=1)
+        if "ready_max_failing" in t else d.ready_max_failing,
     )
 
 
