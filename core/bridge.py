@@ -15,6 +15,7 @@ move to the dead-letter table with the backend's reason.
 from __future__ import annotations
 
 import base64
+import contextlib
 import logging
 import random
 import threading
@@ -585,8 +586,11 @@ class _Worker:
                 self._publisher = open_publisher(self.destination)
             except BatchBridgeError as exc:
                 # whatever stops the client from opening (endpoint down, queue missing, bad credentials)
-                # is about the destination, not the events: they wait for it instead of being dead-lettered
+                # is about the destination, not the events: they wait for it instead of being dead-lettered,
+                # with the attempt and the reason noted on them for `batchbridge status`
                 stats.add(stats.failed, self.label, len(rows))
+                with contextlib.suppress(BatchBridgeError):
+                    b.outbox.settle(retry=[(p.seq, f"{exc.code}: {exc}") for p in rows])
                 self._backoff(exc)
                 return
         try:
