@@ -24,6 +24,7 @@ from pathlib import Path
 from batchbridge.core.driver import Message, ReceivedMessage
 from batchbridge.core.errors import BatchBridgeError, ClosedError, ConfigError, EntityNotFoundError
 from batchbridge.core.registry import BackendURI, Option
+from batchbridge.core.secrets import redact
 
 
 def _path(uri: BackendURI) -> Path:
@@ -32,7 +33,12 @@ def _path(uri: BackendURI) -> Path:
                           where=uri.redacted)
     if not uri.path or uri.path.endswith("/"):
         raise ConfigError("file:// needs a file path, e.g. file:///var/lib/batchbridge/events.jsonl",
-                          where=uri.redacted)
+                          where=redact(uri.raw))
+    if not uri.path.startswith("/"):
+        # file:ev.jsonl would name a file relative to wherever the process runs, and reads back as
+        # file:///ev.jsonl in every message: say which absolute URI was meant instead
+        raise ConfigError(f"a file URI names an absolute path: write file://{Path(uri.path).absolute()} "
+                          f"for {uri.path!r}", where=redact(uri.raw))
     return Path(uri.path)
 
 
@@ -290,6 +296,8 @@ class _FileBackend:
     schemes = ("file",)
     extra = ""
     forms = ("file:///ABS/PATH/events.jsonl",)
+    #: structured CloudEvents only (one JSON object per line): ``mode=binary`` is refused
+    refuses = ("mode",)
     options = (
         Option("concurrency", int, 1, "batches in flight at once: one, since every batch appends to the same "
                "locked file"),

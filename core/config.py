@@ -202,9 +202,11 @@ def _suggest(name: str) -> str:
 class _Ctx:
     """Where we are in the file, for error messages."""
 
-    def __init__(self, file: str, base_dir: Path) -> None:
+    def __init__(self, file: str, base_dir: Path, *, secrets: bool = True) -> None:
         self.file = file
         self.base_dir = base_dir
+        #: read the shared token (serve); the commands that only open the outbox leave it unread
+        self.secrets = secrets
 
     def error(self, path: str, reason: str) -> ConfigError:
         return ConfigError(reason, where=f"{self.file}:{path}" if path else self.file)
@@ -558,7 +560,7 @@ def _token(ctx: _Ctx, t: Mapping[str, Any]) -> str | None:
     given = [k for k in ("token", "token_env", "token_file") if k in t]
     if len(given) > 1:
         raise ctx.error(f"serve.{given[1]}", "give only one of serve.token, serve.token_env, serve.token_file")
-    if not given:
+    if not given or not ctx.secrets:
         return None
     key = given[0]
     raw = ctx.string(t[key], f"serve.{key}")
@@ -649,9 +651,10 @@ def _unrouted(ctx: _Ctx, value: Any) -> str:
 
 
 def config_from_dict(data: Mapping[str, Any], *, source: str = "<config>",
-                     base_dir: Path | None = None) -> BridgeConfig:
-    """Validate a parsed config (the TOML/JSON document) and resolve its routes."""
-    ctx = _Ctx(source, base_dir or Path.cwd())
+                     base_dir: Path | None = None, secrets: bool = True) -> BridgeConfig:
+    """Validate a parsed config (the TOML/JSON document) and resolve its routes; ``secrets=False``
+    leaves the shared token unread (``dlq``, ``status``, ``check`` never need it)."""
+    ctx = _Ctx(source, base_dir or Path.cwd(), secrets=secrets)
     doc = ctx.table(data, "")
     ctx.keys(doc, "", _TOP_KEYS)
     topics = _topics(ctx, doc["topics"]) if "topics" in doc else {}
@@ -679,7 +682,7 @@ def config_from_dict(data: Mapping[str, Any], *, source: str = "<config>",
     )
 
 
-def load_config(path: str | Path) -> BridgeConfig:
+def load_config(path: str | Path, *, secrets: bool = True) -> BridgeConfig:
     """Read and validate a TOML (or ``.json``) config file; relative paths in it are relative to it."""
     p = Path(path)
     name = str(path)
@@ -699,7 +702,7 @@ def load_config(path: str | Path) -> BridgeConfig:
             raise ConfigError("config is not UTF-8 text", where=name) from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"not valid TOML: {exc}", where=name) from None
-    return config_from_dict(data, source=name, base_dir=p.resolve().parent)
+    return config_from_dict(data, source=name, base_dir=p.resolve().parent, secrets=secrets)
 
 
 def describe(config: BridgeConfig) -> list[str]:

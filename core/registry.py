@@ -224,10 +224,21 @@ def check_uri(uri: str, role: str = "publisher") -> tuple[Backend, BackendURI]:
     return backend, parsed
 
 
+def _refuses(scheme: str) -> tuple[str, ...]:
+    """The common options a backend does not take (``refuses`` on the backend, e.g. file:// and ``mode``)."""
+    try:
+        return tuple(getattr(get_backend(scheme), "refuses", ()))
+    except MissingDependencyError:
+        return ()
+
+
 def options_table() -> str:
     """The Markdown table of every scheme, its URI forms and its query options."""
     rows = ["| scheme | URI forms | option | type | default | meaning |", "| --- | --- | --- | --- | --- | --- |"]
-    rows += [f"| *(all)* | | `{o.name}` | {o.type.__name__} | `{o.default}` | {o.help} |" for o in COMMON_OPTIONS]
+    for o in COMMON_OPTIONS:
+        refused = [f"{s}://" for s in schemes() if o.name in _refuses(s)]
+        scope = f"*(all but {', '.join(refused)})*" if refused else "*(all)*"
+        rows.append(f"| {scope} | | `{o.name}` | {o.type.__name__} | `{o.default}` | {o.help} |")
     for scheme in schemes():
         try:
             backend = get_backend(scheme)

@@ -191,15 +191,17 @@ def test_serve_check_refuses_to_bind_when_a_destination_is_missing(tmp_path: Pat
 
 
 class Serve:
-    """``batchbridge serve`` in a subprocess, its stderr in a file."""
+    """``batchbridge serve`` in a subprocess, its stdout and stderr in one file."""
 
-    def __init__(self, tmp: Path, config: Path, *extra: str) -> None:
+    def __init__(self, tmp: Path, config: Path, *extra: str, verbose: bool = False) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = tmp / f"serve-{self.port}.log"
         self._fh = open(self.log, "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen([CLI, "serve", "--config", str(config), "--port", str(self.port), *extra],
-                                     stdout=subprocess.DEVNULL, stderr=self._fh, start_new_session=True)
+        flags = ["-v"] if verbose else []
+        self.proc = subprocess.Popen([CLI, *flags, "serve", "--config", str(config), "--port", str(self.port),
+                                      *extra],
+                                     stdout=self._fh, stderr=self._fh, start_new_session=True)
         self.client = httpx.Client(base_url=self.url, timeout=10)
 
     def started(self) -> bool:
@@ -232,8 +234,8 @@ class Serve:
 def serving(tmp_path: Path) -> Iterator[Callable[..., Serve]]:
     started: list[Serve] = []
 
-    def start(config: Path, *extra: str) -> Serve:
-        s = Serve(tmp_path, config, *extra)
+    def start(config: Path, *extra: str, verbose: bool = False) -> Serve:
+        s = Serve(tmp_path, config, *extra, verbose=verbose)
         started.append(s)
         return s
 
@@ -413,3 +415,70 @@ def test_dlq_purge_of_a_missing_id_exits_2(tmp_path: Path) -> None:
     Outbox(db).close()
     done = cli("dlq", "purge", "--outbox", str(db), "--id", "42")
     assert done.returncode == 2 and "no dead letter with id 42" in done.stderr
+
+
+# --- new-user mends ---------------------------------------------------------------------------------
+
+
+TOKEN = "a-shared-token-0123456789"
+
+
+def test_verbose_serve_with_a_query_token_logs_cleanly(tmp_path: Path, serving: Callable[..., Serve]) -> None:
+    cfg = write_config(tmp_path, f'[[routes]]\nto = "file://{tmp_path}/o.jsonl"\n[outbox]\npath = "{tmp_path}/o.db"\n'
+                                 f'[serve]\ntoken = "{TOKEN}"\n')
+    s = serving(cfg, verbose=True).wait_started()
+    assert s.client.post(f"/events?token={TOKEN}", content=body(1)).status_code == 204
+    wait_for(lambda: "POST /events?token=" in s.stderr(), 10, "the access log line (uvicorn writes it to stdout)")
+    log = s.stderr()
+    assert "--- Logging error ---" not in log and "Traceback" not in log, log
+    assert TOKEN not in log
+    assert '"POST /events?token=*** HTTP/1.1" 204' in log
+    # the banner comes once the port is bound, after uvicorn says it listens
+    assert log.index("Uvicorn running on") < log.index("batchbridge serve: http://")
+
+
+def test_dlq_and_status_do_not_need_the_token_variable(tmp_path: Path) -> None:
+    db = tmp_path / "o.db"
+    Outbox(db).close()
+    cfg = write_config(tmp_path, f'[[routes]]\nto = "file://{tmp_path}/o.jsonl"\n[outbox]\npath = "{db}"\n'
+                                 '[serve]\ntoken_env = "BB_TEST_UNSET_TOKEN_VAR"\n')
+    assert "BB_TEST_UNSET_TOKEN_VAR" not in os.environ
+    for args in (["dlq", "list", "--config", str(cfg)], ["status", "--config", str(cfg)]):
+        done = cli(*args)
+        assert done.returncode == 0, done.stderr
+    done = cli("serve", "--config", str(cfg), "--port", str(free_port()))
+    assert done.returncode == 2 and "BB_TEST_UNSET_TOKEN_VAR is not set" in done.stderr
+
+
+def test_serve_without_routes_is_warned_about(tmp_path: Path, serving: Callable[..., Serve]) -> None:
+    cfg = write_config(tmp_path, f'[outbox]\npath = "{tmp_path}/o.db"\n')
+    s = serving(cfg).wait_started()
+    assert "has no routes" in s.stderr() and "dropped" in s.stderr()
+
+
+def test_version_and_defaults_in_help() -> None:
+    done = cli("--version")
+    assert done.returncode == 0 and done.stdout.startswith("batchbridge ")
+    consume = cli("consume", "--help").stdout
+    assert "(default: 5.0)" in " ".join(consume.split())
+
+
+def test_a_relative_file_uri_is_refused_with_the_absolute_one_to_write(tmp_path: Path) -> None:
+    done = subprocess.run([CLI, "publish", "samples", "--to", "file:ev.jsonl"], capture_output=True, text=True,
+                          cwd=tmp_path, check=False)
+    assert done.returncode == 2
+    assert f"write file://{tmp_path}/ev.jsonl" in done.stderr and "file:///ev.jsonl" not in done.stderr
+    assert not (tmp_path / "ev.jsonl").exists()
+
+
+def test_publish_to_memory_says_it_lives_in_one_process() -> None:
+    done = cli("publish", "samples", "--to", "memory://q")
+    assert done.returncode == 0 and "lives inside one process" in done.stderr
+
+
+def test_the_options_table_does_not_offer_mode_for_file() -> None:
+    from batchbridge.core.registry import options_table
+
+    (mode,) = [row for row in options_table().splitlines() if "| `mode` |" in row]
+    assert "all but file://" in mode
+    assert cli("publish", "samples", "--to", "file:///tmp/x.jsonl?mode=binary").returncode == 2

@@ -55,6 +55,9 @@ def _chunks(source: str, provider: str | None, bad: list[int]) -> Iterator[list[
 def run_publish(args: argparse.Namespace) -> int:
     from ..backends import open_publisher
 
+    if args.to.lower().startswith("memory:"):
+        print("batchbridge: note: a memory:// queue lives inside one process: what this command publishes is "
+              "gone when it exits (use file:// or a broker to pass events between commands)", file=sys.stderr)
     progress = sys.stderr.isatty() and not args.quiet
     published = failed = 0
     bad = [0]

@@ -67,8 +67,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.set_defaults(func=run_demo)
 
 
-def _config(args: argparse.Namespace, *, to: list[str] | None = None) -> BridgeConfig:
-    config = load_config(args.config) if getattr(args, "config", None) else BridgeConfig(source="<command line>")
+def _config(args: argparse.Namespace, *, to: list[str] | None = None, secrets: bool = True) -> BridgeConfig:
+    config = load_config(args.config, secrets=secrets) if getattr(args, "config", None) \
+        else BridgeConfig(source="<command line>")
     if to:
         config = config.with_routes(catch_all(to))
     if getattr(args, "outbox", None):
@@ -170,7 +171,7 @@ def run_dlq(args: argparse.Namespace) -> int:
     from ..bridge import Bridge
     from ..outbox import Outbox
 
-    config = _config(args, to=args.to)
+    config = _config(args, to=args.to, secrets=False)
     if not config.outbox.path.exists():
         raise ConfigError("no outbox here: pass --config FILE or --outbox PATH", where=str(config.outbox.path))
     if args.action == "list":

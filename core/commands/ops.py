@@ -54,7 +54,7 @@ def run_check(args: argparse.Namespace) -> int:
 
     if not args.config and not args.source and not args.to:
         raise ConfigError("say what to check: --config FILE, --from URI and/or --to URI...", where="check")
-    config = load_config(args.config) if args.config else BridgeConfig(source="<command line>")
+    config = load_config(args.config, secrets=False) if args.config else BridgeConfig(source="<command line>")
     if args.to:
         config = config.with_routes(catch_all(args.to))
     if args.source:
@@ -77,7 +77,7 @@ def run_status(args: argparse.Namespace) -> int:
     from ..config import BridgeConfig, load_config
     from ..outbox import Outbox
 
-    config = load_config(args.config) if args.config else BridgeConfig(source="<command line>")
+    config = load_config(args.config, secrets=False) if args.config else BridgeConfig(source="<command line>")
     if args.outbox:
         config = config.with_outbox(args.outbox)
     path = config.outbox.path
