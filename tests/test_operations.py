@@ -482,3 +482,12 @@ def test_the_options_table_does_not_offer_mode_for_file() -> None:
     (mode,) = [row for row in options_table().splitlines() if "| `mode` |" in row]
     assert "all but file://" in mode
     assert cli("publish", "samples", "--to", "file:///tmp/x.jsonl?mode=binary").returncode == 2
+
+
+def test_publish_to_a_missing_pubsub_topic_says_it_once(pubsub_emulator: PubSubServer) -> None:
+    done = cli("publish", "samples", "--to", f"pubsub://bb-check/absent-topic?emulator_host={pubsub_emulator.host}")
+    assert done.returncode == 1
+    lines = done.stderr.splitlines()
+    assert sum("does not exist" in line for line in lines) == 1, done.stderr
+    assert any("more event(s) failed the same way (entity_not_found)" in line for line in lines)
+    assert len(lines) <= 3, done.stderr
