@@ -491,3 +491,15 @@ def test_publish_to_a_missing_pubsub_topic_says_it_once(pubsub_emulator: PubSubS
     assert sum("does not exist" in line for line in lines) == 1, done.stderr
     assert any("more event(s) failed the same way (entity_not_found)" in line for line in lines)
     assert len(lines) <= 3, done.stderr
+
+
+def test_a_wrongly_forced_provider_is_named_in_the_reason() -> None:
+    from batchbridge.core.errors import InputError
+    from batchbridge.core.normalize import normalize
+
+    tencent = Path(__file__).resolve().parent.parent / "core" / "samples" / "tencent-cmq-node-created.json"
+    with pytest.raises(InputError, match="detection says this payload is from tencent, but the provider was forced "
+                                         "to aws"):
+        normalize(tencent.read_bytes(), provider="aws")
+    done = cli("normalize", "--provider", "gcp", str(tencent.with_name("aws-eventbridge-job-succeeded.json")))
+    assert done.returncode == 1 and "is from aws, but the provider was forced to gcp" in done.stderr
