@@ -71,10 +71,20 @@ def body(i: int) -> bytes:
 
 
 @pytest.mark.parametrize(("uri", "reason"), [
-    ("file://x.jsonl", "file:// URIs name a local path"),
-    ("pubsub://projects/p/topics/batch", "a publisher URI names a topic: pubsub://PROJECT/TOPIC"),
     ("sqs://not a queue?region=eu-west-1", "is not an SQS queue name"),
     ("file:///tmp/x.jsonl?mode=binary", "file:// stores structured CloudEvents only"),
+    ("sns://bad/topic?region=eu-west-1", "is not an SNS topic name or ARN"),
+    ("servicebus:///q/subscriptions/s", "publish to the topic 'q', not to one of its subscriptions"),
+])
+def test_every_adapter_check_runs_at_load(uri: str, reason: str) -> None:
+    with pytest.raises(ConfigError, match=r"<c>:routes\[0\]\.to") as caught:
+        config_from_dict({"routes": [{"to": uri}]}, source="<c>")
+    assert reason in str(caught.value)
+
+
+@pytest.mark.parametrize(("uri", "reason"), [
+    ("file://x.jsonl", "file:// URIs name a local path"),
+    ("pubsub://projects/p/topics/batch", "a publisher URI names a topic: pubsub://PROJECT/TOPIC"),
 ])
 def test_serve_relay_and_replay_refuse_a_bad_destination_naming_file_key_and_reason(
         tmp_path: Path, uri: str, reason: str) -> None:
@@ -342,7 +352,7 @@ def test_a_second_serve_through_a_hard_link_does_not_start(tmp_path: Path, servi
 
 def test_status_readyz_and_gauges_show_a_stuck_destination(tmp_path: Path, serving: Callable[..., Serve]) -> None:
     down = f"sqs://q?region=us-east-1&endpoint_url={closed_endpoint()}&max_attempts=1&connect_timeout=1"
-    cfg, db = _outbox_config(tmp_path, down, "[serve]\nready_max_failing = 1\n")
+    cfg, db = _outbox_config(tmp_path, down, "[serve]\nready_max_failing = 1\ndrain_timeout = 0.2\n")
     s = serving(cfg).wait_started()
     assert [s.post(i) for i in range(5)] == [204] * 5
     wait_for(lambda: s.client.get("/readyz").status_code == 503, 15, "/readyz to report the failing destination")
