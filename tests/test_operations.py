@@ -513,3 +513,32 @@ def test_a_wrongly_forced_provider_is_named_in_the_reason() -> None:
         normalize(tencent.read_bytes(), provider="aws")
     done = cli("normalize", "--provider", "gcp", str(tencent.with_name("aws-eventbridge-job-succeeded.json")))
     assert done.returncode == 1 and "is from aws, but the provider was forced to gcp" in done.stderr
+
+
+@pytest.mark.parametrize("required", [False, True])
+def test_run_sh_goes_on_without_localstack_and_says_why(tmp_path: Path, required: bool) -> None:
+    """``tests/run.sh`` in a copy of the tree whose LocalStack installer fails (no Python >= 3.12) and
+    whose ``.venv/bin/python`` is a stand-in that records what it was asked to run."""
+    root = Path(__file__).resolve().parent.parent
+    (tmp_path / "tests").mkdir()
+    shutil.copy(root / "tests" / "run.sh", tmp_path / "tests" / "run.sh")
+    (tmp_path / "localstack").mkdir()
+    (tmp_path / "localstack" / "install-host-localstack.sh").write_text(
+        'echo "error: LocalStack host mode needs Python >= 3.12 and none was found." >&2\nexit 1\n')
+    venv = tmp_path / ".venv" / "bin"
+    venv.mkdir(parents=True)
+    (venv / "python").write_text(f'#!/bin/sh\necho "$@" >> {tmp_path}/calls\n')
+    (venv / "python").chmod(0o755)
+    env = {**os.environ, "BATCHBRIDGE_REQUIRE_LOCALSTACK": "1" if required else "0"}
+    env.pop("BATCHBRIDGE_SKIP_LOCALSTACK", None)
+    done = subprocess.run(["bash", str(tmp_path / "tests" / "run.sh"), "-q"], capture_output=True, text=True,
+                          env=env, timeout=60, check=False)
+    calls = (tmp_path / "calls").read_text()
+    assert "needs Python >= 3.12" in done.stderr
+    if required:
+        assert done.returncode == 1 and "LocalStack is required" in done.stderr
+        assert "-m pytest" not in calls
+    else:
+        assert done.returncode == 0, done.stderr
+        assert "the @localstack tests will be skipped" in done.stderr and "Python >= 3.12" in done.stderr
+        assert "-m pytest -q" in calls
