@@ -49,7 +49,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from batchbridge.core.driver import Message, ReceivedMessage
 from batchbridge.core.envelopes import parse_sns_notification
@@ -684,6 +684,12 @@ class SqsSubscriber:
 # --- SNS ----------------------------------------------------------------------------------------------
 
 
+def _check_topic_name(uri: BackendURI) -> None:
+    name = uri.name
+    if not _arn_parts(name) and not _TOPIC_NAME.fullmatch(name.removesuffix(".fifo")):
+        raise ConfigError(f"{name!r} is not an SNS topic name or ARN", where=uri.redacted)
+
+
 class SnsPublisher(_AwsPublisher):
     service = "SNS"
     body_field = "Message"
@@ -706,8 +712,7 @@ class SnsPublisher(_AwsPublisher):
         if arn:
             self.fifo = arn[3].endswith(".fifo")
             return name
-        if not _TOPIC_NAME.fullmatch(name.removesuffix(".fifo")):
-            raise ConfigError(f"{name!r} is not an SNS topic name or ARN", where=self.where)
+        _check_topic_name(uri)
         self.fifo = name.endswith(".fifo")
         what = f"SNS topic {name!r}"
         if uri.options.get("create"):
@@ -786,6 +791,11 @@ class _SqsBackend:
                                    "notification envelopes (subscriptions without raw delivery)"),
     )
 
+    def check_publisher(self, uri: BackendURI) -> None:
+        _queue_name(uri)
+
+    check_subscriber = check_publisher
+
     def open_publisher(self, uri: BackendURI) -> SqsPublisher:
         return SqsPublisher(uri)
 
@@ -799,15 +809,21 @@ class _SnsBackend:
     forms = ("sns://TOPIC", "sns://TOPIC.fifo", "sns://arn:aws:sns:REGION:ACCOUNT:TOPIC")
     options = _CONNECTION_OPTIONS
 
+    def check_publisher(self, uri: BackendURI) -> None:
+        _check_topic_name(uri)
+
     def open_publisher(self, uri: BackendURI) -> SnsPublisher:
         return SnsPublisher(uri)
 
-    def open_subscriber(self, uri: BackendURI) -> SqsSubscriber:
+    def check_subscriber(self, uri: BackendURI) -> NoReturn:
         raise ConfigError(
             "sns:// has no subscriber: subscribe an SQS queue to the topic (raw message delivery on or off) "
             "and read it with sqs://QUEUE",
             where=uri.redacted,
         )
+
+    def open_subscriber(self, uri: BackendURI) -> SqsSubscriber:
+        self.check_subscriber(uri)
 
 
 SQS_BACKEND = _SqsBackend()

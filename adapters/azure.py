@@ -452,6 +452,11 @@ class ServiceBusPublisher(_PublisherBase):
                 raise
             log.debug("Service Bus sender not open yet (%s); it opens on the first send", exc)
 
+    def probe(self) -> None:
+        """``batchbridge check``: open the link now, whatever the error (opening only logs a retryable one)."""
+        with self._lock:
+            self._ensure_open()
+
     def _ensure_open(self) -> None:
         if self._open:
             return
@@ -898,6 +903,12 @@ class _ServiceBusBackend:
                "filters name without quoting), colon = cloudEvents:* (the AMQP binding's own; for readers "
                "that know only it, e.g. the Go SDK). Subscribers read both", choices=tuple(AMQP_PREFIXES)),
     )
+
+    def check_publisher(self, uri: BackendURI) -> None:
+        _target(uri, subscriber=False)
+
+    def check_subscriber(self, uri: BackendURI) -> None:
+        _target(uri, subscriber=True)
 
     def open_publisher(self, uri: BackendURI) -> ServiceBusPublisher:
         return ServiceBusPublisher(uri)

@@ -2,7 +2,10 @@
 
 Each line is one structured CloudEvent, so the file is directly usable with ``jq`` or any JSON Lines
 reader. A batch is written with one ``write`` under an exclusive ``flock`` (concurrent writers never
-interleave lines), then flushed and fsynced before the batch is confirmed.
+interleave lines), then flushed and fsynced before the batch is confirmed. The publisher follows
+rotation and deletion as log shippers do: when the path no longer names the file it has open
+(``logrotate``'s rename, an ``rm``), it opens -- or creates -- the one it names now, and a batch is
+confirmed only once it is in that file.
 
 Read back as a subscription, a named cursor (``<file>.<subscription>.cursor``) holds the byte offset
 up to which every line was acked; it is replaced atomically, so a consumer that dies resumes after
@@ -21,6 +24,7 @@ from pathlib import Path
 from batchbridge.core.driver import Message, ReceivedMessage
 from batchbridge.core.errors import BatchBridgeError, ClosedError, ConfigError, EntityNotFoundError
 from batchbridge.core.registry import BackendURI, Option
+from batchbridge.core.secrets import redact
 
 
 def _path(uri: BackendURI) -> Path:
@@ -29,8 +33,28 @@ def _path(uri: BackendURI) -> Path:
                           where=uri.redacted)
     if not uri.path or uri.path.endswith("/"):
         raise ConfigError("file:// needs a file path, e.g. file:///var/lib/batchbridge/events.jsonl",
-                          where=uri.redacted)
+                          where=redact(uri.raw))
+    if not uri.path.startswith("/"):
+        # file:ev.jsonl would name a file relative to wherever the process runs, and reads back as
+        # file:///ev.jsonl in every message: say which absolute URI was meant instead
+        raise ConfigError(f"a file URI names an absolute path: write file://{Path(uri.path).absolute()} "
+                          f"for {uri.path!r}", where=redact(uri.raw))
     return Path(uri.path)
+
+
+def _sync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _publisher_path(uri: BackendURI) -> Path:
+    if uri.options["mode"] == "binary":
+        raise ConfigError("file:// stores structured CloudEvents only; drop ?mode=binary", where=uri.redacted)
+    return _path(uri)
 
 
 def _cut_torn_tail(fd: int) -> None:
@@ -60,20 +84,55 @@ class FilePublisher:
     max_batch_count = 1000
 
     def __init__(self, uri: BackendURI) -> None:
-        if uri.options["mode"] == "binary":
-            raise ConfigError("file:// stores structured CloudEvents only; drop ?mode=binary", where=uri.redacted)
-        self._path = _path(uri)
+        self._path = _publisher_path(uri)
         self._where = uri.redacted
         self._fsync = bool(uri.options["fsync"])
         self.max_message_bytes = int(uri.options["max_bytes"])
         self.max_batch_bytes = max(self.max_message_bytes, 8 * 1024 * 1024)
+        self._fd: int | None = None
+        self._open()
+
+    def _open(self) -> int:
+        """Open (creating it when missing) the file the path names now, and drop a torn tail in it."""
         self._path.parent.mkdir(parents=True, exist_ok=True)
-        self._fd: int | None = os.open(self._path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
-        fcntl.flock(self._fd, fcntl.LOCK_EX)
+        created = not self._path.exists()
+        fd = os.open(self._path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+        if created and self._fsync:
+            _sync_dir(self._path.parent)  # the new name must survive a power cut as the lines in it do
+        fcntl.flock(fd, fcntl.LOCK_EX)
         try:
-            _cut_torn_tail(self._fd)
+            _cut_torn_tail(fd)
         finally:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+        self._fd = fd
+        return fd
+
+    def _named(self, fd: int) -> bool:
+        """Whether the path still names the file ``fd`` is open on (not rotated away, not deleted)."""
+        try:
+            st = os.stat(self._path)
+        except FileNotFoundError:
+            return False
+        fst = os.fstat(fd)
+        return (st.st_dev, st.st_ino) == (fst.st_dev, fst.st_ino)
+
+    def _locked(self) -> int:
+        """The current file's descriptor, locked: reopened first when the path was rotated or deleted
+        (as log shippers follow a file), and checked again under the lock, since a rotation can come
+        between the check and the lock."""
+        assert self._fd is not None
+        fd = self._fd
+        for _ in range(100):
+            if not self._named(fd):
+                fd = self._open()
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            if self._named(fd):
+                return fd
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        raise BatchBridgeError("the file keeps being replaced while it is written", where=self._where)
 
     def _check(self, body: bytes) -> BatchBridgeError | None:
         if b"\n" in body or b"\r" in body or not body.startswith(b"{"):
@@ -98,16 +157,20 @@ class FilePublisher:
             if error is None:
                 parts += (m.body, b"\n")
         data = b"".join(parts)
-        if data:
-            fcntl.flock(self._fd, fcntl.LOCK_EX)
+        # confirmed only once the lines are in the file the path names: written into a file that was
+        # deleted (or rotated away) meanwhile, they are written again into the one it names now
+        while data:
+            fd = self._locked()
             try:
                 view = memoryview(data)
                 while view:
-                    view = view[os.write(self._fd, view):]
+                    view = view[os.write(fd, view):]
                 if self._fsync:
-                    os.fsync(self._fd)
+                    os.fsync(fd)
+                if self._named(fd):
+                    break
             finally:
-                fcntl.flock(self._fd, fcntl.LOCK_UN)
+                fcntl.flock(fd, fcntl.LOCK_UN)
         return list(errors)
 
     def is_retryable(self, exc: BaseException) -> bool:
@@ -233,6 +296,8 @@ class _FileBackend:
     schemes = ("file",)
     extra = ""
     forms = ("file:///ABS/PATH/events.jsonl",)
+    #: structured CloudEvents only (one JSON object per line): ``mode=binary`` is refused
+    refuses = ("mode",)
     options = (
         Option("concurrency", int, 1, "batches in flight at once: one, since every batch appends to the same "
                "locked file"),
@@ -242,6 +307,12 @@ class _FileBackend:
         Option("visibility_timeout", float, 30.0, "subscriber: seconds before an unacked line is redelivered"),
         Option("create", bool, False, "subscriber: create an empty file if none exists"),
     )
+
+    def check_publisher(self, uri: BackendURI) -> None:
+        _publisher_path(uri)
+
+    def check_subscriber(self, uri: BackendURI) -> None:
+        _path(uri)
 
     def open_publisher(self, uri: BackendURI) -> FilePublisher:
         return FilePublisher(uri)

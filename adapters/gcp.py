@@ -306,6 +306,13 @@ class PubSubPublisher:
     def __repr__(self) -> str:
         return f"PubSubPublisher({self._where!r})"
 
+    def probe(self) -> None:
+        """``batchbridge check``: the topic exists and this client may see it (opening does not ask)."""
+        try:
+            self._client.get_topic(topic=self._topic, retry=None, timeout=self._timeout)
+        except Exception as exc:
+            raise typed(exc, self._where, f"topic {self._topic}") from None
+
     def _check_message(self, m: Message) -> BackendError | None:
         """Pub/Sub refuses a whole request over one bad attribute; refuse just that message instead."""
         where = f"{self._where} event {m.dedup_id}"
@@ -471,6 +478,13 @@ class PubSubSubscriber:
     def __repr__(self) -> str:
         return f"PubSubSubscriber({self._where!r})"
 
+    def probe(self) -> None:
+        """``batchbridge check``: the subscription exists and this client may see it."""
+        try:
+            self._client.get_subscription(subscription=self._subscription, retry=None, timeout=self._timeout)
+        except Exception as exc:
+            raise typed(exc, self._where, f"subscription {self._subscription}") from None
+
     def _create(self, uri: BackendURI) -> None:
         try:
             self._client.get_subscription(subscription=self._subscription, retry=None, timeout=self._timeout)
@@ -600,6 +614,12 @@ class _PubSubBackend:
                "subscriber with create=true: subscription filter, URL-encoded, "
                'e.g. attributes."ce-type" = "batch.job.failed"'),
     )
+
+    def check_publisher(self, uri: BackendURI) -> None:
+        topic_path(uri)
+
+    def check_subscriber(self, uri: BackendURI) -> None:
+        subscription_path(uri)
 
     def open_publisher(self, uri: BackendURI) -> PubSubPublisher:
         return PubSubPublisher(uri)

@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/run.py                     # full runs: PASS/FAIL per target
     .venv/bin/python benchmarks/run.py --quick             # small runs, targets informative only (CI)
     .venv/bin/python benchmarks/run.py --only normalize scale
+    .venv/bin/python benchmarks/run.py --only cli_normalize  # whole-process CLI vs the stdlib floor, peak RSS
 
 Each benchmark runs as its own subprocess (``--quick`` passed through), its output shown as it
 comes. A benchmark reports each figure on a line ``RESULT {json}`` (the contract is in

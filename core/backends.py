@@ -6,12 +6,12 @@ from typing import Any
 
 from .errors import BatchBridgeError, ConfigError
 from .publisher import AsyncPublisher, Publisher, wrap_error
-from .registry import parse_uri
+from .registry import check_uri, parse_uri
 from .subscriber import AsyncSubscriber, Subscriber
 
 
 def _open(uri: str, method: str, what: str) -> tuple[Any, Any]:
-    backend, parsed = parse_uri(uri)
+    backend, parsed = check_uri(uri, what)
     opener = getattr(backend, method, None)
     if opener is None:
         raise ConfigError(f"{parsed.scheme}:// has no {what}", where=parsed.redacted)
@@ -21,6 +21,12 @@ def _open(uri: str, method: str, what: str) -> tuple[Any, Any]:
         raise
     except Exception as exc:  # an SDK refusing its arguments; its text may hold a secret
         raise wrap_error(exc, False, parsed.redacted) from None
+
+
+def open_driver(uri: str, role: str = "publisher") -> Any:
+    """The adapter's own driver for ``uri``, without the portable layer (``batchbridge check`` probes it
+    and closes it)."""
+    return _open(uri, f"open_{role}", role)[0]
 
 
 def open_publisher(uri: str, **options: Any) -> Publisher:

@@ -15,11 +15,12 @@ move to the dead-letter table with the backend's reason.
 from __future__ import annotations
 
 import base64
+import contextlib
 import logging
 import random
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +44,7 @@ from .event import DATASCHEMA
 from .metrics import Stats
 from .outbox import INTAKE, PUBLISH, UNROUTED, DeadLetter, Outbox, OutboxRow, Pending
 from .publisher import Publisher, PublishResult, wrap_error
+from .registry import check_uri
 from .routing import Router
 from .secrets import redact, redact_uri
 
@@ -285,14 +287,15 @@ class Bridge:
 
     # --- dead letters ------------------------------------------------------------------------------
 
-    def replay(self, dl_id: int) -> IntakeResult:
+    def replay(self, dl_id: int, to: Sequence[str] = ()) -> IntakeResult:
         """Run a dead letter through again: intake and unrouted items through decoding and routing
-        (with the current config), a refused event straight back to its destination. The dead letter
-        is replaced atomically by what that produced; if it fails again it stays, with the new reason."""
+        (with the current config), a refused event straight back to its destination -- or to ``to``
+        instead, when given. The dead letter is replaced atomically by what that produced; if it fails
+        again it stays, with the new reason."""
         rec = self.outbox.dead_letter(dl_id)
         if rec is None:
             raise ConfigError(f"no dead letter with id {dl_id}", where=str(self.outbox.path))
-        if rec.stage == PUBLISH and rec.destination:
+        if rec.stage == PUBLISH and (rec.destination or to):
             try:
                 event = orjson.loads(rec.payload)
             except orjson.JSONDecodeError:
@@ -301,8 +304,9 @@ class Bridge:
                 bad = MalformedPayloadError("the stored event is not a JSON object", where=f"dead letter {dl_id}")
                 self.outbox.failed_again(dl_id, bad)
                 return IntakeResult(error=bad, dead_letter_ids=[dl_id])
-            plan = _Plan([OutboxRow.of(rec.destination, event)], [], IntakeResult(event_ids=[str(event.get("id"))],
-                                                                                  deliveries=1), [])
+            targets = list(to) or [rec.destination or ""]
+            plan = _Plan([OutboxRow.of(d, event) for d in targets], [],
+                         IntakeResult(event_ids=[str(event.get("id"))], deliveries=len(targets)), [])
         else:
             meta = rec.meta
             provider = meta.get("provider") if isinstance(meta.get("provider"), str) else None
@@ -346,12 +350,36 @@ class Bridge:
             return w
 
     def _supervise(self) -> None:
-        while not self._stopping.wait(RESCAN):
+        scanned = time.monotonic()
+        while not self._stopping.wait(IDLE_POLL):
             try:
-                for destination in self.outbox.destinations():
-                    self._worker(destination)
+                if time.monotonic() - scanned >= RESCAN:
+                    scanned = time.monotonic()
+                    for destination in self.outbox.destinations():
+                        self._worker(destination)
+                self._expire()
             except BatchBridgeError as exc:
                 log.warning("cannot scan the outbox: %s", redact(str(exc)))
+
+    def _expire(self) -> None:
+        """Rows older than ``outbox.max_pending_age`` go to the dead letters, each with its destination."""
+        age = self.config.outbox.max_pending_age
+        if age <= 0:
+            return
+        moved = self.outbox.expire(age, f"not delivered within outbox.max_pending_age ({age:g}s)")
+        if moved:
+            self.stats.add(self.stats.dead_lettered, PUBLISH, len(moved))
+            for label, n in Counter(redact_uri(d.destination or "") for d in moved).items():
+                log.error("dead-lettered %d event(s) for %s: pending longer than %gs (dlq replay sends them "
+                          "again)", n, label, age)
+
+    def failing(self) -> dict[str, tuple[float, str]]:
+        """Destinations (redacted) whose publisher has been failing without a success: for how many
+        seconds, and the last error."""
+        now = time.monotonic()
+        with self._lock:
+            workers = list(self._workers.values())
+        return {w.label: (now - w.failing_since, w.last_error) for w in workers if w.failing_since is not None}
 
     @property
     def running(self) -> bool:
@@ -428,6 +456,9 @@ class _Worker:
         self.thread = threading.Thread(target=self._run, name="batchbridge-publish", daemon=True)
         self._publisher: Publisher | None = None
         self._failures = 0
+        #: monotonic time of the first failure since the last success (``/readyz``), and its latest error
+        self.failing_since: float | None = None
+        self.last_error = ""
         #: outcomes the backend gave that could not be written to the outbox yet (e.g. a full disk):
         #: settled before anything else, so delivered rows are not published again and again meanwhile
         self._unsettled: _Outcome | None = None
@@ -509,6 +540,9 @@ class _Worker:
         with self._handed_lock:
             self._in_step = False  # what failed stays in the outbox: read it back, in order, next time
         o = self.bridge.config.outbox
+        if self.failing_since is None:
+            self.failing_since = time.monotonic()
+        self.last_error = redact(str(exc))
         self._failures += 1
         delay = min(o.backoff_max, o.backoff_initial * 2 ** min(self._failures - 1, 30))
         delay *= random.uniform(0.5, 1.0)
@@ -540,11 +574,23 @@ class _Worker:
                                                   event_id=p.event_id)))
         if self._publisher is None:
             try:
+                check_uri(self.destination)
+            except ConfigError as exc:
+                # a URI no publisher can ever open (written by an older config): waiting would be for
+                # ever, so the rows go to the dead letters, where `dlq replay --to` can redirect them
+                dead += [(p.seq, DeadLetter.of(PUBLISH, "outbox", p.body, exc, destination=self.destination,
+                                               event_id=p.event_id)) for p, _ in events]
+                self._settle(_Outcome([], [], dead))
+                return
+            try:
                 self._publisher = open_publisher(self.destination)
             except BatchBridgeError as exc:
                 # whatever stops the client from opening (endpoint down, queue missing, bad credentials)
-                # is about the destination, not the events: they wait for it instead of being dead-lettered
+                # is about the destination, not the events: they wait for it instead of being dead-lettered,
+                # with the attempt and the reason noted on them for `batchbridge status`
                 stats.add(stats.failed, self.label, len(rows))
+                with contextlib.suppress(BatchBridgeError):
+                    b.outbox.settle(retry=[(p.seq, f"{exc.code}: {exc}") for p in rows])
                 self._backoff(exc)
                 return
         try:
@@ -578,6 +624,7 @@ class _Worker:
             self._backoff(last_error)
         else:
             self._failures = 0
+            self.failing_since = None
 
     def _settle(self, outcome: _Outcome) -> bool:
         """Write what the backend said to the outbox; False (after backing off) when that failed -- the

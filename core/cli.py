@@ -14,14 +14,36 @@ from .errors import BatchBridgeError
 from .logs import configure_logging
 from .secrets import redact
 
-_GROUPS = ("normalize", "backend", "bridge")
+_GROUPS = ("normalize", "backend", "bridge", "ops")
+
+
+class _Defaults(argparse.HelpFormatter):
+    """Each option's default in ``--help`` unless its help already says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if ("default" in text or action.default in (None, False, [], argparse.SUPPRESS)
+                or (not action.option_strings and action.nargs not in ("?", "*"))):
+            return action.help
+        return f"{text} (default: %(default)s)"
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("batchbridge")
+    except PackageNotFoundError:
+        return "unknown"
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="batchbridge",
         description="Decode, normalise and publish cloud batch-compute lifecycle events as CloudEvents.",
+        formatter_class=_Defaults,
     )
+    parser.add_argument("--version", action="version", version=f"batchbridge {_version()}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
     parser.add_argument("--log-format", choices=("text", "json"), default="text",
                         help="log records as text lines (default) or one JSON object per line, with the event id, "
@@ -35,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
                 raise
             continue
         module.register(sub)
+    for command in sub.choices.values():
+        command.formatter_class = _Defaults
     return parser
 
 

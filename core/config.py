@@ -32,7 +32,7 @@ import orjson
 
 from .errors import ConfigError
 from .event import KINDS, PROVIDERS
-from .registry import parse_uri
+from .registry import check_uri
 from .secrets import redact_uri, remember
 
 if sys.version_info >= (3, 11):
@@ -45,6 +45,10 @@ SYNC_MODES = ("full", "normal")
 
 DEFAULT_OUTBOX = "batchbridge-outbox.db"
 DEFAULT_MAX_BODY = 1024 * 1024
+#: seven days: long enough to outlast a weekend outage, short enough that a dead destination is noticed
+DEFAULT_MAX_PENDING_AGE = 7 * 24 * 3600.0
+#: ``/readyz`` turns false once a destination has failed without a success for this long, seconds
+DEFAULT_READY_MAX_FAILING = 300.0
 #: a vendor's certificate host; the allow-list compares hostnames exactly or as a dot-suffix
 DEFAULT_MNS_HOSTS = ("aliyuncs.com",)
 
@@ -94,6 +98,9 @@ class OutboxSettings:
     batch_size: int = 500
     backoff_initial: float = 0.5
     backoff_max: float = 30.0
+    #: a row still undelivered after this many seconds moves to the dead-letter store with its
+    #: destination and last error (``dlq replay`` sends it again); 0 = rows wait for ever
+    max_pending_age: float = DEFAULT_MAX_PENDING_AGE
 
 
 @dataclass(frozen=True)
@@ -118,6 +125,8 @@ class ServeSettings:
     public_healthz: bool = True
     drain_timeout: float = 5.0
     mns: MnsSettings = field(default_factory=MnsSettings)
+    #: ``/readyz`` is false while a destination has been failing for longer than this, seconds
+    ready_max_failing: float = DEFAULT_READY_MAX_FAILING
 
 
 @dataclass(frozen=True)
@@ -147,7 +156,8 @@ class BridgeConfig:
 
     def with_outbox(self, path: str | Path) -> BridgeConfig:
         o = self.outbox
-        settings = OutboxSettings(Path(path), o.synchronous, o.batch_size, o.backoff_initial, o.backoff_max)
+        settings = OutboxSettings(Path(path), o.synchronous, o.batch_size, o.backoff_initial, o.backoff_max,
+                                  o.max_pending_age)
         return BridgeConfig(self.routes, self.unrouted, settings, self.serve, self.source)
 
 
@@ -192,9 +202,11 @@ def _suggest(name: str) -> str:
 class _Ctx:
     """Where we are in the file, for error messages."""
 
-    def __init__(self, file: str, base_dir: Path) -> None:
+    def __init__(self, file: str, base_dir: Path, *, secrets: bool = True) -> None:
         self.file = file
         self.base_dir = base_dir
+        #: read the shared token (serve); the commands that only open the outbox leave it unread
+        self.secrets = secrets
 
     def error(self, path: str, reason: str) -> ConfigError:
         return ConfigError(reason, where=f"{self.file}:{path}" if path else self.file)
@@ -262,8 +274,9 @@ def _kind(value: Any) -> str:
 
 
 def _check_uri(uri: str, where: str) -> str:
+    """The checks ``publish --to`` makes before it connects (:func:`~batchbridge.core.registry.check_uri`)."""
     try:
-        parse_uri(uri)
+        check_uri(uri, "publisher")
     except ConfigError as exc:
         raise exc.located(where) from None
     return uri
@@ -513,9 +526,9 @@ def _vendor_file(ctx: _Ctx, file: Path, path: str, topics: Mapping[str, tuple[st
 
 _TOP_KEYS = ("unrouted", "outbox", "serve", "topics", "routes", "vendor_configs", "notifications",
              "Notifications", "Notification")
-_OUTBOX_KEYS = ("path", "synchronous", "batch_size", "backoff_initial", "backoff_max")
+_OUTBOX_KEYS = ("path", "synchronous", "batch_size", "backoff_initial", "backoff_max", "max_pending_age")
 _SERVE_KEYS = ("host", "port", "max_body_bytes", "token", "token_env", "token_file", "public_healthz",
-               "drain_timeout", "mns")
+               "drain_timeout", "mns", "ready_max_failing")
 _MNS_KEYS = ("verify", "allowed_hosts", "trust_store", "cert_timeout", "cache_ttl", "max_skew",
              "require_content_md5")
 
@@ -538,6 +551,8 @@ def _outbox(ctx: _Ctx, value: Any) -> OutboxSettings:
         if "batch_size" in t else d.batch_size,
         backoff_initial=backoff_initial,
         backoff_max=backoff_max,
+        max_pending_age=ctx.number(t["max_pending_age"], "outbox.max_pending_age") if "max_pending_age" in t
+        else d.max_pending_age,
     )
 
 
@@ -545,7 +560,7 @@ def _token(ctx: _Ctx, t: Mapping[str, Any]) -> str | None:
     given = [k for k in ("token", "token_env", "token_file") if k in t]
     if len(given) > 1:
         raise ctx.error(f"serve.{given[1]}", "give only one of serve.token, serve.token_env, serve.token_file")
-    if not given:
+    if not given or not ctx.secrets:
         return None
     key = given[0]
     raw = ctx.string(t[key], f"serve.{key}")
@@ -616,6 +631,8 @@ def _serve(ctx: _Ctx, value: Any) -> ServeSettings:
         drain_timeout=ctx.number(t["drain_timeout"], "serve.drain_timeout") if "drain_timeout" in t
         else d.drain_timeout,
         mns=_mns(ctx, t["mns"]) if "mns" in t else d.mns,
+        ready_max_failing=ctx.number(t["ready_max_failing"], "serve.ready_max_failing", minimum=1)
+        if "ready_max_failing" in t else d.ready_max_failing,
     )
 
 
@@ -634,9 +651,10 @@ def _unrouted(ctx: _Ctx, value: Any) -> str:
 
 
 def config_from_dict(data: Mapping[str, Any], *, source: str = "<config>",
-                     base_dir: Path | None = None) -> BridgeConfig:
-    """Validate a parsed config (the TOML/JSON document) and resolve its routes."""
-    ctx = _Ctx(source, base_dir or Path.cwd())
+                     base_dir: Path | None = None, secrets: bool = True) -> BridgeConfig:
+    """Validate a parsed config (the TOML/JSON document) and resolve its routes; ``secrets=False``
+    leaves the shared token unread (``dlq``, ``status``, ``check`` never need it)."""
+    ctx = _Ctx(source, base_dir or Path.cwd(), secrets=secrets)
     doc = ctx.table(data, "")
     ctx.keys(doc, "", _TOP_KEYS)
     topics = _topics(ctx, doc["topics"]) if "topics" in doc else {}
@@ -664,7 +682,7 @@ def config_from_dict(data: Mapping[str, Any], *, source: str = "<config>",
     )
 
 
-def load_config(path: str | Path) -> BridgeConfig:
+def load_config(path: str | Path, *, secrets: bool = True) -> BridgeConfig:
     """Read and validate a TOML (or ``.json``) config file; relative paths in it are relative to it."""
     p = Path(path)
     name = str(path)
@@ -684,7 +702,7 @@ def load_config(path: str | Path) -> BridgeConfig:
             raise ConfigError("config is not UTF-8 text", where=name) from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"not valid TOML: {exc}", where=name) from None
-    return config_from_dict(data, source=name, base_dir=p.resolve().parent)
+    return config_from_dict(data, source=name, base_dir=p.resolve().parent, secrets=secrets)
 
 
 def describe(config: BridgeConfig) -> list[str]:

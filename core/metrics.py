@@ -10,7 +10,7 @@ from __future__ import annotations
 import bisect
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -89,9 +89,13 @@ class Stats:
             }
 
 
-def prometheus_registry(stats: Stats, depths: Callable[[], Mapping[str, int]]) -> Any:
+def prometheus_registry(stats: Stats, depths: Callable[[], Mapping[str, int]], *,
+                        backlog: Callable[[], Sequence[Any]] | None = None,
+                        health: Callable[[], tuple[bool, Mapping[str, float]]] | None = None) -> Any:
     """A fresh ``CollectorRegistry`` (one per app, so two apps in one process never clash) that reads
-    ``stats`` and the outbox depth when scraped."""
+    ``stats`` and the outbox depth when scraped; with ``backlog`` (the outbox's :meth:`backlog` rows)
+    and ``health`` (whether the outbox can be written, and the seconds each failing destination has
+    been failing) the backlog and readiness gauges too (``docs/operations.md`` says what to alert on)."""
     from prometheus_client import CollectorRegistry
     from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
@@ -129,6 +133,27 @@ def prometheus_registry(stats: Stats, depths: Callable[[], Mapping[str, int]]) -
             for dest, n in sorted(depths().items()):
                 depth.add_metric([redact_uri(dest)], n)
             yield depth
+            if backlog is not None:
+                age = GaugeMetricFamily("batchbridge_backlog_oldest_age_seconds",
+                                        "age of the oldest event waiting for the destination", labels=["destination"])
+                attempts = GaugeMetricFamily("batchbridge_backlog_attempts",
+                                             "failed attempts of the oldest waiting event", labels=["destination"])
+                for b in backlog():
+                    age.add_metric([redact_uri(b.destination)], b.oldest_age)
+                    attempts.add_metric([redact_uri(b.destination)], b.attempts)
+                yield age
+                yield attempts
+            if health is not None:
+                writable, failing = health()
+                yield GaugeMetricFamily("batchbridge_outbox_writable",
+                                        "1 while the outbox file can take events, 0 once it cannot (disk full, "
+                                        "file deleted, replaced or truncated)", value=1 if writable else 0)
+                failing_fam = GaugeMetricFamily("batchbridge_destination_failing_seconds",
+                                        "seconds the destination has failed without a success (0: it works)",
+                                        labels=["destination"])
+                for dest, seconds in sorted(failing.items()):
+                    failing_fam.add_metric([dest], seconds)
+                yield failing_fam
             latency = HistogramMetricFamily("batchbridge_publish_latency_seconds",
                                             "time to publish one batch from the outbox", labels=["destination"])
             for dest, buckets, total, _n in stats.latency():

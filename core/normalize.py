@@ -84,6 +84,29 @@ def normalize(payload: Payload, *, provider: str | None = None, skip_unsupported
 
 
 def _normalize(payload: Payload, forced: str | None, skip_unsupported: bool) -> list[dict[str, Any]]:
+    try:
+        return _normalize_as(payload, forced, skip_unsupported)
+    except InputError as exc:
+        if forced is not None:
+            _blame_forced(exc, payload, forced)
+        raise
+
+
+def _blame_forced(exc: InputError, payload: Payload, forced: str) -> None:
+    """A payload refused under a forced provider that detection gives to another vendor: say so, rather
+    than leave a reason ("missing detail-type") that sends the user looking at the payload."""
+    try:
+        events = _normalize_as(payload, None, True)
+    except InputError:
+        return
+    found = sorted({str((e.get("data") or {}).get("provider")) for e in events} - {forced})
+    if found:
+        exc.reason = (f"{exc.reason} -- detection says this payload is from {' and '.join(found)}, but the "
+                      f"provider was forced to {forced}: drop --provider (provider=) or pass {found[0]}")
+        exc.args = (str(exc),)
+
+
+def _normalize_as(payload: Payload, forced: str | None, skip_unsupported: bool) -> list[dict[str, Any]]:
     is_native = _VENDORS[forced][0] if forced else _claims
     leaves = unwrap(payload, is_native=is_native, keep_unknown=forced is not None)
     events: list[Any] = []

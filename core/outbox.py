@@ -87,6 +87,10 @@ DISK_RESERVE = 16 * 1024 * 1024
 #: must not keep its disk space once the outbox has drained
 WAL_SIZE_LIMIT = 64 * 1024 * 1024
 _SQLITE_FULL = 13
+#: how often the outbox file and its WAL are checked for deletion, replacement or truncation, seconds
+WATCH_INTERVAL = 0.5
+#: WAL truncations this process made itself (a checkpoint that gives disk space back)
+_wal_truncations = 0
 
 
 def is_disk_full(exc: sqlite3.Error) -> bool:
@@ -117,7 +121,9 @@ def _make_room(conn: sqlite3.Connection) -> None:
     """On a full disk, most of the space is often the WAL (it grows until a checkpoint, 4 MiB by
     default, and keeps its size after one): copy it into the database and truncate it, so that the
     retried write -- and above all the publisher's deletes, which free rows -- can go through."""
+    global _wal_truncations
     with contextlib.suppress(sqlite3.Error):
+        _wal_truncations += 1  # counted first: a watcher that sees the WAL shrink after this knows why
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
 
 
@@ -125,6 +131,95 @@ class OutboxError(BackendError):
     """The outbox file could not be read or written (disk full, permissions, corruption)."""
 
     code = "outbox_error"
+
+
+class PendingTooLongError(BackendError):
+    """A row waited in the outbox longer than ``outbox.max_pending_age``; it went to the dead letters."""
+
+    code = "pending_too_long"
+
+
+@dataclass(frozen=True, slots=True)
+class Backlog:
+    """What waits for one destination (``batchbridge status``, the backlog gauges, ``/readyz``)."""
+
+    destination: str
+    rows: int
+    oldest_age: float
+    attempts: int
+    last_error: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"destination": redact_uri(self.destination), "rows": self.rows,
+                "oldest_age_seconds": round(self.oldest_age, 3), "attempts": self.attempts,
+                "last_error": redact(self.last_error) if self.last_error else None}
+
+
+class _Watch:
+    """The identity (device, inode) and size of the outbox file and its WAL, checked from a thread and
+    on demand; see :meth:`Outbox.watch`."""
+
+    def __init__(self, path: Path, anchor: sqlite3.Connection) -> None:
+        self._files = {"outbox file": str(path), "WAL": f"{path}-wal"}
+        self._anchor = anchor
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.broken: str | None = None
+        self._known: dict[str, tuple[int, int, int]] = {}
+        self._truncations = _wal_truncations
+        for what, name in self._files.items():
+            with contextlib.suppress(OSError):
+                st = os.stat(name)
+                self._known[what] = (st.st_dev, st.st_ino, st.st_size)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="batchbridge-outbox-watch", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(WATCH_INTERVAL):
+            self.check()
+
+    def check(self) -> str | None:
+        with self._lock:
+            if self.broken is None:
+                self.broken = self._look()
+                if self.broken is not None:
+                    log.critical("intake stopped: %s; events acknowledged from now on would be lost. Stop this "
+                                 "bridge, put the outbox back or start on a new one", self.broken)
+            return self.broken
+
+    def _look(self) -> str | None:
+        truncations = _wal_truncations  # read before the sizes: a truncation after this one is seen next time
+        for what, name in self._files.items():
+            try:
+                st = os.stat(name)
+            except FileNotFoundError:
+                if what in self._known:
+                    return f"the {what} {name} was deleted"
+                continue
+            except OSError as exc:
+                return f"the {what} {name} cannot be examined: {exc.strerror or exc}"
+            known = self._known.get(what)
+            if known is not None and (st.st_dev, st.st_ino) != known[:2]:
+                return f"the {what} {name} was replaced by another file"
+            if known is not None and st.st_size < known[2]:
+                # the database never shrinks (no VACUUM); the WAL only when this process truncated it,
+                # or (journal_size_limit) down to WAL_SIZE_LIMIT
+                own = what == "WAL" and (truncations != self._truncations or st.st_size >= WAL_SIZE_LIMIT)
+                if not own:
+                    return f"the {what} {name} was truncated ({known[2]} -> {st.st_size} bytes)"
+            self._known[what] = (st.st_dev, st.st_ino, st.st_size)
+        self._truncations = truncations
+        return None
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join()
+        with contextlib.suppress(sqlite3.Error):
+            self._anchor.close()
 
 
 @dataclass(frozen=True, slots=True)
@@ -280,10 +375,13 @@ class _Committer:
     """One thread, one FULL-sync connection: every intake write waiting when a commit starts joins it."""
 
     def __init__(self, connect: Callable[[], sqlite3.Connection], where: str,
-                 no_room: Callable[[sqlite3.Connection], str | None] = lambda conn: None) -> None:
+                 no_room: Callable[[sqlite3.Connection], str | None] = lambda conn: None,
+                 guard: Callable[[], str | None] = lambda: None) -> None:
         self._connect = connect
         self._where = where
         self._no_room = no_room
+        #: why the file is no longer the outbox (deleted, replaced, truncated); None while it is
+        self._guard = guard
         self._cond = threading.Condition()
         self._queue: list[tuple[_Work, _Sink]] = []
         self._closing = False
@@ -339,16 +437,21 @@ class _Committer:
             with contextlib.suppress(RuntimeError):  # the loop was closed: nobody is waiting any more
                 loop.call_soon_threadsafe(_wake, waiters)
 
+    def _refuse(self, group: list[tuple[_Work, _Sink]], reason: str) -> None:
+        err = OutboxError(reason, where=self._where, retryable=True)
+        for _, sink in group:
+            sink.set_exception(err)
+
     def _commit(self, conn: sqlite3.Connection, group: list[tuple[_Work, _Sink]]) -> None:
+        gone = self._guard()
+        if gone is not None:
+            return self._refuse(group, gone)
         try:
             full = self._no_room(conn)
         except sqlite3.Error as exc:
             return self._fail(group, exc)
         if full is not None:
-            err = OutboxError(full, where=self._where, retryable=True)
-            for _, sink in group:
-                sink.set_exception(err)
-            return None
+            return self._refuse(group, full)
         try:
             outcomes = self._transaction(conn, group)
         except sqlite3.Error as exc:
@@ -359,6 +462,9 @@ class _Committer:
                 outcomes = self._transaction(conn, group)
             except sqlite3.Error as again:
                 return self._fail(group, again)
+        gone = self._guard()  # committed into a file that is no longer the outbox: not acknowledged
+        if gone is not None:
+            return self._refuse(group, gone)
         self.commits += 1
         self.requests += len(group)
         if self.listeners:
@@ -478,7 +584,9 @@ class Outbox:
         self._lock_fd: int | None = None
         self._closed = False
         self._create()
-        self._committer = _Committer(lambda: self._connect(self._intake_sync), self._where, self._no_room)
+        self._watch: _Watch | None = None
+        self._committer = _Committer(lambda: self._connect(self._intake_sync), self._where, self._no_room,
+                                     self._gone)
 
     # --- connections -----------------------------------------------------------------------------
 
@@ -637,23 +745,72 @@ class Outbox:
         return result
 
     def lock(self) -> None:
-        """Claim the outbox for this process's publisher; two publishers would deliver every row twice."""
+        """Claim the outbox for this process's publisher; two publishers would deliver every row twice.
+
+        The lock is taken on the outbox file itself (``flock``, which SQLite's own POSIX locks do not
+        touch), so it belongs to the file, not to its name: a second bridge reaching the same file
+        through a hard link or a symlink is refused like one on the same path. Then the file is
+        watched (:meth:`watch`)."""
         if self._lock_fd is not None:
             return
-        fd = os.open(f"{self.path}.lock", os.O_CREAT | os.O_RDWR, 0o600)
+        try:
+            fd = os.open(self.path, os.O_RDWR)
+        except OSError as exc:
+            raise OutboxError(f"cannot open the outbox: {exc.strerror or exc}", where=self._where) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             os.close(fd)
-            raise ConfigError("another running bridge (serve or relay) already publishes from this outbox; "
-                              "give each one its own outbox path", where=self._where) from None
+            raise ConfigError("another running bridge (serve or relay) already publishes from this outbox file "
+                              "(perhaps through another name: a hard link or a symlink); give each one its own "
+                              "outbox", where=self._where) from None
         self._lock_fd = fd
+        self.watch()
+
+    def watch(self) -> None:
+        """Check, every :data:`WATCH_INTERVAL` seconds and before each commit group is acknowledged, that
+        the outbox file and its WAL are still the ones this process opened (device and inode) and were
+        not cut short. Once one is deleted, replaced or truncated, intake is refused for good
+        (:attr:`broken` says why, logged once at CRITICAL): acknowledging events into a file that no
+        longer exists would lose every one of them."""
+        if self._watch is not None or self._closed:
+            return
+        # a connection held open for the watch's life keeps the WAL in place (SQLite deletes it when
+        # the last connection closes), so that its identity means something
+        anchor = self._connect("NORMAL")
+        try:
+            anchor.execute("SELECT count(*) FROM sqlite_master").fetchall()
+        except sqlite3.Error as exc:
+            anchor.close()
+            raise OutboxError(f"cannot read the outbox: {exc}", where=self._where) from None
+        self._watch = _Watch(self.path, anchor)
+        self._watch.start()
+
+    @property
+    def broken(self) -> str | None:
+        """Why this outbox can no longer be trusted (file deleted, replaced, truncated); None while it can."""
+        return self._watch.broken if self._watch is not None else None
+
+    def unwritable(self) -> str | None:
+        """Why intake cannot be written now (the file gone, the disk full), None when it can (``/readyz``)."""
+        gone = self._gone() or self.broken
+        if gone is not None:
+            return gone
+        try:
+            return self._no_room(self._conn())
+        except sqlite3.Error as exc:
+            return f"the outbox cannot be read: {exc}"
+
+    def _gone(self) -> str | None:
+        return self._watch.check() if self._watch is not None else None
 
     def close(self) -> None:
         if self._closed:
             return
         self._committer.close()
         self._closed = True
+        if self._watch is not None:
+            self._watch.stop()
         with self._conns_lock:
             conns, self._conns = self._conns, []
         for conn in conns:
@@ -726,6 +883,39 @@ class Outbox:
 
     def depth(self) -> int:
         return int(self._read("SELECT count(*) FROM outbox")[0][0])
+
+    def backlog(self) -> list[Backlog]:
+        """Per destination: rows waiting, the age of the oldest, its attempts and its last error (the
+        head row of each destination is the one being retried: rows go out in seq order)."""
+        now = time.time()
+        out = []
+        for dest, n in self._read("SELECT destination, count(*) FROM outbox GROUP BY destination ORDER BY destination"):
+            head = self._read("SELECT created, attempts, last_error FROM outbox WHERE destination = ? ORDER BY seq "
+                              "LIMIT 1", (dest,))
+            if head:
+                created, attempts, error = head[0]
+                out.append(Backlog(dest, int(n), max(0.0, now - float(created)), int(attempts), error))
+        return out
+
+    def expire(self, max_age: float, reason: str) -> list[DeadLetter]:
+        """Move every row older than ``max_age`` seconds to the dead-letter store, with its destination,
+        its last error and ``reason``; returns what was moved."""
+        cutoff = time.time() - max_age
+        moved: list[DeadLetter] = []
+
+        def work(conn: sqlite3.Connection) -> None:
+            rows = conn.execute("SELECT seq, destination, event_id, body, attempts, last_error FROM outbox "
+                                "WHERE created < ? ORDER BY seq LIMIT 10000", (cutoff,)).fetchall()
+            for seq, dest, eid, body, attempts, last in rows:
+                why = f"{reason}; last error: {last}" if last else reason
+                moved.append(DeadLetter(PUBLISH, "outbox", PendingTooLongError.code, why, bytes(body),
+                                        f"outbox row {seq}", dest, eid, {"attempts": int(attempts)}))
+            if rows:
+                _insert_dead(conn, moved)
+                _delete_rows(conn, [r[0] for r in rows])
+
+        self._write(work)
+        return moved
 
     def depths(self) -> dict[str, int]:
         return {d: int(n) for d, n in self._read("SELECT destination, count(*) FROM outbox GROUP BY destination")}

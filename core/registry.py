@@ -113,6 +113,9 @@ class Backend(Protocol):
 
     def open_subscriber(self, uri: BackendURI) -> Any: ...
 
+    # optional: ``check_publisher(uri)`` / ``check_subscriber(uri)`` raise ConfigError for what opening
+    # would refuse before any connection (the same checks the opener makes); see :func:`check_uri`
+
 
 _BUILTIN: dict[str, str] = {
     "memory": "batchbridge.adapters.memory:BACKEND",
@@ -205,10 +208,37 @@ def parse_uri(uri: str, backend: Backend | None = None) -> tuple[Backend, Backen
     return backend, BackendURI(parts.scheme.lower(), parts.netloc, parts.path, options, uri)
 
 
+ROLES = ("publisher", "subscriber")
+
+
+def check_uri(uri: str, role: str = "publisher") -> tuple[Backend, BackendURI]:
+    """Everything opening ``uri`` as a ``publisher`` or ``subscriber`` refuses without connecting: the
+    scheme, the options, and the adapter's own checks of the path and options (the same functions its
+    opener calls). ``publish --to``, ``open_publisher`` and a config at load time all go through here."""
+    backend, parsed = parse_uri(uri)
+    if getattr(backend, f"open_{role}", None) is None:
+        raise ConfigError(f"{parsed.scheme}:// has no {role}", where=parsed.redacted)
+    check = getattr(backend, f"check_{role}", None)
+    if check is not None:
+        check(parsed)
+    return backend, parsed
+
+
+def _refuses(scheme: str) -> tuple[str, ...]:
+    """The common options a backend does not take (``refuses`` on the backend, e.g. file:// and ``mode``)."""
+    try:
+        return tuple(getattr(get_backend(scheme), "refuses", ()))
+    except MissingDependencyError:
+        return ()
+
+
 def options_table() -> str:
     """The Markdown table of every scheme, its URI forms and its query options."""
     rows = ["| scheme | URI forms | option | type | default | meaning |", "| --- | --- | --- | --- | --- | --- |"]
-    rows += [f"| *(all)* | | `{o.name}` | {o.type.__name__} | `{o.default}` | {o.help} |" for o in COMMON_OPTIONS]
+    for o in COMMON_OPTIONS:
+        refused = [f"{s}://" for s in schemes() if o.name in _refuses(s)]
+        scope = f"*(all but {', '.join(refused)})*" if refused else "*(all)*"
+        rows.append(f"| {scope} | | `{o.name}` | {o.type.__name__} | `{o.default}` | {o.help} |")
     for scheme in schemes():
         try:
             backend = get_backend(scheme)

@@ -99,7 +99,22 @@ def _scrub(record: logging.LogRecord) -> None:
         return
     clean = redact(message)
     if clean != message:
+        # the arguments scrubbed one by one where that suffices: a formatter that reads them itself
+        # (uvicorn's access log unpacks its five) must still find them -- else the message, collapsed
+        if isinstance(record.args, tuple) and isinstance(record.msg, str):
+            args = tuple(redact(a) if isinstance(a, str) else a for a in record.args)
+            try:
+                scrubbed = redact(record.msg) % args if args else redact(record.msg)
+            except (TypeError, ValueError):
+                scrubbed = None
+            if scrubbed == clean:
+                record.msg, record.args = redact(record.msg), args
+                return _scrub_traceback(record)
         record.msg, record.args = clean, ()
+    _scrub_traceback(record)
+
+
+def _scrub_traceback(record: logging.LogRecord) -> None:
     if record.exc_info and record.exc_info[0] is not None and not record.exc_text:
         text = "".join(traceback.format_exception(*record.exc_info)).rstrip("\n")
         clean = redact(text)

@@ -9,6 +9,10 @@ Endpoints:
     signature fails; 503 when the outbox cannot be written (nothing was kept: the sender retries).
 ``GET /healthz``
     liveness and the outbox depth.
+``GET /readyz``
+    200 while events can be taken and delivered; 503 with the reasons while the outbox cannot be
+    written (disk full; the file deleted, replaced or truncated: intake is then refused too) or a
+    destination has failed for longer than ``serve.ready_max_failing``.
 ``GET /metrics``
     Prometheus text format, from a registry owned by this app.
 
@@ -279,7 +283,11 @@ def create_app(target: Bridge | BridgeConfig | str | Path, *, settings: ServeSet
         bridge = Bridge(config)
     conf = settings or bridge.config.serve
     verifier = mns_verifier or MnsVerifier(conf.mns)
-    registry = prometheus_registry(bridge.stats, bridge.outbox.depths)
+    def health() -> tuple[bool, dict[str, float]]:
+        failing = {dest: seconds for dest, (seconds, _) in bridge.failing().items()}
+        return bridge.outbox.unwritable() is None, failing
+
+    registry = prometheus_registry(bridge.stats, bridge.outbox.depths, backlog=bridge.outbox.backlog, health=health)
 
     def error(status: int, code: str, reason: str, headers: Mapping[str, str] | None = None) -> Response:
         return Response(_error_json(code, reason), status_code=status, media_type="application/json",
@@ -302,6 +310,29 @@ def create_app(target: Bridge | BridgeConfig | str | Path, *, settings: ServeSet
         except BatchBridgeError as exc:
             return error(503, exc.code, "the outbox cannot be read")
         return JSONResponse({"status": "ok", "outbox_depth": depth, "publishing": bridge.running})
+
+    def not_ready() -> list[str]:
+        reasons = []
+        unwritable = bridge.outbox.unwritable()
+        if unwritable is not None:
+            reasons.append(f"outbox: {unwritable}")
+        for dest, (seconds, why) in sorted(bridge.failing().items()):
+            if seconds > conf.ready_max_failing:
+                reasons.append(f"{dest}: failing for {seconds:.0f}s (serve.ready_max_failing = "
+                               f"{conf.ready_max_failing:g}s): {why}")
+        return reasons
+
+    async def readyz(request: Request) -> Response:
+        if not conf.public_healthz and not authorized(request):
+            return unauthorized()
+        try:
+            reasons = await asyncio.to_thread(not_ready)
+        except BatchBridgeError as exc:
+            reasons = [f"outbox: {redact(str(exc))}"]
+        if not bridge.running:
+            reasons.append("the publishers are not running")
+        return JSONResponse({"ready": not reasons, "reasons": [redact(r) for r in reasons]},
+                            status_code=503 if reasons else 200)
 
     async def metrics(request: Request) -> Response:
         if not authorized(request):
@@ -327,6 +358,7 @@ def create_app(target: Bridge | BridgeConfig | str | Path, *, settings: ServeSet
             Route("/events", intake, methods=["POST"]),
             Route("/events/{provider}", intake, methods=["POST"]),
             Route("/healthz", healthz, methods=["GET"]),
+            Route("/readyz", readyz, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]),
         ],
         lifespan=lifespan,
@@ -351,15 +383,22 @@ def _redact_access_log() -> None:
 
 
 def serve(config: BridgeConfig, *, host: str | None = None, port: int | None = None,
-          log_level: str = "info") -> None:
-    """Run the app under uvicorn until SIGTERM/SIGINT, then drain and stop the bridge."""
+          log_level: str = "info", on_bound: Callable[[], None] | None = None) -> None:
+    """Run the app under uvicorn until SIGTERM/SIGINT, then drain and stop the bridge; ``on_bound`` is
+    called once the port is bound (the CLI prints its banner then, not before a bind that may fail)."""
     require_serve_extra()
     import uvicorn
+
+    class _Server(uvicorn.Server):
+        async def startup(self, sockets: Any = None) -> None:
+            await super().startup(sockets)
+            if self.started and on_bound is not None:
+                on_bound()
 
     app = create_app(config)
     # claim the outbox before binding: a second bridge on it is a clean error, not a failed lifespan
     app.state.bridge.start()
-    server = uvicorn.Server(uvicorn.Config(
+    server = _Server(uvicorn.Config(
         app,
         host=host or config.serve.host,
         port=config.serve.port if port is None else port,

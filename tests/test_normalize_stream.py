@@ -193,3 +193,68 @@ def test_normalize_lines_matches_normalize_stream_on_json_lines() -> None:
     expected = flat(normalize_stream(data))
     assert flat(normalize_lines(iter(data.splitlines(keepends=True)))) == expected
     assert sum(isinstance(o, list) for _, o in expected) == len(lines) - 1
+
+
+# --- the CLI streams its input ------------------------------------------------------------------------
+
+
+def _peak_rss_mib(args: list[str], stdout: Any) -> float:
+    """Run the CLI to completion; its peak resident set (ru_maxrss of that child alone), MiB."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    cli = str(Path(sys.executable).parent / "batchbridge")
+    proc = subprocess.Popen([cli, *args], stdout=stdout, stderr=subprocess.DEVNULL)
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    assert proc.returncode == 0, args
+    return usage.ru_maxrss / 1024
+
+
+def _jsonl(path: Any, megabytes: int) -> int:
+    line = NODE_LINE + b"\n"
+    n = megabytes * 1024 * 1024 // len(line)
+    with open(path, "wb") as fh:
+        for _ in range(n // 1000):
+            fh.write(line * 1000)
+    return n // 1000 * 1000
+
+
+@pytest.mark.parametrize(("command", "small", "large"), [("normalize", 4, 32), ("publish", 2, 16)])
+def test_cli_peak_memory_does_not_grow_with_the_input(tmp_path: Any, command: str, small: int, large: int) -> None:
+    """Reading the input whole would add its size (and more) to the peak; streamed, the peaks match."""
+    peaks = []
+    for mb in (small, large):
+        src = tmp_path / f"in-{mb}.jsonl"
+        n = _jsonl(src, mb)
+        out = tmp_path / f"out-{mb}.jsonl"
+        if command == "normalize":
+            with open(out, "wb") as fh:
+                peaks.append(_peak_rss_mib(["normalize", str(src)], fh))
+        else:
+            peaks.append(_peak_rss_mib(["publish", str(src), "--quiet", "--to", f"file://{out}?fsync=false"], None))
+        with open(out, "rb") as fh:
+            assert sum(1 for _ in fh) == n
+        src.unlink()
+    assert peaks[1] - peaks[0] < (large - small) / 4, f"peak RSS {peaks[0]:.1f} MiB for {small} MB, " \
+                                                      f"{peaks[1]:.1f} MiB for {large} MB"
+
+
+def test_cli_says_when_there_is_nothing_to_read(tmp_path: Any) -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    cli = str(Path(sys.executable).parent / "batchbridge")
+    (tmp_path / "empty.jsonl").write_bytes(b"\n\n")
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "dir" / "sub").mkdir()
+    done = subprocess.run([cli, "normalize", str(tmp_path / "empty.jsonl")], capture_output=True, text=True,
+                          check=False)
+    assert done.returncode == 0 and "empty.jsonl holds no payloads" in done.stderr
+    done = subprocess.run([cli, "normalize", str(tmp_path / "dir")], capture_output=True, text=True, check=False)
+    assert "skipped the subdirectory" in done.stderr and "holds no files" in done.stderr
+    done = subprocess.run([cli, "normalize", "-"], input="", capture_output=True, text=True, check=False)
+    assert "stdin holds no payloads" in done.stderr

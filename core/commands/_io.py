@@ -1,32 +1,100 @@
-"""Input and output helpers shared by the subcommands."""
+"""Input and output helpers shared by the subcommands.
+
+Input is streamed: a file or stdin that is JSON Lines is read a line at a time, so ``normalize`` and
+``publish`` hold one payload at a time, whatever the size of the input. Only input that is not JSON
+Lines -- a single multi-line document (pretty-printed JSON, XML, wrapped Base64) -- is read whole,
+because it has to be parsed whole.
+"""
 
 from __future__ import annotations
 
+import itertools
 import sys
 from collections.abc import Iterator
 from importlib.resources import files
 from pathlib import Path
+from typing import IO, Any
 
-from ..errors import ConfigError
+import orjson
+
+from ..errors import ConfigError, InputError
+
+#: most lines read ahead to tell JSON Lines from one multi-line document (only the first two non-blank
+#: ones decide; blank lines before them are what this bounds)
+_LOOKAHEAD = 1000
 
 
 def samples_dir() -> Path:
     return Path(str(files("batchbridge.core") / "samples"))
 
 
-def read_inputs(source: str | None) -> Iterator[tuple[str, bytes]]:
-    """Yield ``(name, bytes)`` for ``-``/stdin, a file, a directory (every file in it, sorted), or the
-    word ``samples`` (the bundled vendor samples) when no such path exists."""
+def note(text: str) -> None:
+    print(f"batchbridge: note: {text}", file=sys.stderr)
+
+
+def open_inputs(source: str | None) -> Iterator[tuple[str, IO[bytes]]]:
+    """Yield ``(name, binary file)`` for ``-``/stdin, a file, a directory (every file in it, sorted;
+    subdirectories are named and skipped), or the word ``samples`` (the bundled vendor samples) when
+    no such path exists. Each file is closed once the caller asks for the next."""
     if source in (None, "-"):
-        yield "stdin", sys.stdin.buffer.read()
+        yield "stdin", sys.stdin.buffer
         return
     path = Path(source)
     if not path.exists() and source == "samples":
         path = samples_dir()
     if path.is_dir():
-        for child in sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")):
-            yield child.name, child.read_bytes()
+        children = sorted(p for p in path.iterdir() if not p.name.startswith("."))
+        for child in children:
+            if child.is_dir():
+                note(f"skipped the subdirectory {child} (directories are not read recursively)")
+        regular = [c for c in children if c.is_file()]
+        if not regular:
+            note(f"{path} holds no files to read")
+        for child in regular:
+            with open(child, "rb") as fh:
+                yield child.name, fh
     elif path.is_file():
-        yield path.name, path.read_bytes()
+        with open(path, "rb") as fh:
+            yield path.name, fh
     else:
         raise ConfigError(f"no such file or directory: {source}", where="input")
+
+
+def read_inputs(source: str | None) -> Iterator[tuple[str, bytes]]:
+    """:func:`open_inputs`, each input read whole (the bundled samples, small documents)."""
+    for name, fh in open_inputs(source):
+        yield name, fh.read()
+
+
+def _json_line(line: bytes) -> bool:
+    from ..envelopes import looks_base64
+
+    try:
+        orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return False
+    return not looks_base64(line)
+
+
+def normalized_stream(fh: IO[bytes], provider: str | None) -> Iterator[tuple[str, list[dict[str, Any]] | InputError]]:
+    """Every payload of one input with its events or its typed error, as ``normalize_stream`` splits
+    them -- but JSON Lines (a first non-blank line that is a JSON value by itself, which cannot open a
+    multi-line document) a line at a time, never holding the input."""
+    from ..normalize import normalize_lines, normalize_stream
+
+    head: list[bytes] = []
+    seen = 0
+    first: bytes | None = None
+    for line in fh:
+        head.append(line)
+        body = line.strip()
+        if not head[1:] and body.startswith(b"\xef\xbb\xbf"):
+            body = body[3:].strip()
+        if body:
+            seen += 1
+            first = body if first is None else first
+        if seen >= 2 or len(head) >= _LOOKAHEAD:
+            break
+    if seen >= 2 and first is not None and _json_line(first):
+        return normalize_lines(itertools.chain(head, fh), provider=provider)
+    return normalize_stream(b"".join(itertools.chain(head, fh)), provider=provider)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import time
 from collections.abc import Iterator
@@ -55,8 +56,15 @@ def _chunks(source: str, provider: str | None, bad: list[int]) -> Iterator[list[
 def run_publish(args: argparse.Namespace) -> int:
     from ..backends import open_publisher
 
+    if args.to.lower().startswith("memory:"):
+        print("batchbridge: note: a memory:// queue lives inside one process: what this command publishes is "
+              "gone when it exits (use file:// or a broker to pass events between commands)", file=sys.stderr)
     progress = sys.stderr.isatty() and not args.quiet
+    if not getattr(args, "verbose", 0):
+        # the publisher logs each failed event; here one line per cause says it (-v: every event too)
+        logging.getLogger("batchbridge.publisher").setLevel(logging.ERROR)
     published = failed = 0
+    causes: dict[str, list[str]] = {}
     bad = [0]
     start = time.monotonic()
     with open_publisher(args.to) as pub:
@@ -64,13 +72,21 @@ def run_publish(args: argparse.Namespace) -> int:
             for result in pub.publish(chunk):
                 if result.ok:
                     published += 1
-                else:
-                    failed += 1
-                    print(f"batchbridge: failed {result.event_id}: {result.error}", file=sys.stderr)
+                    continue
+                failed += 1
+                why = f"{result.error.code}: {result.error}" if result.error is not None else "unknown error"
+                ids = causes.setdefault(why, [])
+                if not ids:
+                    print(f"batchbridge: failed {result.event_id}: {why}", file=sys.stderr)
+                ids.append(str(result.event_id))
             if progress:
                 print(f"\r{published} published, {failed} failed", end="", file=sys.stderr, flush=True)
     if progress:
         print(file=sys.stderr)
+    for why, ids in causes.items():
+        if len(ids) > 1:
+            print(f"batchbridge: {len(ids) - 1} more event(s) failed the same way ({why.split(':', 1)[0]})",
+                  file=sys.stderr)
     if not args.quiet:
         took = time.monotonic() - start
         print(f"published {published}, failed {failed}, bad input {bad[0]} to {redact_uri(args.to)} "

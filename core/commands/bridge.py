@@ -29,6 +29,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--host", help="address to bind (default: serve.host, else 127.0.0.1)")
     p.add_argument("--port", type=int, help="port (default: serve.port, else 8080)")
     p.add_argument("--outbox", help="outbox file (default: outbox.path from the config)")
+    p.add_argument("--check", action="store_true",
+                   help="before binding, open every destination (as `batchbridge check` does) and refuse to "
+                        "start unless all are usable")
     p.set_defaults(func=run_serve)
 
     p = sub.add_parser("relay", help="consume from one backend, normalise, route and publish via the outbox")
@@ -47,7 +50,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("action", choices=("list", "replay", "purge"))
     p.add_argument("--config", help="bridge config file (its outbox, and routes for replay)")
     p.add_argument("--outbox", help="outbox file (default: outbox.path from the config)")
-    p.add_argument("--to", nargs="+", default=[], metavar="URI", help="replay: also send every event here")
+    p.add_argument("--to", nargs="+", default=[], metavar="URI",
+                   help="replay: send an event a destination refused here instead of to that destination; a "
+                        "payload that failed at intake is routed by the config and also sent here")
     p.add_argument("--id", type=int, action="append", dest="ids", metavar="N",
                    help="only this dead letter (repeatable); default: all")
     p.add_argument("--json", action="store_true", help="list: one JSON object per line")
@@ -62,8 +67,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.set_defaults(func=run_demo)
 
 
-def _config(args: argparse.Namespace, *, to: list[str] | None = None) -> BridgeConfig:
-    config = load_config(args.config) if getattr(args, "config", None) else BridgeConfig(source="<command line>")
+def _config(args: argparse.Namespace, *, to: list[str] | None = None, secrets: bool = True) -> BridgeConfig:
+    config = load_config(args.config, secrets=secrets) if getattr(args, "config", None) \
+        else BridgeConfig(source="<command line>")
     if to:
         config = config.with_routes(catch_all(to))
     if getattr(args, "outbox", None):
@@ -101,9 +107,21 @@ def run_serve(args: argparse.Namespace) -> int:
     config = _config(args)
     host = args.host or config.serve.host
     port = config.serve.port if args.port is None else args.port
-    print(f"batchbridge serve: http://{host}:{port}/events  outbox {config.outbox.path}  "
-          f"{len(config.routes)} routes", file=sys.stderr)
-    serve(config, host=host, port=port, log_level="info" if args.verbose else "warning")
+    if not config.routes and config.unrouted == "drop":
+        print(f"batchbridge serve: warning: {config.source} has no routes and unrouted = \"drop\": every event "
+              "is accepted and then dropped", file=sys.stderr)
+    if args.check:
+        from .ops import preflight
+
+        if not preflight(config, None):
+            print("batchbridge serve: not started: a destination is not usable (see above)", file=sys.stderr)
+            return 1
+
+    def bound() -> None:
+        print(f"batchbridge serve: http://{host}:{port}/events  outbox {config.outbox.path}  "
+              f"{len(config.routes)} routes", file=sys.stderr, flush=True)
+
+    serve(config, host=host, port=port, log_level="info" if args.verbose else "warning", on_bound=bound)
     return 0
 
 
@@ -112,11 +130,16 @@ def run_serve(args: argparse.Namespace) -> int:
 
 def run_relay(args: argparse.Namespace) -> int:
     from ..bridge import Bridge
+    from ..registry import check_uri
     from ..relay import relay
 
     if not args.to and not args.config:
         raise ConfigError("say where events go: --to URI... and/or --config FILE with routes", where="relay")
     config = _config(args, to=args.to)
+    try:
+        check_uri(args.source, "subscriber")
+    except ConfigError as exc:
+        raise exc.located("--from") from None
     bridge = Bridge(config)
     try:
         with _stop_on_signals() as stop:
@@ -148,7 +171,7 @@ def run_dlq(args: argparse.Namespace) -> int:
     from ..bridge import Bridge
     from ..outbox import Outbox
 
-    config = _config(args, to=args.to)
+    config = _config(args, to=args.to, secrets=False)
     if not config.outbox.path.exists():
         raise ConfigError("no outbox here: pass --config FILE or --outbox PATH", where=str(config.outbox.path))
     if args.action == "list":
@@ -178,15 +201,20 @@ def run_dlq(args: argparse.Namespace) -> int:
         return 0
     if args.action == "purge":
         with Outbox(config.outbox.path, synchronous=config.outbox.synchronous) as ob:
+            missing = [i for i in args.ids or [] if ob.dead_letter(i) is None]
             n = ob.purge(args.ids)
         print(f"purged {n} dead letter(s)", file=sys.stderr)
+        if missing:
+            print(f"batchbridge: error: no dead letter with id {', '.join(map(str, missing))} in "
+                  f"{config.outbox.path}", file=sys.stderr)
+            return 2
         return 0
     bridge = Bridge(config)
     try:
         ids = args.ids or [r.id for r in bridge.outbox.dead_letters(limit=1_000_000)]
         ok = failed = 0
         for dl_id in ids:
-            result = bridge.replay(dl_id)
+            result = bridge.replay(dl_id, to=args.to)
             if result.error is not None or (result.unrouted and not result.deliveries):
                 failed += 1
                 why = result.error or "still unrouted"

@@ -7,9 +7,11 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
+import orjson
+
 from ..errors import InputError
 from ..event import PROVIDERS
-from ._io import read_inputs
+from ._io import normalized_stream, note, open_inputs
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -22,18 +24,18 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 def normalized(source: str | None, provider: str | None) -> Iterator[tuple[str, list[dict[str, Any]] | InputError]]:
     """Every payload in ``source``: its events, or its typed error with the file and line in ``where``."""
-    from ..normalize import normalize_stream
-
-    for name, data in read_inputs(source):
-        for where, outcome in normalize_stream(data, provider=provider):
+    for name, fh in open_inputs(source):
+        payloads = 0
+        for where, outcome in normalized_stream(fh, provider):
+            payloads += 1
             if isinstance(outcome, InputError) and name != "stdin":
                 outcome.located(name)
             yield where, outcome
+        if not payloads:
+            note(f"{name} holds no payloads (it is empty or blank)")
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..normalize import dumps
-
     out = sys.stdout.buffer
     bad = 0
     for _, outcome in normalized(args.source, args.provider):
@@ -42,6 +44,6 @@ def run(args: argparse.Namespace) -> int:
             print(f"batchbridge: {outcome.code}: {outcome}", file=sys.stderr)
             continue
         for event in outcome:
-            out.write(dumps(event) + b"\n")
+            out.write(orjson.dumps(event, option=orjson.OPT_APPEND_NEWLINE))  # no copy to append b"\n"
     out.flush()
     return 1 if bad else 0

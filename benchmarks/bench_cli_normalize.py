@@ -1,0 +1,99 @@
+"""Whole-process ``batchbridge normalize FILE > out`` against the stdlib floor, with peak RSS.
+
+Both run as their own process on the same mixed JSON Lines file (``benchmarks/_common.py``), output
+to a file, alternating, median of the repetitions:
+
+* **floor**: ``for line in f: out.write(json.dumps(json.loads(line)))`` (Base64 lines decoded first);
+* **batchbridge**: the installed console script, start-up and imports included.
+
+The peak resident set of each process (``ru_maxrss`` from ``wait4``) is printed beside the ratio; a
+second, 4x larger input shows that the CLI's peak does not grow with its input (it streams).
+Target: batchbridge <= 2x the floor.
+
+    .venv/bin/python benchmarks/bench_cli_normalize.py            # 200,000 payloads x 3
+    .venv/bin/python benchmarks/bench_cli_normalize.py --quick    # 20,000 payloads x 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from _common import emit_result, machine, payload_lines
+
+TARGET = 2.0
+FLOOR = """
+import base64, json, sys
+with open(sys.argv[1], "rb") as f, open(sys.argv[2], "w") as out:
+    for line in f:
+        if line.strip():
+            out.write(json.dumps(json.loads(line if line[:1] == b"{" else base64.b64decode(line))))
+"""
+
+
+def timed(cmd: list[str], stdout_path: Path | None = None) -> tuple[float, float]:
+    """(seconds, peak RSS MiB) of one process run to completion."""
+    with open(stdout_path or os.devnull, "wb") as out:
+        start = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.DEVNULL)
+        _, status, usage = os.wait4(proc.pid, 0)
+        took = time.perf_counter() - start
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"{cmd[0]} failed with status {status}")
+    return took, usage.ru_maxrss / 1024
+
+
+def write_input(path: Path, n: int, seed: int) -> None:
+    with open(path, "wb") as fh:
+        for line in payload_lines(n, seed):
+            fh.write(line + b"\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=None, help="payloads in the stream (default 200,000)")
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="20,000 payloads")
+    parser.add_argument("--seed", type=int, default=8)
+    args = parser.parse_args(argv)
+    n = args.events or (20_000 if args.quick else 200_000)
+    cli = str(Path(sys.executable).parent / "batchbridge")
+    print(f"machine: {machine()}")
+    with tempfile.TemporaryDirectory(prefix="bench-cli-") as tmp:
+        src, out = Path(tmp) / "in.jsonl", Path(tmp) / "out.jsonl"
+        write_input(src, n, args.seed)
+        print(f"{n:,} payloads, {src.stat().st_size / 1e6:.1f} MB of JSON Lines, {args.reps} repetitions", flush=True)
+        floors, ours, floor_rss, our_rss = [], [], [], []
+        for rep in range(args.reps):
+            f, fr = timed([sys.executable, "-c", FLOOR, str(src), str(out)])
+            b, br = timed([cli, "normalize", str(src)], out)
+            floors.append(f)
+            ours.append(b)
+            floor_rss.append(fr)
+            our_rss.append(br)
+            print(f"  rep {rep + 1}: floor {f:6.2f} s ({fr:.0f} MiB)   batchbridge {b:6.2f} s ({br:.0f} MiB)   "
+                  f"ratio {b / f:.2f}", flush=True)
+        start_up, _ = timed([cli, "normalize", "-"])
+        big = Path(tmp) / "big.jsonl"
+        write_input(big, 4 * n, args.seed + 1)  # payloads of their own: repeats would not be a real stream
+        _, big_rss = timed([cli, "normalize", str(big)], Path(os.devnull))
+    floor, ours_s = statistics.median(floors), statistics.median(ours)
+    ratio = ours_s / floor
+    print(f"medians: floor {floor:.2f} s, batchbridge {ours_s:.2f} s (start-up alone {start_up:.2f} s); "
+          f"ratio {ratio:.2f}x (target <= {TARGET}x); peak RSS {max(our_rss):.0f} MiB (floor {max(floor_rss):.0f} "
+          f"MiB), {big_rss:.0f} MiB on the 4x input")
+    emit_result("cli_normalize", round(ours_s, 3), "s", baseline=round(floor, 3), ratio=round(ratio, 3),
+                target=f"<= {TARGET}", passed=ratio <= TARGET,
+                note=f"{n} payloads; peak RSS {max(our_rss):.0f} MiB ({big_rss:.0f} MiB on 4x the input), "
+                     f"floor {max(floor_rss):.0f} MiB; start-up {start_up:.2f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
