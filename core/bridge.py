@@ -1,6 +1,6 @@
 """The bridge: intake -> routing -> durable outbox -> one publisher loop per destination.
 
-:meth:`Bridge.handle` decodes one payload (any envelope :func:`~batchbridge.core.normalize.normalize`
+:meth:`Bridge.handle` decodes one payload (any envelope :func:`~batchbridge.core.normalizing.normalize`
 recognises, or an already-canonical CloudEvent), routes each event, and returns only once the rows
 are committed to the outbox -- that is the moment a caller may acknowledge its source. A payload
 that cannot be decoded is committed to the dead-letter table instead, with its raw bytes and the
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import base64
 import logging
-import random
 import threading
 import time
 from collections import deque
@@ -30,11 +29,8 @@ import orjson
 from .backends import open_publisher
 from .config import BridgeConfig
 from .errors import (
-    BackendError,
     BatchBridgeError,
-    ClosedError,
     ConfigError,
-    EntityNotFoundError,
     InputError,
     MalformedPayloadError,
     UnrecognizedFormatError,
@@ -43,6 +39,7 @@ from .event import DATASCHEMA
 from .metrics import Stats
 from .outbox import INTAKE, PUBLISH, UNROUTED, DeadLetter, Outbox, OutboxRow, Pending
 from .publisher import Publisher, PublishResult, wrap_error
+from .retry import Backoff, ErrorCode, waits_for_destination
 from .routing import Router
 from .secrets import redact, redact_uri
 
@@ -150,7 +147,7 @@ def decode(payload: bytes | Mapping[str, Any], *, provider: str | None = None,
     (a pulled Pub/Sub message: GCP Batch puts its notification there), body and attributes together
     as one Pub/Sub message.
     """
-    from .normalize import normalize
+    from .normalizing import normalize
 
     event = canonical_event(payload)
     if event is not None:
@@ -400,14 +397,6 @@ class Bridge:
         self.stop()
 
 
-def _retryable(error: BatchBridgeError) -> bool:
-    """Whether a failed row stays in the outbox. A missing queue or a closed client is about the
-    destination, not the event: the rows wait for it to be fixed instead of filling the dead letters."""
-    if isinstance(error, (EntityNotFoundError, ClosedError)):
-        return True
-    return isinstance(error, BackendError) and error.retryable
-
-
 class _Worker:
     """Drains one destination's rows in batches, in outbox order, with backoff while it is down.
 
@@ -510,8 +499,7 @@ class _Worker:
             self._in_step = False  # what failed stays in the outbox: read it back, in order, next time
         o = self.bridge.config.outbox
         self._failures += 1
-        delay = min(o.backoff_max, o.backoff_initial * 2 ** min(self._failures - 1, 30))
-        delay *= random.uniform(0.5, 1.0)
+        delay = Backoff(o.backoff_initial, o.backoff_max).delay(self._failures)
         log.warning("%s unavailable (%s); retrying in %.1fs", self.label, redact(str(exc)), delay)
         self.bridge._stopping.wait(delay)
 
@@ -556,7 +544,7 @@ class _Worker:
         except BatchBridgeError as exc:
             results = [PublishResult(p.event_id, exc) for p, _ in events]
         except Exception as exc:  # a driver bug must not lose rows: keep them and back off
-            err = wrap_error(exc, True, self.label)
+            err = wrap_error(exc, ErrorCode.INTERNAL, self.label)
             results = [PublishResult(p.event_id, err) for p, _ in events]
         delivered: list[int] = []
         retry: list[tuple[int, str]] = []
@@ -564,7 +552,7 @@ class _Worker:
         for (p, _), r in zip(events, results, strict=True):
             if r.error is None:
                 delivered.append(p.seq)
-            elif _retryable(r.error):
+            elif waits_for_destination(r.error.error_code):
                 retry.append((p.seq, f"{r.error.code}: {r.error}"))
                 last_error = r.error
             else:

@@ -224,7 +224,7 @@ def publishing(uri: BackendURI | None, backend: str, events: list[Mapping[str, A
     return obs
 
 
-def consumed(uri: BackendURI | None, backend: str, items: list[Received]) -> list[Received]:
+def consumed(uri: BackendURI | None, backend: str, items: list[Received], *, quiet: bool = False) -> list[Received]:
     """After one receive: a consumer span per message, child of the producer's context restored from
     the event, and one log record per message. Returns ``items``."""
     otel = _otel
@@ -251,5 +251,5 @@ def consumed(uri: BackendURI | None, backend: str, items: list[Received]) -> lis
                 span.set_status(otel.status(otel.error, r.error.code))
             span.end()
             r.message.extra[_CONTEXT_KEY] = otel.trace.set_span_in_context(span)
-    logs.received(backend, items)
+    logs.received(backend, items, quiet=quiet)
     return items

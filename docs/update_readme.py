@@ -10,7 +10,7 @@ import json
 from importlib.resources import files
 from pathlib import Path
 
-from batchbridge.core.normalize import normalize
+from batchbridge.core.normalizing import normalize
 from batchbridge.core.registry import options_table
 
 README = Path(__file__).resolve().parent.parent / "README.md"

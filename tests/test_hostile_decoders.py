@@ -29,7 +29,7 @@ from batchbridge.core.bridge import Bridge, decode
 from batchbridge.core.config import config_from_dict
 from batchbridge.core.envelopes import MAX_PAYLOAD_BYTES
 from batchbridge.core.errors import InputError, MalformedPayloadError, PayloadTooLargeError, UnsupportedEventError
-from batchbridge.core.normalize import normalize, normalize_stream
+from batchbridge.core.normalizing import normalize, normalize_stream
 from fault_tools import Figures, Mutator, record, rss_kib, scale
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from batchbridge.core.event import DATASCHEMA, KINDS, PROVIDERS, STATES
-from batchbridge.core.normalize import normalize
+from batchbridge.core.normalizing import normalize
 from jsonschema import Draft202012Validator
 from vendor_payloads import BATCH_EVENT_SCHEMA, CLOUDEVENT_SCHEMA, CLOUDEVENT_VALIDATOR, corpus, validate_event
 

@@ -216,7 +216,7 @@ def _publish_if_free(bridge: Any) -> str:
 
 def run_demo(args: argparse.Namespace) -> int:
     from ..bridge import Bridge
-    from ..normalize import iter_payloads
+    from ..normalizing import iter_payloads
 
     out = Path(args.out).expanduser().resolve()
     out.parent.mkdir(parents=True, exist_ok=True)

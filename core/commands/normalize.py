@@ -22,7 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 def normalized(source: str | None, provider: str | None) -> Iterator[tuple[str, list[dict[str, Any]] | InputError]]:
     """Every payload in ``source``: its events, or its typed error with the file and line in ``where``."""
-    from ..normalize import normalize_stream
+    from ..normalizing import normalize_stream
 
     for name, data in read_inputs(source):
         for where, outcome in normalize_stream(data, provider=provider):
@@ -32,7 +32,7 @@ def normalized(source: str | None, provider: str | None) -> Iterator[tuple[str, 
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..normalize import dumps
+    from ..normalizing import dumps
 
     out = sys.stdout.buffer
     bad = 0
