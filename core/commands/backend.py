@@ -9,8 +9,8 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..errors import DecodeMessageError, InputError
-from ..event import PROVIDERS
 from ..secrets import redact_uri
+from ..vendors import providers
 from .normalize import normalized
 
 if TYPE_CHECKING:
@@ -25,7 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("source", nargs="?", default="-",
                    help="a file, a directory, '-' for stdin (default), or 'samples' for the bundled ones")
     p.add_argument("--to", required=True, metavar="URI", help="backend URI, e.g. sqs://q?region=eu-west-1")
-    p.add_argument("--provider", choices=PROVIDERS, help="skip detection and decode as this vendor")
+    p.add_argument("--provider", choices=providers(), help="skip detection and decode as this vendor")
     p.add_argument("--quiet", action="store_true", help="no progress line and no summary")
     p.set_defaults(func=run_publish)
 

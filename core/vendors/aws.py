@@ -13,6 +13,7 @@ from typing import Any, Final
 
 from ..errors import MalformedPayloadError, UnsupportedEventError
 from ..event import CloudEvent, Draft, Reader, State, as_region, build_event
+from . import vendor
 
 PROVIDER: Final = "aws"
 DETAIL_TYPE = "Batch Job State Change"
@@ -135,3 +136,12 @@ def normalize(obj: dict[str, Any], where: str) -> list[CloudEvent]:
     if state == "failed":
         draft.error_message = detail.text("statusReason") or container.text("reason")
     return [build_event(draft)]
+
+
+def event_names() -> dict[str, set[str]]:
+    """The detail-type covers every status of jobs and of array children."""
+    states = set(STATUSES.values())
+    return {DETAIL_TYPE: {f"batch.{kind}.{s}" for kind in ("job", "task_instance") for s in states}}
+
+
+VENDOR = vendor(PROVIDER, MATCH_KEYS, matches, normalize, event_names)

@@ -15,6 +15,7 @@ from typing import Any, Final
 from ..envelopes import load_json
 from ..errors import MalformedPayloadError, UnsupportedEventError
 from ..event import CloudEvent, Draft, Reader, State, as_region, build_event
+from . import vendor
 
 PROVIDER: Final = "azure"
 CATEGORIES = ("ServiceLog", "ServiceLogs")
@@ -145,3 +146,16 @@ def normalize(obj: dict[str, Any], where: str) -> list[CloudEvent]:
         ended=ended,
     )
     return [build_event(draft)]
+
+
+def event_names() -> dict[str, set[str]]:
+    """``TaskCompleteEvent`` is either outcome: it covers both types."""
+    names = {"TaskStartEvent": {"batch.task.running"},
+             "TaskCompleteEvent": {"batch.task.succeeded", "batch.task.failed"},
+             "TaskFailEvent": {"batch.task.failed"}}
+    names.update({name: {f"batch.environment.{transition or state}"}
+                  for name, (state, transition) in POOL_EVENTS.items()})
+    return names
+
+
+VENDOR = vendor(PROVIDER, MATCH_KEYS, matches, normalize, event_names)
