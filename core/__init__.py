@@ -80,10 +80,10 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "open_async_subscriber": ("backends", "open_async_subscriber"),
     "Publisher": ("publisher", "Publisher"),
     "AsyncPublisher": ("publisher", "AsyncPublisher"),
-    "PublishResult": ("publisher", "PublishResult"),
+    "PublishResult": ("outcomes", "PublishResult"),
     "Subscriber": ("subscriber", "Subscriber"),
     "AsyncSubscriber": ("subscriber", "AsyncSubscriber"),
-    "Received": ("subscriber", "Received"),
+    "Received": ("outcomes", "Received"),
     "Bridge": ("bridge", "Bridge"),
     "IntakeResult": ("bridge", "IntakeResult"),
     "BridgeConfig": ("config", "BridgeConfig"),
@@ -118,9 +118,10 @@ if _TYPE_CHECKING:  # what type checkers and IDEs see; at run time these resolve
     from .logs import configure_logging
     from .normalizing import normalize
     from .outbox import OutboxError
-    from .publisher import AsyncPublisher, Publisher, PublishResult
+    from .outcomes import PublishResult, Received
+    from .publisher import AsyncPublisher, Publisher
     from .serve import create_app
-    from .subscriber import AsyncSubscriber, Received, Subscriber
+    from .subscriber import AsyncSubscriber, Subscriber
     from .tracing import disable as disable_tracing
     from .tracing import enable as enable_tracing
 

@@ -38,7 +38,8 @@ from .errors import (
 from .event import DATASCHEMA
 from .metrics import Stats
 from .outbox import INTAKE, PUBLISH, UNROUTED, DeadLetter, Outbox, OutboxRow, Pending
-from .publisher import Publisher, PublishResult, wrap_error
+from .outcomes import PublishResult
+from .publisher import Publisher, wrap_error
 from .retry import Backoff, ErrorCode, waits_for_destination
 from .routing import Router
 from .secrets import redact, redact_uri

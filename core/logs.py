@@ -23,13 +23,10 @@ import json as _json
 import logging
 import sys
 from collections.abc import Mapping, Sequence
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, Any
 
+from .outcomes import PublishResult, Received
 from .secrets import redact
-
-if TYPE_CHECKING:
-    from .publisher import PublishResult
-    from .subscriber import Received
 
 __all__ = ["EVENT_FIELDS", "JsonFormatter", "TextFormatter", "configure_logging"]
 

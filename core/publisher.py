@@ -25,21 +25,12 @@ from typing import Any
 from . import binding, tracing
 from .driver import AsyncPublisherDriver, Message, PublisherDriver
 from .errors import BackendError, BatchBridgeError, ClosedError, MessageTooLargeError
+from .outcomes import PublishResult as PublishResult  # re-exported: its home before outcomes.py
 from .registry import BackendURI
 from .retry import ErrorCode, RetryPolicy, code_of, is_transient
 from .secrets import redact
 
 log = logging.getLogger("batchbridge.publisher")
-
-
-@dataclass(frozen=True, slots=True)
-class PublishResult:
-    event_id: str | None
-    error: BatchBridgeError | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None
 
 
 def is_retryable(driver: Any, exc: BaseException) -> bool:

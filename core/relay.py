@@ -22,9 +22,10 @@ from .binding import PREFIXES
 from .bridge import Bridge, Payload
 from .errors import BackendError, BatchBridgeError
 from .event import DATASCHEMA
+from .outcomes import Received
 from .retry import Backoff
 from .secrets import redact, redact_uri
-from .subscriber import Received, Subscriber
+from .subscriber import Subscriber
 
 log = logging.getLogger("batchbridge.relay")
 #: between failed receives: a source that is down is polled less and less often, up to every 30 s

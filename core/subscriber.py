@@ -20,6 +20,7 @@ from typing import Any
 from . import binding, tracing
 from .driver import ReceivedMessage, SubscriberDriver
 from .errors import BatchBridgeError, ConfigError, DecodeMessageError
+from .outcomes import Received as Received  # re-exported: its home before outcomes.py
 from .publisher import _Endpoint, wrap_error
 from .registry import BackendURI
 from .retry import Backoff, RetryPolicy, code_of
@@ -31,17 +32,6 @@ DEFAULT_MAX_DELIVERIES = 5
 #: messages whose deliveries are counted here (for backends that do not count them); beyond, the
 #: oldest counts are forgotten -- a message then gets a few more deliveries, never fewer
 _MAX_COUNTED = 10_000
-
-
-@dataclass(slots=True)
-class Received:
-    message: ReceivedMessage
-    event: dict[str, Any] | None
-    error: DecodeMessageError | None = None
-
-    @property
-    def body(self) -> bytes:
-        return self.message.body
 
 
 def decode(msg: ReceivedMessage) -> Received:

@@ -30,12 +30,11 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from . import logs
+from .outcomes import PublishResult, Received
 from .secrets import redact
 
 if TYPE_CHECKING:
-    from .publisher import PublishResult
     from .registry import BackendURI
-    from .subscriber import Received
 
 log = logging.getLogger("batchbridge.tracing")
 

@@ -14,7 +14,7 @@ from ..vendors import providers
 from .normalize import normalized
 
 if TYPE_CHECKING:
-    from ..subscriber import Received
+    from ..outcomes import Received
 
 #: events handed to the publisher at once: large enough to fill batches, small enough to stream
 _CHUNK = 500
