@@ -26,8 +26,10 @@ from typing import Any
 
 import orjson
 
+from . import tracing
 from .backends import open_publisher
 from .config import BridgeConfig
+from .envelopes import Payload as Payload  # re-exported: handlers type their input with it
 from .errors import (
     BatchBridgeError,
     ConfigError,
@@ -91,15 +93,12 @@ class IntakeResult:
 
 
 @dataclass
-class _Plan:
+class _Intake:
     rows: list[OutboxRow]
     dead: list[DeadLetter]
     result: IntakeResult
     types: list[str]
     dropped: int = 0
-
-
-Payload = bytes | bytearray | memoryview | str | Mapping[str, Any]
 
 
 def _as_bytes(payload: Payload) -> bytes:
@@ -139,7 +138,7 @@ def canonical_event(payload: bytes | Mapping[str, Any]) -> dict[str, Any] | None
     return obj
 
 
-def decode(payload: bytes | Mapping[str, Any], *, provider: str | None = None,
+def decode_payload(payload: bytes | Mapping[str, Any], *, provider: str | None = None,
            attributes: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
     """Any payload the bridge accepts -> canonical events; raises InputError subclasses only.
 
@@ -209,19 +208,20 @@ class Bridge:
         return self._finish(plans, inserted.dead_ids)[0]
 
     @staticmethod
-    def _collect(plans: Sequence[_Plan]) -> tuple[list[OutboxRow], list[DeadLetter]]:
+    def _collect(plans: Sequence[_Intake]) -> tuple[list[OutboxRow], list[DeadLetter]]:
         return [r for p in plans for r in p.rows], [d for p in plans for d in p.dead]
 
-    def _finish(self, plans: Sequence[_Plan], dead_ids: list[int]) -> list[IntakeResult]:
+    def _finish(self, plans: Sequence[_Intake], dead_ids: list[int]) -> list[IntakeResult]:
         ids = iter(dead_ids)
         return [self._done(p, [next(ids) for _ in p.dead]) for p in plans]
 
     def _plan(self, payload: Payload, *, source: str, provider: str | None,
-              meta: Mapping[str, Any] | None) -> _Plan:
+              meta: Mapping[str, Any] | None) -> _Intake:
         raw = payload if isinstance(payload, Mapping) else _as_bytes(payload)
         attributes = (meta or {}).get("attributes")
+        carried = attributes if isinstance(attributes, Mapping) else None
         try:
-            events = decode(raw, provider=provider, attributes=attributes if isinstance(attributes, Mapping) else None)
+            events = decode_payload(raw, provider=provider, attributes=carried)
             return self._route(events, source)
         except InputError as exc:
             error: InputError = exc
@@ -236,13 +236,14 @@ class Bridge:
         if provider:
             info["provider"] = provider
         dead = DeadLetter.of(INTAKE, source, _as_bytes(raw), error, meta=info or None)
-        return _Plan([], [dead], IntakeResult(error=error), [])
+        return _Intake([], [dead], IntakeResult(error=error), [])
 
-    def _route(self, events: list[dict[str, Any]], source: str) -> _Plan:
+    def _route(self, events: list[dict[str, Any]], source: str) -> _Intake:
         rows: list[OutboxRow] = []
         dead: list[DeadLetter] = []
         result = IntakeResult(event_ids=[str(e.get("id")) for e in events])
         dropped = 0
+        events = tracing.committing(events, source)  # the context goes in before the commit, never after
         for event in events:
             decision = self.router.route(event)
             rows += [OutboxRow.of(d.destination, d.event) for d in decision.deliveries]
@@ -256,9 +257,9 @@ class Bridge:
                 elif not decision.deliveries:
                     dropped += 1
         result.deliveries = len(rows)
-        return _Plan(rows, dead, result, [str(e.get("type")) for e in events], dropped)
+        return _Intake(rows, dead, result, [str(e.get("type")) for e in events], dropped)
 
-    def _done(self, plan: _Plan, dead_ids: list[int]) -> IntakeResult:
+    def _done(self, plan: _Intake, dead_ids: list[int]) -> IntakeResult:
         plan.result.dead_letter_ids = dead_ids
         s = self.stats
         for t in plan.types:
@@ -299,7 +300,7 @@ class Bridge:
                 bad = MalformedPayloadError("the stored event is not a JSON object", where=f"dead letter {dl_id}")
                 self.outbox.failed_again(dl_id, bad)
                 return IntakeResult(error=bad, dead_letter_ids=[dl_id])
-            plan = _Plan([OutboxRow.of(rec.destination, event)], [], IntakeResult(event_ids=[str(event.get("id"))],
+            plan = _Intake([OutboxRow.of(rec.destination, event)], [], IntakeResult(event_ids=[str(event.get("id"))],
                                                                                   deliveries=1), [])
         else:
             meta = rec.meta

@@ -72,7 +72,7 @@ class _Settings:
         )
 
 
-class _Plan:
+class _Batches:
     """Events bound to messages, refused ones recorded, the rest split into ordered lanes of batches."""
 
     def __init__(self, events: Sequence[Mapping[str, Any]], s: _Settings, where: str) -> None:
@@ -189,7 +189,7 @@ class _Base(_Endpoint):
         return is_retryable(self._driver, exc)
 
     def _pending_after(
-        self, pending: list[tuple[int, Message]], outcome: list[BaseException | None], plan: _Plan
+        self, pending: list[tuple[int, Message]], outcome: list[BaseException | None], plan: _Batches
     ) -> list[tuple[int, Message]]:
         """Record what settled; return the messages to send again (those that failed transiently)."""
         if len(outcome) != len(pending):
@@ -203,7 +203,7 @@ class _Base(_Endpoint):
                 plan.settle([(i, msg)], [err], self._driver, self._where)
         return again
 
-    def _attempt_failed(self, plan: _Plan, pending: list[tuple[int, Message]], attempt: int,
+    def _attempt_failed(self, plan: _Batches, pending: list[tuple[int, Message]], attempt: int,
                         exc: BaseException | None) -> bool:
         """After attempt ``attempt`` left ``pending`` unsent (``exc``: the whole batch raised): True to
         try again; else the messages are settled with their last error."""
@@ -236,7 +236,7 @@ class Publisher(_Base):
         """Send every event; return one result per event, in input order."""
         self._check_open()
         with tracing.publishing(self.uri, self._where, list(events)) as obs:
-            plan = _Plan(obs.events, self._settings, self._where)
+            plan = _Batches(obs.events, self._settings, self._where)
             if len(plan.lanes) == 1:  # nothing to overlap: spare the hand-over to a pool thread
                 self._send_lane(plan, plan.lanes[0])
             else:
@@ -248,7 +248,7 @@ class Publisher(_Base):
     def publish_one(self, event: Mapping[str, Any]) -> PublishResult:
         return self.publish([event])[0]
 
-    def _send_lane(self, plan: _Plan, lane: list[list[tuple[int, Message]]]) -> None:
+    def _send_lane(self, plan: _Batches, lane: list[list[tuple[int, Message]]]) -> None:
         held: set[str] = set()
         for batch in lane:
             batch = plan.hold_back(batch, held, self._where)
@@ -256,7 +256,7 @@ class Publisher(_Base):
                 self._send_batch(plan, batch)
                 plan.note_failed_keys(batch, held)
 
-    def _send_batch(self, plan: _Plan, batch: list[tuple[int, Message]]) -> None:
+    def _send_batch(self, plan: _Batches, batch: list[tuple[int, Message]]) -> None:
         pending, attempt = batch, 1
         while True:
             exc: Exception | None = None
@@ -317,7 +317,7 @@ class AsyncPublisher(_Base):
     async def publish(self, events: Iterable[Mapping[str, Any]]) -> list[PublishResult]:
         self._check_open()
         with tracing.publishing(self.uri, self._where, list(events)) as obs:
-            plan = _Plan(obs.events, self._settings, self._where)
+            plan = _Batches(obs.events, self._settings, self._where)
             await asyncio.gather(*(self._send_lane(plan, lane) for lane in plan.lanes))
             obs.results = plan.final()
         return obs.results
@@ -325,7 +325,7 @@ class AsyncPublisher(_Base):
     async def publish_one(self, event: Mapping[str, Any]) -> PublishResult:
         return (await self.publish([event]))[0]
 
-    async def _send_lane(self, plan: _Plan, lane: list[list[tuple[int, Message]]]) -> None:
+    async def _send_lane(self, plan: _Batches, lane: list[list[tuple[int, Message]]]) -> None:
         held: set[str] = set()
         for batch in lane:
             batch = plan.hold_back(batch, held, self._where)
@@ -333,7 +333,7 @@ class AsyncPublisher(_Base):
                 await self._send_batch(plan, batch)
                 plan.note_failed_keys(batch, held)
 
-    async def _send_batch(self, plan: _Plan, batch: list[tuple[int, Message]]) -> None:
+    async def _send_batch(self, plan: _Batches, batch: list[tuple[int, Message]]) -> None:
         pending, attempt = batch, 1
         while True:
             exc: Exception | None = None

@@ -34,7 +34,7 @@ DEFAULT_MAX_DELIVERIES = 5
 _MAX_COUNTED = 10_000
 
 
-def decode(msg: ReceivedMessage) -> Received:
+def decode_message(msg: ReceivedMessage) -> Received:
     try:
         return Received(msg, binding.from_message(msg.body, msg.attributes, msg.content_type))
     except DecodeMessageError as exc:
@@ -102,7 +102,7 @@ class Subscriber(_SubBase):
         except Exception as exc:
             raise self._typed(exc) from None
         self._release_held()
-        return tracing.consumed(self.uri, self._where, [decode(m) for m in msgs],
+        return tracing.consumed(self.uri, self._where, [decode_message(m) for m in msgs],
                                 quiet=self.expects_vendor_payloads)
 
     def reject(self, items: Sequence[Received], reason: str = "undecodable",
@@ -228,7 +228,7 @@ class AsyncSubscriber(_SubBase):
     async def receive(self, max_messages: int = 10, timeout: float = 5.0) -> list[Received]:
         self._check_open()
         msgs = await self._call("receive_batch", self._count(max_messages), timeout)
-        return tracing.consumed(self.uri, self._where, [decode(m) for m in msgs or []],
+        return tracing.consumed(self.uri, self._where, [decode_message(m) for m in msgs or []],
                                 quiet=self.expects_vendor_payloads)
 
     async def ack(self, items: Sequence[Received | ReceivedMessage]) -> None:
