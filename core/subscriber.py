@@ -11,7 +11,7 @@ dead-letter store) before acking, so nothing is lost.
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import logging
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -24,6 +24,8 @@ from .outcomes import Received as Received  # re-exported: its home before outco
 from .publisher import _Endpoint, wrap_error
 from .registry import BackendURI
 from .retry import Backoff, RetryPolicy, code_of
+
+log = logging.getLogger("batchbridge.consume")
 
 #: delays before a message that could not be processed is delivered again: 1 s, 2 s, 4 s, ... 60 s
 REDELIVERY_BACKOFF = Backoff(initial=1.0, maximum=60.0)
@@ -154,7 +156,11 @@ class Subscriber(_SubBase):
         due = [m for when, msgs in self._held if everything or when <= now for m in msgs]
         if due:
             self._held = [(when, msgs) for when, msgs in self._held if not everything and when > now]
-            self._settle("nack", due)
+            try:
+                self._settle("nack", due)
+            except BatchBridgeError as exc:
+                # a lock that lapsed meanwhile (Service Bus) has made them available again already
+                log.debug("releasing %d held messages failed (%s); the backend redelivers them", len(due), exc)
 
     def ack(self, items: Sequence[Received | ReceivedMessage]) -> None:
         self._settle("ack", items)
@@ -192,9 +198,7 @@ class Subscriber(_SubBase):
 
     def close(self) -> None:
         if not self._closed:
-            # on failure their lock or visibility lapses on its own: they are redelivered later
-            with contextlib.suppress(BatchBridgeError):
-                self._release_held(everything=True)
+            self._release_held(everything=True)
             self._closed = True
             self._driver.close()
 

@@ -33,9 +33,9 @@ def _imports(path: Path, known: set[str]) -> set[str]:
                 for alias in child.names:
                     sub = f"{target}.{alias.name}" if target else alias.name
                     found.add(sub if sub in known else target or "__init__")
-            elif isinstance(child, ast.ImportFrom) and (child.module or "").startswith("batchbridge.core"):
-                target = child.module[len("batchbridge.core."):] if child.module != "batchbridge.core" else "__init__"
-                found.add(target)
+            elif isinstance(child, ast.ImportFrom) and child.module and child.module.startswith("batchbridge.core"):
+                absolute = child.module
+                found.add(absolute[len("batchbridge.core."):] if absolute != "batchbridge.core" else "__init__")
             visit(child)
 
     visit(ast.parse(path.read_text(), str(path)))
