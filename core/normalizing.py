@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from functools import cache
 from typing import Any
 
 import orjson
@@ -25,13 +24,27 @@ __all__ = ["dumps", "iter_payloads", "normalize", "normalize_lines", "normalize_
 Matcher = Callable[[Mapping[str, Any]], bool]
 
 
-@cache
-def _matchers() -> tuple[tuple[str, tuple[str, ...], Matcher], ...]:
-    """The registered vendors' pre-tests and tests, in detection order (built once per registry)."""
-    return tuple((name, v.match_keys, v.matches) for name, v in registered().items())
+Normalizer = Callable[[dict[str, Any], str], list[Any]]
+
+#: the registered vendors' pre-tests and tests in detection order, and their normalisers by name:
+#: read from the registry on first use (plain globals: detection runs for every JSON object)
+_MATCHERS: tuple[tuple[str, tuple[str, ...], Matcher], ...] = ()
+_NORMALIZERS: dict[str, Normalizer] = {}
 
 
-on_reload(_matchers.cache_clear)
+def _load() -> None:
+    global _MATCHERS, _NORMALIZERS
+    found = registered()
+    _NORMALIZERS = {name: v.normalize for name, v in found.items()}
+    _MATCHERS = tuple((name, v.match_keys, v.matches) for name, v in found.items())
+
+
+def _forget() -> None:
+    global _MATCHERS, _NORMALIZERS
+    _MATCHERS, _NORMALIZERS = (), {}
+
+
+on_reload(_forget)
 
 
 def _check_provider(provider: str | None) -> Vendor | None:
@@ -48,7 +61,9 @@ def _claims(obj: Mapping[str, Any]) -> list[str]:
     """Every vendor that claims ``obj`` (empty, hence false, when none does): one test serves both
     "is this a native event?" during unwrapping and "whose?" afterwards."""
     claims = []
-    for name, keys, matches in _matchers():
+    if not _MATCHERS:
+        _load()
+    for name, keys, matches in _MATCHERS:
         # a vendor's test runs only when a key it cannot do without is there: every object meets
         # five tests, and usually four of them are over with one dictionary lookup
         for key in keys:
@@ -84,11 +99,13 @@ def _normalize(payload: Payload, forced: Vendor | None, skip_unsupported: bool) 
     is_native = forced.matches if forced else _claims
     leaves = unwrap(payload, is_native=is_native, keep_unknown=forced is not None)
     events: list[Any] = []
-    vendors = registered()
+    if not _NORMALIZERS:
+        _load()
     for leaf in leaves:
         vendor = forced.provider if forced else _vendor_for(leaf)
+        to_events = forced.normalize if forced else _NORMALIZERS[vendor]
         try:
-            events.extend((forced or vendors[vendor]).normalize(leaf.obj, leaf.where))
+            events.extend(to_events(leaf.obj, leaf.where))
         except InputError as exc:
             if skip_unsupported and isinstance(exc, UnsupportedEventError):
                 continue
