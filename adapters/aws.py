@@ -63,6 +63,7 @@ from batchbridge.core.errors import (
     MissingDependencyError,
 )
 from batchbridge.core.registry import BackendURI, Option
+from batchbridge.core.retry import ErrorCode, is_transient
 from batchbridge.core.secrets import redact, remember
 
 log = logging.getLogger("batchbridge.aws")
@@ -97,9 +98,10 @@ class InvalidBodyError(BackendError):
     they accept. Refused before sending, per message, never retried."""
 
     code = "invalid_body"
+    error_code = ErrorCode.INVALID_ARGUMENT
 
     def __init__(self, reason: str, *, where: str | None = None) -> None:
-        super().__init__(reason, where=where, retryable=False)
+        super().__init__(reason, where=where)
 
 
 # --- error classification ---------------------------------------------------------------------------
@@ -159,38 +161,60 @@ def _status(exc: BaseException) -> int:
     return int((response.get("ResponseMetadata") or {}).get("HTTPStatusCode") or 0)
 
 
-def code_is_retryable(code: str, sender_fault: bool | None = None) -> bool:
-    """Whether an error code (of a call or of one batch entry) is worth trying again."""
+_DENIED = frozenset({
+    "AccessDenied", "AccessDeniedException", "AuthorizationError", "AuthorizationErrorException",
+    "InvalidClientTokenId", "SignatureDoesNotMatch", "UnrecognizedClientException", "ExpiredToken",
+    "InvalidSecurity", "KMSAccessDeniedException", "KmsAccessDenied", "OptInRequired",
+})
+
+
+def code_for(code: str, sender_fault: bool | None = None) -> ErrorCode:
+    """The portable code of an AWS error code (of a call, or of one batch entry)."""
     codes = {code, _strip(code)}
-    if codes & (_THROTTLING | _TRANSIENT):
-        return True
-    if codes & (_PERMANENT | _NOT_FOUND):
-        return False
+    if codes & _THROTTLING:
+        return ErrorCode.RESOURCE_EXHAUSTED
+    if codes & _TRANSIENT:
+        return ErrorCode.UNAVAILABLE
+    if codes & _NOT_FOUND:
+        return ErrorCode.NOT_FOUND
+    if codes & _DENIED:
+        return ErrorCode.PERMISSION_DENIED
+    if codes & _PERMANENT:
+        return ErrorCode.INVALID_ARGUMENT
     # an unknown code: AWS marks server-side failures with SenderFault=false
-    return sender_fault is False
+    return ErrorCode.INTERNAL if sender_fault is False else ErrorCode.UNKNOWN
+
+
+def code_is_retryable(code: str, sender_fault: bool | None = None) -> bool:
+    return is_transient(code_for(code, sender_fault))
+
+
+def error_code(exc: BaseException) -> ErrorCode:
+    """Throttling, 5xx, connection errors and timeouts are transient. Missing entities, access denied,
+    invalid parameters, credentials and configuration are not."""
+    if isinstance(exc, BatchBridgeError):
+        return exc.error_code
+    names = {cls.__name__ for cls in type(exc).__mro__}
+    if "ClientError" in names:
+        found = {code_for(c) for c in _codes(exc)} - {ErrorCode.UNKNOWN}
+        for code in (ErrorCode.RESOURCE_EXHAUSTED, ErrorCode.UNAVAILABLE, ErrorCode.NOT_FOUND,
+                     ErrorCode.PERMISSION_DENIED, ErrorCode.INVALID_ARGUMENT):
+            if code in found:
+                return code
+        status = _status(exc)
+        return (ErrorCode.RESOURCE_EXHAUSTED if status == 429 else ErrorCode.INTERNAL if status >= 500
+                else ErrorCode.UNKNOWN)
+    if "SSLError" in names or names & set(_CONFIG_ERRORS):
+        return ErrorCode.FAILED_PRECONDITION  # a certificate or credentials problem does not heal by itself
+    if names & {"ReadTimeoutError", "ConnectTimeoutError"} or isinstance(exc, TimeoutError):
+        return ErrorCode.DEADLINE_EXCEEDED
+    if names & {"ConnectionError", "HTTPClientError"} or isinstance(exc, OSError):
+        return ErrorCode.UNAVAILABLE  # botocore's connection errors (refused, reset, closed)
+    return ErrorCode.UNKNOWN
 
 
 def is_retryable(exc: BaseException) -> bool:
-    """Throttling, 5xx, connection errors and timeouts: yes. Missing entities, access denied,
-    invalid parameters, credentials and configuration: no."""
-    if isinstance(exc, BackendError):
-        return bool(exc.retryable)
-    if isinstance(exc, BatchBridgeError):
-        return False
-    names = {cls.__name__ for cls in type(exc).__mro__}
-    if "ClientError" in names:
-        codes = _codes(exc)
-        if codes & (_THROTTLING | _TRANSIENT):
-            return True
-        if codes & (_PERMANENT | _NOT_FOUND):
-            return False
-        status = _status(exc)
-        return status >= 500 or status == 429
-    if "SSLError" in names or names & set(_CONFIG_ERRORS):
-        return False  # a certificate or credentials problem does not heal by itself
-    if names & {"ConnectionError", "HTTPClientError", "ReadTimeoutError", "ConnectTimeoutError"}:
-        return True  # botocore's connection errors (refused, reset, closed, timed out)
-    return isinstance(exc, (OSError, TimeoutError))
+    return is_transient(error_code(exc))
 
 
 def translate(exc: BaseException, where: str, what: str = "entity") -> BatchBridgeError:
@@ -203,7 +227,7 @@ def translate(exc: BaseException, where: str, what: str = "entity") -> BatchBrid
     names = {cls.__name__ for cls in type(exc).__mro__}
     if names & set(_CONFIG_ERRORS):
         return ConfigError(redact(f"{type(exc).__name__}: {exc}"), where=where)
-    return BackendError(redact(f"{type(exc).__name__}: {exc}"), where=where, retryable=is_retryable(exc),
+    return BackendError(redact(f"{type(exc).__name__}: {exc}"), where=where, error_code=error_code(exc),
                         cause=exc)
 
 
@@ -270,20 +294,15 @@ class _Connection:
                               where=self.where)
         self.region: str = region
         concurrency = int(opts.get("concurrency") or 4)
-        # botocore retries are kept modest on purpose: they absorb a blip (a reset connection, one
-        # throttled call) within a second or two, while the portable layer's tenacity loop (``retries``,
-        # default 5 attempts, backoff up to ``retry_max_wait``) rides out longer outages and resends
-        # only the entries that failed. The two multiply, so with the defaults (3 botocore attempts, 5
-        # tenacity attempts) a dead endpoint that refuses connections fails a batch in well under 30 s,
-        # and one that black-holes them in about 5 x 3 x connect_timeout -- bounded, never a hang.
-        # "standard" mode (not "legacy") retries throttling and transient codes with jittered backoff
-        # and a retry quota; "adaptive" is much slower under throttling and is not used.
+        # botocore makes exactly one attempt per call: the one retry policy (core/retry.py, the URI's
+        # ``retries``) decides whether and when to try again, from the code ``error_code`` maps the
+        # failure to. Two layers of retries would multiply (3 x 5 attempts, each up to connect_timeout).
         # ``total_max_attempts`` counts the first try (``max_attempts`` in the retries dict would not).
         self.config = Config(
             region_name=region,
             connect_timeout=float(opts.get("connect_timeout") or 5.0),
             read_timeout=float(read_timeout or opts.get("read_timeout") or 30.0),
-            retries={"mode": "standard", "total_max_attempts": max(1, int(opts.get("max_attempts") or 3))},
+            retries={"mode": "standard", "total_max_attempts": 1},
             max_pool_connections=max(10, 2 * concurrency),
             user_agent_extra="batchbridge",
         )
@@ -451,15 +470,15 @@ class _AwsPublisher:
                 results[i] = BackendError(
                     redact(f"{self.service} refused the entry: {code}: {f.get('Message') or ''}".rstrip(": ")),
                     where=f"{self.where} entry {i}",
-                    retryable=code_is_retryable(code, f.get("SenderFault")),
+                    error_code=code_for(code, f.get("SenderFault")),
                 )
             elif entry["Id"] not in done:
                 results[i] = BackendError(f"{self.service} reported no outcome for this entry",
                                           where=f"{self.where} entry {i}", retryable=True)
         return results
 
-    def is_retryable(self, exc: BaseException) -> bool:
-        return is_retryable(exc)
+    def error_code(self, exc: BaseException) -> ErrorCode:
+        return error_code(exc)
 
     def close(self) -> None:
         if self._closed:
@@ -565,7 +584,8 @@ class SqsSubscriber:
     def __init__(self, uri: BackendURI) -> None:
         self.where = uri.redacted
         opts = uri.options
-        self._wait = int(opts.get("wait_time_seconds") if opts.get("wait_time_seconds") is not None else 20)
+        wait = opts.get("wait_time_seconds")
+        self._wait = int(wait) if wait is not None else 20
         if not 0 <= self._wait <= 20:
             raise ConfigError(f"wait_time_seconds must be 0-20, got {self._wait}", where=self.where)
         vis = opts.get("visibility_timeout")
@@ -646,18 +666,19 @@ class SqsSubscriber:
     def _settle(self, op: str, messages: Sequence[ReceivedMessage],
                 entry: Callable[[str, ReceivedMessage], dict[str, Any]]) -> None:
         self._check_open()
-        failures: list[tuple[str, bool]] = []
+        failures: list[tuple[str, ErrorCode]] = []
         for start in range(0, len(messages), MAX_BATCH):
             chunk = messages[start:start + MAX_BATCH]
             entries = [entry(str(i), m) for i, m in enumerate(chunk)]
             response = self._conn.call(op, "SQS queue", QueueUrl=self.queue_url, Entries=entries)
             for f in response.get("Failed") or []:
                 code = str(f.get("Code") or "Unknown")
-                failures.append((f"{code}: {f.get('Message') or ''}", code_is_retryable(code, f.get("SenderFault"))))
+                failures.append((f"{code}: {f.get('Message') or ''}", code_for(code, f.get("SenderFault"))))
         if failures:
             raise BackendError(
                 redact(f"{len(failures)} of {len(messages)} entries failed: {failures[0][0]}"),
-                where=self.where, retryable=all(r for _, r in failures),
+                where=self.where,
+                error_code=next((c for _, c in failures if not is_transient(c)), failures[0][1]),
             )
 
     def ack(self, messages: Sequence[ReceivedMessage]) -> None:
@@ -667,8 +688,14 @@ class SqsSubscriber:
         self._settle("change_message_visibility_batch", messages,
                      lambda i, m: {"Id": i, "ReceiptHandle": m.ack_id, "VisibilityTimeout": 0})
 
-    def is_retryable(self, exc: BaseException) -> bool:
-        return is_retryable(exc)
+    def defer(self, messages: Sequence[ReceivedMessage], delay: float) -> None:
+        # SQS counts visibility in whole seconds, at most 12 hours
+        seconds = max(1, min(43200, math.ceil(delay)))
+        self._settle("change_message_visibility_batch", messages,
+                     lambda i, m: {"Id": i, "ReceiptHandle": m.ack_id, "VisibilityTimeout": seconds})
+
+    def error_code(self, exc: BaseException) -> ErrorCode:
+        return error_code(exc)
 
     def close(self) -> None:
         with self._lock:
@@ -772,8 +799,8 @@ _CONNECTION_OPTIONS = (
                                   "default: fail with entity_not_found"),
     Option("connect_timeout", float, 5.0, "seconds to open a connection"),
     Option("read_timeout", float, 30.0, "seconds to wait for a response (raised above wait_time_seconds)"),
-    Option("max_attempts", int, 3, "botocore tries per call, the first included (standard retry mode); "
-                                   "the portable `retries` come on top"),
+    Option("max_attempts", int, 1, "accepted for old URIs and ignored: botocore makes one attempt per call; "
+                                   "`retries` (the one retry policy) decides"),
 )
 
 

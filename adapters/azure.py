@@ -55,6 +55,7 @@ from batchbridge.core.errors import (
     MissingDependencyError,
 )
 from batchbridge.core.registry import BackendURI, Option
+from batchbridge.core.retry import ErrorCode, is_transient
 from batchbridge.core.secrets import redact, remember
 
 log = logging.getLogger("batchbridge.adapters.azure")
@@ -192,23 +193,24 @@ def _target(uri: BackendURI, *, subscriber: bool) -> _Target:
 
 
 def _client_kwargs(t: _Target) -> dict[str, Any]:
-    # the portable layer owns retries (tenacity, per message); SDK-level ones would multiply them
+    # the one retry policy (core/retry.py) decides; SDK-level retries would multiply its attempts
     return {"retry_total": 0, "try_timeout": t.operation_timeout}
 
 
 def _credential(t: _Target, aio: bool) -> Any:
     try:
+        credential: Any
         if aio:
-            from azure.identity.aio import DefaultAzureCredential
+            from azure.identity.aio import DefaultAzureCredential as credential
         else:
-            from azure.identity import DefaultAzureCredential
+            from azure.identity import DefaultAzureCredential as credential
     except ImportError:
         raise MissingDependencyError(
             f"no connection string in the environment, and azure-identity is not installed for "
             f"DefaultAzureCredential: set ${DEFAULT_ENV} or pip install azure-identity",
             where=t.where,
         ) from None
-    return DefaultAzureCredential()
+    return credential()
 
 
 def _client(t: _Target) -> Any:
@@ -228,25 +230,34 @@ def _aio_client(t: _Target) -> Any:
 # ----------------------------------------------------------------------------------------- errors
 
 
-def is_retryable(exc: BaseException) -> bool:
-    """Whether trying the same operation again may succeed."""
-    if isinstance(exc, BackendError):
-        return bool(exc.retryable)
+def error_code(exc: BaseException) -> ErrorCode:
+    """The portable code of an SDK exception."""
     if isinstance(exc, BatchBridgeError):
-        return False
-    sb_exc = _exceptions()
-    if isinstance(exc, (sb_exc.MessagingEntityNotFoundError, sb_exc.MessagingEntityDisabledError,
-                        sb_exc.ServiceBusAuthenticationError, sb_exc.ServiceBusAuthorizationError,
-                        sb_exc.MessageSizeExceededError, sb_exc.MessageLockLostError, sb_exc.SessionLockLostError,
-                        sb_exc.MessageAlreadySettled, sb_exc.MessageNotFoundError)):
-        return False
-    if isinstance(exc, (sb_exc.ServiceBusConnectionError, sb_exc.OperationTimeoutError,
-                        sb_exc.ServiceBusServerBusyError, sb_exc.ServiceBusCommunicationError,
-                        sb_exc.ServiceBusQuotaExceededError, sb_exc.SessionCannotBeLockedError)):
-        return True
-    if isinstance(exc, sb_exc.ServiceBusError):
-        return bool(getattr(exc, "_retryable", False))
-    return isinstance(exc, (TimeoutError, ConnectionError, OSError))
+        return exc.error_code
+    sb = _exceptions()
+    for kinds, code in (
+        ((sb.MessagingEntityNotFoundError, sb.MessageNotFoundError), ErrorCode.NOT_FOUND),
+        ((sb.ServiceBusAuthenticationError, sb.ServiceBusAuthorizationError), ErrorCode.PERMISSION_DENIED),
+        ((sb.MessageSizeExceededError,), ErrorCode.INVALID_ARGUMENT),
+        ((sb.MessagingEntityDisabledError, sb.MessageLockLostError, sb.SessionLockLostError,
+          sb.MessageAlreadySettled), ErrorCode.FAILED_PRECONDITION),
+        ((sb.ServiceBusServerBusyError, sb.ServiceBusQuotaExceededError), ErrorCode.RESOURCE_EXHAUSTED),
+        ((sb.OperationTimeoutError,), ErrorCode.DEADLINE_EXCEEDED),
+        ((sb.ServiceBusConnectionError, sb.ServiceBusCommunicationError, sb.SessionCannotBeLockedError),
+         ErrorCode.UNAVAILABLE),
+    ):
+        if isinstance(exc, kinds):
+            return code
+    if isinstance(exc, sb.ServiceBusError):
+        return ErrorCode.UNAVAILABLE if getattr(exc, "_retryable", False) else ErrorCode.UNKNOWN
+    if isinstance(exc, TimeoutError):
+        return ErrorCode.DEADLINE_EXCEEDED
+    return ErrorCode.UNAVAILABLE if isinstance(exc, (ConnectionError, OSError)) else ErrorCode.UNKNOWN
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """Whether trying the same operation again may succeed (the one policy's verdict on the code)."""
+    return is_transient(error_code(exc))
 
 
 def _typed(exc: BaseException, where: str) -> BatchBridgeError:
@@ -259,10 +270,10 @@ def _typed(exc: BaseException, where: str) -> BatchBridgeError:
         return EntityNotFoundError(text, where=where, provider="azure", cause=exc)
     if isinstance(exc, (sb_exc.ServiceBusAuthenticationError, sb_exc.ServiceBusAuthorizationError)):
         return BackendError(f"{text} (check the key or role; a missing entity can also look like this)",
-                            where=where, provider="azure", retryable=False, cause=exc)
+                            where=where, provider="azure", error_code=ErrorCode.PERMISSION_DENIED, cause=exc)
     if isinstance(exc, sb_exc.MessageSizeExceededError):
         return MessageTooLargeError(text, where=where, provider="azure", cause=exc)
-    return BackendError(text, where=where, provider="azure", retryable=is_retryable(exc), cause=exc)
+    return BackendError(text, where=where, provider="azure", error_code=error_code(exc), cause=exc)
 
 
 # ---------------------------------------------------------------------------------------- binding
@@ -383,8 +394,8 @@ class _PublisherBase:
             f"message is {m.size} bytes (body and attributes) and does not fit one Service Bus message of "
             f"{limit} bytes with its AMQP envelope", where=f"{self._t.where} event {m.dedup_id}", provider="azure")
 
-    def is_retryable(self, exc: BaseException) -> bool:
-        return is_retryable(exc)
+    def error_code(self, exc: BaseException) -> ErrorCode:
+        return error_code(exc)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self._t.where!r})"
@@ -624,8 +635,8 @@ class _SubscriberBase:
     def _wait(self, timeout: float) -> float:
         return max(0.05, min(timeout, self._t.max_wait_time))
 
-    def is_retryable(self, exc: BaseException) -> bool:
-        return is_retryable(exc)
+    def error_code(self, exc: BaseException) -> ErrorCode:
+        return error_code(exc)
 
     def _error(self, exc: BaseException) -> BatchBridgeError:
         return _typed(exc, self._t.where)

@@ -15,6 +15,7 @@ the last contiguous ack and redelivers the rest (at-least-once, like the brokers
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import time
@@ -24,7 +25,14 @@ from pathlib import Path
 from batchbridge.core.driver import Message, ReceivedMessage
 from batchbridge.core.errors import BatchBridgeError, ClosedError, ConfigError, EntityNotFoundError
 from batchbridge.core.registry import BackendURI, Option
+from batchbridge.core.retry import ErrorCode, code_of
 from batchbridge.core.secrets import redact
+
+#: a bad path (missing, not a directory, a directory) is the event's route, not an outage: it is
+#: never retried; other OS errors (a full disk, a vanished mount) may heal
+_ERRNO_CODES = {errno.ENOENT: ErrorCode.INVALID_ARGUMENT, errno.ENOTDIR: ErrorCode.INVALID_ARGUMENT,
+                errno.EISDIR: ErrorCode.INVALID_ARGUMENT, errno.EACCES: ErrorCode.PERMISSION_DENIED,
+                errno.EROFS: ErrorCode.PERMISSION_DENIED, errno.ENOSPC: ErrorCode.RESOURCE_EXHAUSTED}
 
 
 def _path(uri: BackendURI) -> Path:
@@ -173,9 +181,11 @@ class FilePublisher:
                 fcntl.flock(fd, fcntl.LOCK_UN)
         return list(errors)
 
-    def is_retryable(self, exc: BaseException) -> bool:
+    def error_code(self, exc: BaseException) -> ErrorCode:
         # a full disk or a vanished mount may come back; a bad path will not
-        return isinstance(exc, OSError) and exc.errno not in (2, 13, 20, 21, 30)
+        if isinstance(exc, OSError):
+            return _ERRNO_CODES.get(exc.errno or 0, ErrorCode.UNAVAILABLE)
+        return code_of(exc)
 
     def close(self) -> None:
         if self._fd is not None:
@@ -282,8 +292,15 @@ class FileSubscriber:
             if self._in_flight.pop(m.ack_id[0], None) is not None:
                 self._redeliver.append(m)
 
-    def is_retryable(self, exc: BaseException) -> bool:
-        return False
+    def defer(self, messages: Sequence[ReceivedMessage], delay: float) -> None:
+        self._check()
+        deadline = time.monotonic() + delay
+        for m in messages:
+            if m.ack_id[0] in self._in_flight:
+                self._in_flight[m.ack_id[0]] = (m, deadline)
+
+    def error_code(self, exc: BaseException) -> ErrorCode:
+        return code_of(exc)
 
     def close(self) -> None:
         if not self._closed:

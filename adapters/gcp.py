@@ -28,7 +28,7 @@ A thin driver over the generated (GAPIC) clients of ``google-cloud-pubsub`` (ext
 * **attributes**: the binding's ``ce-*`` attributes (the CloudEvents Pub/Sub binding) plus
   ``content-type`` (``application/cloudevents+json`` in structured mode, the event's
   ``datacontenttype`` in binary mode), read back into ``ReceivedMessage.content_type``.
-* **no hangs**: every call carries ``retry=None`` (the portable layer retries, with tenacity) and an
+* **no hangs**: every call carries ``retry=None`` (the one retry policy, core/retry.py, decides) and an
   explicit deadline (``timeout``, default 10 s), so a missing server fails in seconds instead of the
   client's default 600 s retry budget.
 * **emulator**: ``emulator_host=HOST:PORT`` or ``$PUBSUB_EMULATOR_HOST`` (read when the publisher or
@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import threading
 import time
@@ -54,6 +55,7 @@ from urllib.parse import unquote
 from batchbridge.core.driver import Message, ReceivedMessage
 from batchbridge.core.errors import (
     BackendError,
+    BatchBridgeError,
     ClosedError,
     ConfigError,
     EntityNotFoundError,
@@ -61,6 +63,7 @@ from batchbridge.core.errors import (
     MissingDependencyError,
 )
 from batchbridge.core.registry import BackendURI, Option
+from batchbridge.core.retry import ErrorCode, is_transient
 from batchbridge.core.secrets import redact, remember
 
 if TYPE_CHECKING:
@@ -81,7 +84,10 @@ PUBSUB_SCOPE = "https://www.googleapis.com/auth/pubsub"
 CONTENT_TYPE = "content-type"
 _INSTALL = "pip install 'batchbridge[gcp]'"
 #: UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, ABORTED, INTERNAL (gRPC code names)
-_RETRYABLE_CODES = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "ABORTED", "INTERNAL"})
+#: gRPC status names that are not also portable code names (ABORTED: a conflict worth trying again)
+_GRPC_CODES = {"CANCELLED": ErrorCode.CANCELED, "ABORTED": ErrorCode.UNAVAILABLE, "UNAUTHENTICATED":
+               ErrorCode.PERMISSION_DENIED, "OUT_OF_RANGE": ErrorCode.INVALID_ARGUMENT,
+               "UNIMPLEMENTED": ErrorCode.FAILED_PRECONDITION, "DATA_LOSS": ErrorCode.INTERNAL}
 #: after these a batch's other requests would only wait for the same answer
 _UNREACHABLE = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED"})
 #: requests for different ordering keys of one batch sent side by side
@@ -124,14 +130,21 @@ def _status_name(exc: BaseException) -> str | None:
     return str(name) if name else None
 
 
-def is_retryable(exc: BaseException) -> bool:
-    if isinstance(exc, BackendError):
-        return bool(exc.retryable)
+def error_code(exc: BaseException) -> ErrorCode:
+    """The portable code of an SDK exception: gRPC's status codes are Go CDK's, nearly one for one."""
+    if isinstance(exc, BatchBridgeError):
+        return exc.error_code
     name = _status_name(exc)
     if name is not None:
-        return name in _RETRYABLE_CODES
+        return _GRPC_CODES.get(name) or ErrorCode.__members__.get(name, ErrorCode.UNKNOWN)
     # google.auth failing to reach the token endpoint is transient; a refused refresh is not
-    return type(exc).__name__ == "TransportError" or isinstance(exc, (ConnectionError, TimeoutError))
+    if type(exc).__name__ == "TransportError" or isinstance(exc, ConnectionError):
+        return ErrorCode.UNAVAILABLE
+    return ErrorCode.DEADLINE_EXCEEDED if isinstance(exc, TimeoutError) else ErrorCode.UNKNOWN
+
+
+def is_retryable(exc: BaseException) -> bool:
+    return is_transient(error_code(exc))
 
 
 def _detail(exc: BaseException) -> str:
@@ -150,7 +163,7 @@ def typed(exc: BaseException, where: str, what: str) -> BackendError:
     if name == "NOT_FOUND":
         return EntityNotFoundError(f"{what} does not exist (NOT_FOUND: {_detail(exc)})", where=where, cause=exc)
     label = name or type(exc).__name__
-    return BackendError(f"{label}: {_detail(exc)}", where=where, retryable=is_retryable(exc), cause=exc)
+    return BackendError(f"{label}: {_detail(exc)}", where=where, error_code=error_code(exc), cause=exc)
 
 
 # --- URIs, clients, credentials ---------------------------------------------------------------------
@@ -420,8 +433,8 @@ class PubSubPublisher:
         request = self._wrap_request(self._pb_request(topic=self._topic, messages=pbs))
         self._client.publish(request=request, retry=None, timeout=self._timeout)
 
-    def is_retryable(self, exc: BaseException) -> bool:
-        return is_retryable(exc)
+    def error_code(self, exc: BaseException) -> ErrorCode:
+        return error_code(exc)
 
     def close(self) -> None:
         with self._lock:
@@ -574,8 +587,12 @@ class PubSubSubscriber:
     def nack(self, messages: Sequence[ReceivedMessage]) -> None:
         self._settle("modify_ack_deadline", messages, ack_deadline_seconds=0)
 
-    def is_retryable(self, exc: BaseException) -> bool:
-        return is_retryable(exc)
+    def defer(self, messages: Sequence[ReceivedMessage], delay: float) -> None:
+        # Pub/Sub takes whole seconds, at most 600
+        self._settle("modify_ack_deadline", messages, ack_deadline_seconds=max(1, min(600, math.ceil(delay))))
+
+    def error_code(self, exc: BaseException) -> ErrorCode:
+        return error_code(exc)
 
     def close(self) -> None:
         if not self._closed:

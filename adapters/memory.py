@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from batchbridge.core.driver import Message, ReceivedMessage
 from batchbridge.core.errors import ClosedError, EntityNotFoundError
 from batchbridge.core.registry import BackendURI, Option
+from batchbridge.core.retry import ErrorCode, code_of
 
 
 @dataclass(order=True)
@@ -66,7 +67,7 @@ class _Queue:
                 if self.ready or now >= end:
                     break
                 self.cond.wait(min(end - now, 0.05))
-            out = []
+            out: list[ReceivedMessage] = []
             while self.ready and len(out) < n:
                 stored = heapq.heappop(self.ready)
                 stored.deliveries += 1
@@ -83,6 +84,15 @@ class _Queue:
                 if entry and requeue:
                     heapq.heappush(self.ready, entry[0])
             self.cond.notify_all()
+
+    def defer(self, tokens: Sequence[str], delay: float) -> None:
+        """Keep the messages hidden for ``delay`` more seconds, as a visibility timeout does."""
+        with self.cond:
+            deadline = time.monotonic() + delay
+            for t in tokens:
+                entry = self.in_flight.get(t)
+                if entry:
+                    self.in_flight[t] = (entry[0], deadline)
 
 
 _queues: dict[str, _Queue] = {}
@@ -132,8 +142,8 @@ class MemoryPublisher:
             self._q.put(m, self._dedup)
         return [None] * len(messages)
 
-    def is_retryable(self, exc: BaseException) -> bool:
-        return False
+    def error_code(self, exc: BaseException) -> ErrorCode:
+        return code_of(exc)  # it raises typed errors only
 
     def close(self) -> None:
         self._closed = True
@@ -164,8 +174,12 @@ class MemorySubscriber:
         self._check()
         self._q.settle([m.ack_id for m in messages], requeue=True)
 
-    def is_retryable(self, exc: BaseException) -> bool:
-        return False
+    def defer(self, messages: Sequence[ReceivedMessage], delay: float) -> None:
+        self._check()
+        self._q.defer([m.ack_id for m in messages], delay)
+
+    def error_code(self, exc: BaseException) -> ErrorCode:
+        return code_of(exc)  # it raises typed errors only
 
     def close(self) -> None:
         self._closed = True

@@ -28,7 +28,7 @@ import time
 
 from _common import emit_result, machine, payload_lines
 from batchbridge.core.errors import InputError
-from batchbridge.core.normalize import dumps, normalize_stream
+from batchbridge.core.normalizing import dumps, normalize_stream
 
 TARGET = 2.0
 LIMIT = 3.0

@@ -47,7 +47,7 @@ RSS_SLACK_MIB = 8.0
 def child(path: str, source: Path, workdir: Path) -> dict[str, Any]:
     from batchbridge.core.backends import open_publisher
     from batchbridge.core.errors import InputError
-    from batchbridge.core.normalize import dumps, normalize_lines
+    from batchbridge.core.normalizing import dumps, normalize_lines
 
     # warm imports and caches on a few payloads, then note the memory the measured run starts from
     with open(source, "rb") as fh:

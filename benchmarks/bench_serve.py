@@ -108,7 +108,7 @@ def _free_port() -> int:
 
 
 def _payloads() -> list[tuple[bytes, int]]:
-    from batchbridge.core.normalize import normalize
+    from batchbridge.core.normalizing import normalize
 
     out = []
     for path in sorted(SAMPLES.glob("*.json")):

@@ -21,7 +21,7 @@ from batchbridge.core.driver import ReceivedMessage
 from batchbridge.core.errors import BackendError, ConfigError
 from batchbridge.core.event import DATASCHEMA
 from batchbridge.core.secrets import redact, redact_uri
-from batchbridge.core.subscriber import decode
+from batchbridge.core.subscriber import decode_message
 
 log = logging.getLogger("batchbridge.contrib")
 
@@ -122,7 +122,7 @@ def intake(body: bytes, attributes: Mapping[str, str], *, original: Payload | No
     if vendor:
         info["attributes"] = vendor
     if any(k.startswith(PREFIXES) for k in attributes) or DATASCHEMA.encode() in body:
-        got = decode(ReceivedMessage(body, dict(attributes), None, attributes.get("content-type")))
+        got = decode_message(ReceivedMessage(body, dict(attributes), None, attributes.get("content-type")))
         if got.event is not None and got.event.get("dataschema") == DATASCHEMA:
             return got.event, info
     return (body if original is None else original), info

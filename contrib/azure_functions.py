@@ -33,7 +33,7 @@ from typing import Any
 
 from batchbridge.core.bridge import Bridge, Payload
 from batchbridge.core.errors import InputError
-from batchbridge.core.normalize import normalize
+from batchbridge.core.normalizing import normalize
 
 from ._common import Runtime, Target, as_bytes, summary
 

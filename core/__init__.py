@@ -23,7 +23,6 @@ See ``docs/embedding.md`` for each platform.
 # module is an attribute of the package, and its public surface is to be exactly ``__all__``
 import importlib as _importlib
 import sys as _sys
-import types as _types
 from typing import TYPE_CHECKING as _TYPE_CHECKING
 from typing import Any as _Any
 
@@ -74,17 +73,17 @@ _ERRORS = ("BackendError", "BatchBridgeError", "ClosedError", "ConfigError", "De
 _EXPORTS: dict[str, tuple[str, str]] = {
     **{name: ("errors", name) for name in _ERRORS},
     "OutboxError": ("outbox", "OutboxError"),
-    "normalize": ("normalize", "normalize"),
+    "normalize": ("normalizing", "normalize"),
     "open_publisher": ("backends", "open_publisher"),
     "open_subscriber": ("backends", "open_subscriber"),
     "open_async_publisher": ("backends", "open_async_publisher"),
     "open_async_subscriber": ("backends", "open_async_subscriber"),
     "Publisher": ("publisher", "Publisher"),
     "AsyncPublisher": ("publisher", "AsyncPublisher"),
-    "PublishResult": ("publisher", "PublishResult"),
+    "PublishResult": ("outcomes", "PublishResult"),
     "Subscriber": ("subscriber", "Subscriber"),
     "AsyncSubscriber": ("subscriber", "AsyncSubscriber"),
-    "Received": ("subscriber", "Received"),
+    "Received": ("outcomes", "Received"),
     "Bridge": ("bridge", "Bridge"),
     "IntakeResult": ("bridge", "IntakeResult"),
     "BridgeConfig": ("config", "BridgeConfig"),
@@ -117,11 +116,12 @@ if _TYPE_CHECKING:  # what type checkers and IDEs see; at run time these resolve
         UnsupportedEventError,
     )
     from .logs import configure_logging
-    from .normalize import normalize
+    from .normalizing import normalize
     from .outbox import OutboxError
-    from .publisher import AsyncPublisher, Publisher, PublishResult
+    from .outcomes import PublishResult, Received
+    from .publisher import AsyncPublisher, Publisher
     from .serve import create_app
-    from .subscriber import AsyncSubscriber, Received, Subscriber
+    from .subscriber import AsyncSubscriber, Subscriber
     from .tracing import disable as disable_tracing
     from .tracing import enable as enable_tracing
 
@@ -139,20 +139,3 @@ def __getattr__(name: str) -> _Any:
 
 def __dir__() -> list[str]:
     return list(__all__)
-
-
-class _Package(_types.ModuleType):
-    """Keeps public names meaning the public objects.
-
-    Importing a submodule makes the import system set it as an attribute of its package, and
-    ``normalize`` is both a public function and the private module that defines it: without this,
-    ``batchbridge.core.normalize`` would become the module as soon as anything imported it.
-    """
-
-    def __setattr__(self, name: str, value: _Any) -> None:
-        if isinstance(value, _types.ModuleType) and name in _EXPORTS:
-            return
-        super().__setattr__(name, value)
-
-
-_sys.modules[__name__].__class__ = _Package

@@ -7,6 +7,7 @@ from typing import Any
 from .errors import BatchBridgeError, ConfigError
 from .publisher import AsyncPublisher, Publisher, wrap_error
 from .registry import check_uri, parse_uri
+from .retry import ErrorCode
 from .subscriber import AsyncSubscriber, Subscriber
 
 
@@ -20,7 +21,7 @@ def _open(uri: str, method: str, what: str) -> tuple[Any, Any]:
     except BatchBridgeError:
         raise
     except Exception as exc:  # an SDK refusing its arguments; its text may hold a secret
-        raise wrap_error(exc, False, parsed.redacted) from None
+        raise wrap_error(exc, ErrorCode.INVALID_ARGUMENT, parsed.redacted) from None
 
 
 def open_driver(uri: str, role: str = "publisher") -> Any:

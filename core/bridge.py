@@ -1,6 +1,6 @@
 """The bridge: intake -> routing -> durable outbox -> one publisher loop per destination.
 
-:meth:`Bridge.handle` decodes one payload (any envelope :func:`~batchbridge.core.normalize.normalize`
+:meth:`Bridge.handle` decodes one payload (any envelope :func:`~batchbridge.core.normalizing.normalize`
 recognises, or an already-canonical CloudEvent), routes each event, and returns only once the rows
 are committed to the outbox -- that is the moment a caller may acknowledge its source. A payload
 that cannot be decoded is committed to the dead-letter table instead, with its raw bytes and the
@@ -17,7 +17,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import logging
-import random
 import threading
 import time
 from collections import Counter, deque
@@ -28,14 +27,13 @@ from typing import Any
 
 import orjson
 
+from . import tracing
 from .backends import open_publisher
 from .config import BridgeConfig
+from .envelopes import Payload as Payload  # re-exported: handlers type their input with it
 from .errors import (
-    BackendError,
     BatchBridgeError,
-    ClosedError,
     ConfigError,
-    EntityNotFoundError,
     InputError,
     MalformedPayloadError,
     UnrecognizedFormatError,
@@ -43,8 +41,10 @@ from .errors import (
 from .event import DATASCHEMA
 from .metrics import Stats
 from .outbox import INTAKE, PUBLISH, UNROUTED, DeadLetter, Outbox, OutboxRow, Pending
-from .publisher import Publisher, PublishResult, wrap_error
+from .outcomes import PublishResult
+from .publisher import Publisher, wrap_error
 from .registry import check_uri
+from .retry import Backoff, ErrorCode, waits_for_destination
 from .routing import Router
 from .secrets import redact, redact_uri
 
@@ -95,15 +95,12 @@ class IntakeResult:
 
 
 @dataclass
-class _Plan:
+class _Intake:
     rows: list[OutboxRow]
     dead: list[DeadLetter]
     result: IntakeResult
     types: list[str]
     dropped: int = 0
-
-
-Payload = bytes | bytearray | memoryview | str | Mapping[str, Any]
 
 
 def _as_bytes(payload: Payload) -> bytes:
@@ -143,7 +140,7 @@ def canonical_event(payload: bytes | Mapping[str, Any]) -> dict[str, Any] | None
     return obj
 
 
-def decode(payload: bytes | Mapping[str, Any], *, provider: str | None = None,
+def decode_payload(payload: bytes | Mapping[str, Any], *, provider: str | None = None,
            attributes: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
     """Any payload the bridge accepts -> canonical events; raises InputError subclasses only.
 
@@ -152,7 +149,7 @@ def decode(payload: bytes | Mapping[str, Any], *, provider: str | None = None,
     (a pulled Pub/Sub message: GCP Batch puts its notification there), body and attributes together
     as one Pub/Sub message.
     """
-    from .normalize import normalize
+    from .normalizing import normalize
 
     event = canonical_event(payload)
     if event is not None:
@@ -213,19 +210,20 @@ class Bridge:
         return self._finish(plans, inserted.dead_ids)[0]
 
     @staticmethod
-    def _collect(plans: Sequence[_Plan]) -> tuple[list[OutboxRow], list[DeadLetter]]:
+    def _collect(plans: Sequence[_Intake]) -> tuple[list[OutboxRow], list[DeadLetter]]:
         return [r for p in plans for r in p.rows], [d for p in plans for d in p.dead]
 
-    def _finish(self, plans: Sequence[_Plan], dead_ids: list[int]) -> list[IntakeResult]:
+    def _finish(self, plans: Sequence[_Intake], dead_ids: list[int]) -> list[IntakeResult]:
         ids = iter(dead_ids)
         return [self._done(p, [next(ids) for _ in p.dead]) for p in plans]
 
     def _plan(self, payload: Payload, *, source: str, provider: str | None,
-              meta: Mapping[str, Any] | None) -> _Plan:
+              meta: Mapping[str, Any] | None) -> _Intake:
         raw = payload if isinstance(payload, Mapping) else _as_bytes(payload)
         attributes = (meta or {}).get("attributes")
+        carried = attributes if isinstance(attributes, Mapping) else None
         try:
-            events = decode(raw, provider=provider, attributes=attributes if isinstance(attributes, Mapping) else None)
+            events = decode_payload(raw, provider=provider, attributes=carried)
             return self._route(events, source)
         except InputError as exc:
             error: InputError = exc
@@ -240,13 +238,14 @@ class Bridge:
         if provider:
             info["provider"] = provider
         dead = DeadLetter.of(INTAKE, source, _as_bytes(raw), error, meta=info or None)
-        return _Plan([], [dead], IntakeResult(error=error), [])
+        return _Intake([], [dead], IntakeResult(error=error), [])
 
-    def _route(self, events: list[dict[str, Any]], source: str) -> _Plan:
+    def _route(self, events: list[dict[str, Any]], source: str) -> _Intake:
         rows: list[OutboxRow] = []
         dead: list[DeadLetter] = []
         result = IntakeResult(event_ids=[str(e.get("id")) for e in events])
         dropped = 0
+        events = tracing.committing(events, source)  # the context goes in before the commit, never after
         for event in events:
             decision = self.router.route(event)
             rows += [OutboxRow.of(d.destination, d.event) for d in decision.deliveries]
@@ -260,9 +259,9 @@ class Bridge:
                 elif not decision.deliveries:
                     dropped += 1
         result.deliveries = len(rows)
-        return _Plan(rows, dead, result, [str(e.get("type")) for e in events], dropped)
+        return _Intake(rows, dead, result, [str(e.get("type")) for e in events], dropped)
 
-    def _done(self, plan: _Plan, dead_ids: list[int]) -> IntakeResult:
+    def _done(self, plan: _Intake, dead_ids: list[int]) -> IntakeResult:
         plan.result.dead_letter_ids = dead_ids
         s = self.stats
         for t in plan.types:
@@ -305,8 +304,8 @@ class Bridge:
                 self.outbox.failed_again(dl_id, bad)
                 return IntakeResult(error=bad, dead_letter_ids=[dl_id])
             targets = list(to) or [rec.destination or ""]
-            plan = _Plan([OutboxRow.of(d, event) for d in targets], [],
-                         IntakeResult(event_ids=[str(event.get("id"))], deliveries=len(targets)), [])
+            plan = _Intake([OutboxRow.of(d, event) for d in targets], [],
+                           IntakeResult(event_ids=[str(event.get("id"))], deliveries=len(targets)), [])
         else:
             meta = rec.meta
             provider = meta.get("provider") if isinstance(meta.get("provider"), str) else None
@@ -428,14 +427,6 @@ class Bridge:
         self.stop()
 
 
-def _retryable(error: BatchBridgeError) -> bool:
-    """Whether a failed row stays in the outbox. A missing queue or a closed client is about the
-    destination, not the event: the rows wait for it to be fixed instead of filling the dead letters."""
-    if isinstance(error, (EntityNotFoundError, ClosedError)):
-        return True
-    return isinstance(error, BackendError) and error.retryable
-
-
 class _Worker:
     """Drains one destination's rows in batches, in outbox order, with backoff while it is down.
 
@@ -544,8 +535,7 @@ class _Worker:
             self.failing_since = time.monotonic()
         self.last_error = redact(str(exc))
         self._failures += 1
-        delay = min(o.backoff_max, o.backoff_initial * 2 ** min(self._failures - 1, 30))
-        delay *= random.uniform(0.5, 1.0)
+        delay = Backoff(o.backoff_initial, o.backoff_max).delay(self._failures)
         log.warning("%s unavailable (%s); retrying in %.1fs", self.label, redact(str(exc)), delay)
         self.bridge._stopping.wait(delay)
 
@@ -602,7 +592,7 @@ class _Worker:
         except BatchBridgeError as exc:
             results = [PublishResult(p.event_id, exc) for p, _ in events]
         except Exception as exc:  # a driver bug must not lose rows: keep them and back off
-            err = wrap_error(exc, True, self.label)
+            err = wrap_error(exc, ErrorCode.INTERNAL, self.label)
             results = [PublishResult(p.event_id, err) for p, _ in events]
         delivered: list[int] = []
         retry: list[tuple[int, str]] = []
@@ -610,7 +600,7 @@ class _Worker:
         for (p, _), r in zip(events, results, strict=True):
             if r.error is None:
                 delivered.append(p.seq)
-            elif _retryable(r.error):
+            elif waits_for_destination(r.error.error_code):
                 retry.append((p.seq, f"{r.error.code}: {r.error}"))
                 last_error = r.error
             else:

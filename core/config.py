@@ -30,8 +30,9 @@ from typing import Any
 
 import orjson
 
+from . import vendors
 from .errors import ConfigError
-from .event import KINDS, PROVIDERS
+from .event import KINDS
 from .registry import check_uri
 from .secrets import redact_uri, remember
 
@@ -350,7 +351,7 @@ def _route(ctx: _Ctx, value: Any, path: str) -> RouteSpec:
         where=f"{ctx.file}:{path}",
         types=types,
         globs=globs,
-        providers=_choices(ctx, table["provider"], _join(path, "provider"), PROVIDERS) if "provider" in table
+        providers=_choices(ctx, table["provider"], _join(path, "provider"), vendors.providers()) if "provider" in table
         else None,
         kinds=_choices(ctx, table["kind"], _join(path, "kind"), KINDS) if "kind" in table else None,
         vars=_vars(ctx, table["vars"], _join(path, "vars")) if "vars" in table else {},

@@ -1,8 +1,23 @@
 """The small interface each backend adapter implements (as in Go CDK's ``pubsub/driver``).
 
-A driver only moves bytes: send one batch, receive one batch, ack/nack, close, and say whether an
-exception is worth retrying. Batching, concurrency, retries, ordering keys, de-duplication ids and
-the CloudEvents binding live once, in :mod:`batchbridge.core.publisher` and
+A driver only moves bytes. Its obligations, all of them (``tests/conformance.py`` checks each):
+
+* **send** one batch of at most ``max_batch_count`` messages and ``max_batch_bytes`` bytes, and say
+  per message whether the backend confirmed it (a partial failure is never a success);
+* **receive** at most the number asked for, waiting at most ``timeout``; **ack**, **nack** (available
+  again at once) and, where the backend can, **defer** (available again after a delay: visibility
+  timeout, ack deadline) and **dead_letter** (the backend's own dead-letter queue);
+* **map** every SDK exception to a portable :class:`~batchbridge.core.retry.ErrorCode`
+  (``error_code``), and never retry on its own: the SDK's retries are off (botocore: one attempt;
+  Pub/Sub: ``retry=None``; Service Bus: ``retry_total=0``), so that the one policy in
+  :mod:`batchbridge.core.retry` decides what is tried again, how often and when;
+* map ``Message.ordering_key`` and ``dedup_id`` to the backend's own fields, and bound every call by a
+  timeout (no hangs);
+* **close** idempotently, and raise :class:`~batchbridge.core.errors.ClosedError` after it.
+
+What a driver does *not* do: batching, lanes per ordering key, retries, the CloudEvents binding
+(``content-type``, attribute names, the attribute budget), tracing, logging -- those live once, in
+:mod:`batchbridge.core.publisher`, :mod:`batchbridge.core.subscriber` and
 :mod:`batchbridge.core.binding`, for every backend.
 """
 
@@ -11,6 +26,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
+
+from .retry import ErrorCode
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,12 +90,14 @@ class PublisherDriver(Protocol):
 
         Returns one entry per message: ``None`` when the backend confirmed it, else the exception for
         that message (so a partial failure is never reported as success). Raises when the whole batch
-        failed (connection lost, entity missing); the portable layer classifies it with
-        :meth:`is_retryable`.
+        failed (connection lost, entity missing); the portable layer asks :meth:`error_code` for its
+        code.
         """
         ...
 
-    def is_retryable(self, exc: BaseException) -> bool: ...
+    def error_code(self, exc: BaseException) -> ErrorCode:
+        """The portable code of an exception this driver (its SDK) raised."""
+        ...
 
     def close(self) -> None: ...
 
@@ -98,9 +117,16 @@ class SubscriberDriver(Protocol):
         """Make the messages available for redelivery as soon as the backend allows."""
         ...
 
-    def is_retryable(self, exc: BaseException) -> bool: ...
+    def error_code(self, exc: BaseException) -> ErrorCode: ...
 
     def close(self) -> None: ...
+
+
+class Deferring(Protocol):
+    """Optional: a subscriber driver that can hide received messages for a while (SQS visibility,
+    Pub/Sub ack deadline, file:// and memory://). Without it the portable layer holds them itself."""
+
+    def defer(self, messages: Sequence[ReceivedMessage], delay: float) -> None: ...
 
 
 class DeadLetterCapable(Protocol):
@@ -121,7 +147,7 @@ class AsyncPublisherDriver(Protocol):
 
     async def send_batch(self, messages: Sequence[Message]) -> list[BaseException | None]: ...
 
-    def is_retryable(self, exc: BaseException) -> bool: ...
+    def error_code(self, exc: BaseException) -> ErrorCode: ...
 
     async def close(self) -> None: ...
 
@@ -136,6 +162,6 @@ class AsyncSubscriberDriver(Protocol):
 
     async def nack(self, messages: Sequence[ReceivedMessage]) -> None: ...
 
-    def is_retryable(self, exc: BaseException) -> bool: ...
+    def error_code(self, exc: BaseException) -> ErrorCode: ...
 
     async def close(self) -> None: ...

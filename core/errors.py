@@ -4,18 +4,36 @@ Every error names *what* was wrong (``reason``) and *where* (``where``: a line n
 an envelope layer, a backend URI with its secrets redacted). The CLI, the HTTP receiver and the
 dead-letter store all read these two fields, so a user never sees a traceback and never loses the
 payload that caused it.
+
+Each error also carries a portable :class:`~batchbridge.core.retry.ErrorCode` (``error_code``: not
+found, permission denied, unavailable, ...), the only thing :mod:`batchbridge.core.retry` looks at to
+decide whether trying again may help.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from .retry import ErrorCode, is_transient
+
+__all__ = [
+    "BackendError", "BatchBridgeError", "ClosedError", "ConfigError", "DecodeMessageError", "EntityNotFoundError",
+    "ErrorCode", "InputError", "MalformedPayloadError", "MessageTooLargeError", "MissingDependencyError",
+    "PayloadTooLargeError", "UnknownSchemeError", "UnrecognizedFormatError", "UnsupportedEventError",
+]
 
 class BatchBridgeError(Exception):
     """Root of every error batchbridge raises on purpose."""
 
     #: short machine-readable code, stable across releases (used in dead-letter records and HTTP bodies)
     code = "error"
+    #: the portable kind of failure (instances may carry a more precise one than their class)
+    error_code: ErrorCode = ErrorCode.UNKNOWN
+
+    @property
+    def retryable(self) -> bool:
+        """Whether trying again may help -- decided by the one retry policy, from ``error_code``."""
+        return is_transient(self.error_code)
 
     def __init__(self, reason: str, *, where: str | None = None, provider: str | None = None) -> None:
         self.reason = reason
@@ -49,6 +67,7 @@ class InputError(BatchBridgeError):
     """A payload could not be turned into canonical events. The payload goes to the dead-letter store."""
 
     code = "bad_input"
+    error_code = ErrorCode.INVALID_ARGUMENT
 
 
 class UnrecognizedFormatError(InputError):
@@ -81,6 +100,7 @@ class ConfigError(BatchBridgeError):
     """A config file, a URI or an option is wrong."""
 
     code = "config_error"
+    error_code = ErrorCode.INVALID_ARGUMENT
 
 
 class UnknownSchemeError(ConfigError):
@@ -91,13 +111,15 @@ class MissingDependencyError(ConfigError):
     """The adapter's SDK is not installed; the message names the extra to install."""
 
     code = "missing_dependency"
+    error_code = ErrorCode.FAILED_PRECONDITION
 
 
 # --- backends ------------------------------------------------------------------------------------
 
 
 class BackendError(BatchBridgeError):
-    """A backend refused or failed an operation. ``retryable`` says whether trying again may help."""
+    """A backend refused or failed an operation. ``error_code`` says what kind of failure it was; the
+    older ``retryable=`` flag still works (``True`` means ``unavailable``)."""
 
     code = "backend_error"
 
@@ -107,10 +129,14 @@ class BackendError(BatchBridgeError):
         *,
         where: str | None = None,
         provider: str | None = None,
-        retryable: bool = False,
+        retryable: bool | None = None,
         cause: BaseException | None = None,
+        error_code: ErrorCode | None = None,
     ) -> None:
-        self.retryable = retryable
+        if error_code is not None:
+            self.error_code = error_code
+        elif retryable is not None and retryable != is_transient(self.error_code):
+            self.error_code = ErrorCode.UNAVAILABLE if retryable else ErrorCode.UNKNOWN
         self.cause = cause
         super().__init__(reason, where=where, provider=provider)
 
@@ -124,21 +150,25 @@ class MessageTooLargeError(BackendError):
     """One message exceeds the backend's size limit; it is refused before sending."""
 
     code = "message_too_large"
+    error_code = ErrorCode.INVALID_ARGUMENT
 
 
 class EntityNotFoundError(BackendError):
     """The queue, topic or subscription does not exist."""
 
     code = "entity_not_found"
+    error_code = ErrorCode.NOT_FOUND
 
 
 class ClosedError(BackendError):
     """The publisher or subscriber was used after ``close()``."""
 
     code = "closed"
+    error_code = ErrorCode.FAILED_PRECONDITION
 
 
 class DecodeMessageError(BackendError):
     """A received message is not a CloudEvent in either binding mode."""
 
     code = "undecodable_message"
+    error_code = ErrorCode.INVALID_ARGUMENT

@@ -23,7 +23,8 @@ SPECVERSION = "1.0"
 DATACONTENTTYPE = "application/json"
 DATASCHEMA = "urn:batchbridge:batch-event:1"
 
-Provider = Literal["tencent", "alibaba", "aws", "gcp", "azure"]
+#: a registered vendor's name (:mod:`batchbridge.core.vendors`: the built-ins and any third party's)
+Provider = str
 Kind = Literal["job", "task", "task_instance", "environment", "node"]
 State = Literal[
     "pending",
@@ -40,7 +41,6 @@ State = Literal[
     "deleted",
 ]
 
-PROVIDERS: tuple[Provider, ...] = get_args(Provider)
 KINDS: tuple[Kind, ...] = get_args(Kind)
 STATES: tuple[State, ...] = get_args(State)
 

@@ -23,13 +23,10 @@ import json as _json
 import logging
 import sys
 from collections.abc import Mapping, Sequence
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, Any
 
+from .outcomes import PublishResult, Received
 from .secrets import redact
-
-if TYPE_CHECKING:
-    from .publisher import PublishResult
-    from .subscriber import Received
 
 __all__ = ["EVENT_FIELDS", "JsonFormatter", "TextFormatter", "configure_logging"]
 
@@ -166,18 +163,20 @@ def published(backend: str, events: Sequence[Mapping[str, Any]], results: Sequen
                             extra=_fields(event, backend, error_code=err.code, retryable=retryable))
 
 
-def received(backend: str, items: Sequence[Received]) -> None:
+def received(backend: str, items: Sequence[Received], *, quiet: bool = False) -> None:
     """One record per received message: DEBUG with the event's fields, WARNING when the message is
-    not a CloudEvent (the caller dead-letters it)."""
+    not a CloudEvent (the caller dead-letters it) -- DEBUG too when ``quiet``: a consumer of vendor
+    payloads (relay) expects most messages not to be CloudEvents."""
     debug = consume_log.isEnabledFor(logging.DEBUG)
+    bad_level = logging.DEBUG if quiet else logging.WARNING
     for r in items:
         message_id = r.message.message_id
         if r.event is not None:
             if debug:
                 consume_log.debug("received %s %s from %s", r.event.get("type"), r.event.get("id"), backend,
                                   extra=_fields(r.event, backend, message_id=message_id))
-        elif r.error is not None and consume_log.isEnabledFor(logging.WARNING):
-            consume_log.warning("received a message that is not a CloudEvent from %s: %s", backend,
+        elif r.error is not None and consume_log.isEnabledFor(bad_level):
+            consume_log.log(bad_level, "received a message that is not a CloudEvent from %s: %s", backend,
                                 redact(str(r.error)),
                                 extra={"event_id": None, "event_type": None, "backend": backend,
                                        "message_id": message_id, "error_code": r.error.code})

@@ -15,7 +15,7 @@ import re
 from collections import defaultdict
 from functools import cache
 
-from .vendors import alibaba, aws, azure, gcp, tencent
+from . import vendors
 
 _NOT_ALNUM = re.compile(r"[^a-z0-9]")
 _GLOB_CHARS = frozenset("*?[")
@@ -26,33 +26,14 @@ def _squash(name: str) -> str:
     return _NOT_ALNUM.sub("", name.lower())
 
 
-def _type(kind: str, transition: str) -> str:
-    return f"batch.{kind}.{transition}"
-
-
 @cache
 def _table() -> dict[str, frozenset[str]]:
     table: dict[str, set[str]] = defaultdict(set)
 
-    def add(name: str, *types: str) -> None:
-        table[_squash(name)].update(types)
-
-    for name, (kind, state) in tencent.EVENTS.items():
-        add(name, _type(kind, state))
-    for events in (alibaba.JOB_EVENTS, alibaba.CLUSTER_EVENTS):
-        for name, (kind, maybe_state) in events.items():
-            add(name, _type(kind, maybe_state or "priority_changed"))
-    aws_states = set(aws.STATUSES.values())
-    add(aws.DETAIL_TYPE, *(_type(kind, s) for kind in ("job", "task_instance") for s in aws_states))
-    add(aws.QUEUE_BLOCKED, _type("job", "blocked"))
-    gcp_states = set(gcp.STATES.values())
-    for name, (kind, _attr) in gcp.TYPES.items():
-        add(name, *(_type(kind, s) for s in gcp_states))
-    for name, (maybe_state, transition) in azure.TASK_EVENTS.items():
-        outcomes = ("succeeded", "failed") if maybe_state is None else (transition or maybe_state,)
-        add(name, *(_type("task", outcome) for outcome in outcomes))
-    for name, (state, transition) in azure.POOL_EVENTS.items():
-        add(name, _type("environment", transition or state))
+    # each registered vendor says which types its native names cover (core/vendors)
+    for v in vendors.registered().values():
+        for name, types in v.event_names().items():
+            table[_squash(name)].update(types)
 
     # the canonical types themselves, also in the CamelCase/UPPER_SNAKE style of the vendors
     for types in list(table.values()):
@@ -92,3 +73,11 @@ def canonical_type_for_name(name: str) -> frozenset[str]:
 def name_matches(name: str, event_type: str) -> bool:
     """Whether an event of ``event_type`` is one that ``name`` (any accepted spelling) selects."""
     return event_type in canonical_type_for_name(name)
+
+
+def _forget() -> None:
+    _table.cache_clear()
+    known_types.cache_clear()
+
+
+vendors.on_reload(_forget)

@@ -866,14 +866,16 @@ class Outbox:
     def settle(self, delivered: Iterable[int] = (), retry: Iterable[tuple[int, str]] = (),
                dead: Iterable[tuple[int, DeadLetter]] = ()) -> None:
         """In one transaction: delete delivered rows, note failed attempts, move refused rows to the
-        dead-letter table."""
+        dead-letter table. On a nearly full disk the attempt counts are not written: while a
+        destination is down they are rewritten on every retry, and would eat the room kept for the
+        deletes that free the disk once it is back (then no checkpoint could ever run: stuck for good)."""
         done = list(delivered)
         again = [(redact(err)[:2000], s) for s, err in retry]
         moved = list(dead)
 
         def work(conn: sqlite3.Connection) -> None:
             _delete_rows(conn, done)
-            if again:
+            if again and self._no_room(conn) is None:
                 conn.executemany("UPDATE outbox SET attempts = attempts + 1, last_error = ? WHERE seq = ?", again)
             if moved:
                 _insert_dead(conn, [d for _, d in moved])

@@ -5,8 +5,8 @@
 * batching up to the driver's count and byte limits,
 * bounded concurrency in *lanes*: all messages with one ordering key go through one lane, in order,
   so ordering per job/environment holds while different keys are sent in parallel,
-* retries with tenacity on what the driver classifies as retryable, resending only the messages
-  the backend did not confirm,
+* retries under the one policy (:mod:`batchbridge.core.retry`) on what failed transiently,
+  resending only the messages the backend did not confirm,
 * one :class:`PublishResult` per event, so a partial batch failure is never reported as success.
 """
 
@@ -15,58 +15,34 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from tenacity import (
-    AsyncRetrying,
-    RetryError,
-    Retrying,
-    retry_if_exception,
-    stop_after_attempt,
-    wait_exponential_jitter,
-)
-
 from . import binding, tracing
 from .driver import AsyncPublisherDriver, Message, PublisherDriver
 from .errors import BackendError, BatchBridgeError, ClosedError, MessageTooLargeError
+from .outcomes import PublishResult as PublishResult  # re-exported: its home before outcomes.py
 from .registry import BackendURI
+from .retry import ErrorCode, RetryPolicy, code_of, is_transient
 from .secrets import redact
 
 log = logging.getLogger("batchbridge.publisher")
 
 
-@dataclass(frozen=True, slots=True)
-class PublishResult:
-    event_id: str | None
-    error: BatchBridgeError | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None
-
-
 def is_retryable(driver: Any, exc: BaseException) -> bool:
-    """Typed errors carry their own verdict; anything else the driver classifies."""
-    if isinstance(exc, BackendError):
-        return exc.retryable
-    if isinstance(exc, BatchBridgeError):
-        return False
-    return bool(driver.is_retryable(exc))
+    """Typed errors carry their own code; anything else the driver maps; the policy decides."""
+    return is_transient(code_of(exc, driver))
 
 
-class _Retryable(Exception):
-    """Raised inside a retry loop when some messages of a batch failed retryably."""
-
-
-def wrap_error(exc: BaseException, retryable: bool, where: str) -> BatchBridgeError:
+def wrap_error(exc: BaseException, code: ErrorCode, where: str) -> BatchBridgeError:
     """Turn a driver/SDK exception into a typed error whose text carries no secret."""
     if isinstance(exc, BatchBridgeError):
         return exc
-    return BackendError(redact(f"{type(exc).__name__}: {exc}"), where=where, retryable=retryable, cause=exc)
+    return BackendError(redact(f"{type(exc).__name__}: {exc}"), where=where, error_code=code, cause=exc)
 
 
 @dataclass(frozen=True)
@@ -76,8 +52,7 @@ class _Settings:
     batch_count: int
     batch_bytes: int
     max_message: int
-    attempts: int
-    max_wait: float
+    policy: RetryPolicy
     prefix: str
     max_attributes: int
 
@@ -91,14 +66,13 @@ class _Settings:
             batch_count=max(1, count),
             batch_bytes=driver.max_batch_bytes,
             max_message=driver.max_message_bytes,
-            attempts=max(1, int(options.get("retries", 5))),
-            max_wait=float(options.get("retry_max_wait", 5.0)),
+            policy=RetryPolicy.from_options(options),
             prefix=driver.attribute_prefix,
             max_attributes=driver.max_attributes,
         )
 
 
-class _Plan:
+class _Batches:
     """Events bound to messages, refused ones recorded, the rest split into ordered lanes of batches."""
 
     def __init__(self, events: Sequence[Mapping[str, Any]], s: _Settings, where: str) -> None:
@@ -148,11 +122,11 @@ class _Plan:
         return batches
 
     def settle(self, batch: list[tuple[int, Message]], outcome: list[BaseException | None] | BaseException,
-               retryable: Any, where: str) -> None:
+               driver: Any, where: str) -> None:
         for pos, (i, _) in enumerate(batch):
             err = outcome if isinstance(outcome, BaseException) else outcome[pos]
             self.results[i] = PublishResult(
-                self.ids[i], None if err is None else wrap_error(err, bool(retryable(err)), where)
+                self.ids[i], None if err is None else wrap_error(err, code_of(err, driver), where)
             )
 
     def final(self) -> list[PublishResult]:
@@ -211,22 +185,13 @@ class _Base(_Endpoint):
         super().__init__(driver, uri, options)
         self._settings = _Settings.of(driver, self._options)
 
-    def _retry_policy(self) -> dict[str, Any]:
-        s = self._settings
-        return {
-            "stop": stop_after_attempt(s.attempts),
-            "wait": wait_exponential_jitter(initial=0.05, max=s.max_wait),
-            "retry": retry_if_exception(lambda e: isinstance(e, _Retryable) or self._is_retryable(e)),
-            "reraise": False,
-        }
-
     def _is_retryable(self, exc: BaseException) -> bool:
         return is_retryable(self._driver, exc)
 
     def _pending_after(
-        self, pending: list[tuple[int, Message]], outcome: list[BaseException | None], plan: _Plan
+        self, pending: list[tuple[int, Message]], outcome: list[BaseException | None], plan: _Batches
     ) -> list[tuple[int, Message]]:
-        """Record what settled; return the messages to send again (those that failed retryably)."""
+        """Record what settled; return the messages to send again (those that failed transiently)."""
         if len(outcome) != len(pending):
             raise BackendError(f"driver returned {len(outcome)} results for {len(pending)} messages",
                                where=self._where)
@@ -235,20 +200,27 @@ class _Base(_Endpoint):
             if err is not None and self._is_retryable(err):
                 again.append((i, msg))
             else:
-                plan.settle([(i, msg)], [err], self._is_retryable, self._where)
+                plan.settle([(i, msg)], [err], self._driver, self._where)
         return again
 
-    def _give_up(self, plan: _Plan, pending: list[tuple[int, Message]], exc: RetryError) -> None:
-        last = exc.last_attempt.exception()
-        if isinstance(last, _Retryable) or last is None:
-            err: BaseException = BackendError(
-                f"gave up after {self._settings.attempts} attempts: {last}", where=self._where, retryable=True
-            )
-            plan.settle(pending, err, lambda e: True, self._where)
+    def _attempt_failed(self, plan: _Batches, pending: list[tuple[int, Message]], attempt: int,
+                        exc: BaseException | None) -> bool:
+        """After attempt ``attempt`` left ``pending`` unsent (``exc``: the whole batch raised): True to
+        try again; else the messages are settled with their last error."""
+        code = ErrorCode.UNAVAILABLE if exc is None else code_of(exc, self._driver)
+        policy = self._settings.policy
+        if policy.again(attempt, code):
+            return True
+        if exc is None:
+            plan.settle(pending, BackendError(
+                f"gave up after {policy.attempts} attempts: {len(pending)} messages failed retryably",
+                where=self._where, error_code=ErrorCode.UNAVAILABLE), None, self._where)
         else:
-            log.warning("batch of %d failed after %d attempts: %s", len(pending), self._settings.attempts,
-                        redact(str(last)))
-            plan.settle(pending, last, self._is_retryable, self._where)
+            if is_transient(code):
+                log.warning("batch of %d failed after %d attempts: %s", len(pending), policy.attempts,
+                            redact(str(exc)))
+            plan.settle(pending, exc, self._driver, self._where)
+        return False
 
 
 class Publisher(_Base):
@@ -264,7 +236,7 @@ class Publisher(_Base):
         """Send every event; return one result per event, in input order."""
         self._check_open()
         with tracing.publishing(self.uri, self._where, list(events)) as obs:
-            plan = _Plan(obs.events, self._settings, self._where)
+            plan = _Batches(obs.events, self._settings, self._where)
             if len(plan.lanes) == 1:  # nothing to overlap: spare the hand-over to a pool thread
                 self._send_lane(plan, plan.lanes[0])
             else:
@@ -276,7 +248,7 @@ class Publisher(_Base):
     def publish_one(self, event: Mapping[str, Any]) -> PublishResult:
         return self.publish([event])[0]
 
-    def _send_lane(self, plan: _Plan, lane: list[list[tuple[int, Message]]]) -> None:
+    def _send_lane(self, plan: _Batches, lane: list[list[tuple[int, Message]]]) -> None:
         held: set[str] = set()
         for batch in lane:
             batch = plan.hold_back(batch, held, self._where)
@@ -284,19 +256,18 @@ class Publisher(_Base):
                 self._send_batch(plan, batch)
                 plan.note_failed_keys(batch, held)
 
-    def _send_batch(self, plan: _Plan, batch: list[tuple[int, Message]]) -> None:
-        pending = batch
-        try:
-            for attempt in Retrying(**self._retry_policy()):
-                with attempt:
-                    outcome = self._driver.send_batch([m for _, m in pending])
-                    pending = self._pending_after(pending, outcome, plan)
-                    if pending:
-                        raise _Retryable(f"{len(pending)} messages failed retryably")
-        except RetryError as exc:
-            self._give_up(plan, pending, exc)
-        except Exception as exc:  # the driver raised something it classifies as not retryable
-            plan.settle(pending, exc, self._is_retryable, self._where)
+    def _send_batch(self, plan: _Batches, batch: list[tuple[int, Message]]) -> None:
+        pending, attempt = batch, 1
+        while True:
+            exc: Exception | None = None
+            try:
+                pending = self._pending_after(pending, self._driver.send_batch([m for _, m in pending]), plan)
+            except Exception as e:  # the whole batch failed; the policy decides from its code
+                exc = e
+            if not pending or not self._attempt_failed(plan, pending, attempt, exc):
+                return
+            time.sleep(self._settings.policy.backoff.delay(attempt))
+            attempt += 1
 
     def close(self) -> None:
         with self._close_lock:
@@ -327,8 +298,8 @@ class _ThreadedAsyncDriver:
     async def send_batch(self, messages: Sequence[Message]) -> list[BaseException | None]:
         return await asyncio.to_thread(self._d.send_batch, messages)
 
-    def is_retryable(self, exc: BaseException) -> bool:
-        return self._d.is_retryable(exc)
+    def error_code(self, exc: BaseException) -> ErrorCode:
+        return code_of(exc, self._d)
 
     async def close(self) -> None:
         await asyncio.to_thread(self._d.close)
@@ -346,7 +317,7 @@ class AsyncPublisher(_Base):
     async def publish(self, events: Iterable[Mapping[str, Any]]) -> list[PublishResult]:
         self._check_open()
         with tracing.publishing(self.uri, self._where, list(events)) as obs:
-            plan = _Plan(obs.events, self._settings, self._where)
+            plan = _Batches(obs.events, self._settings, self._where)
             await asyncio.gather(*(self._send_lane(plan, lane) for lane in plan.lanes))
             obs.results = plan.final()
         return obs.results
@@ -354,7 +325,7 @@ class AsyncPublisher(_Base):
     async def publish_one(self, event: Mapping[str, Any]) -> PublishResult:
         return (await self.publish([event]))[0]
 
-    async def _send_lane(self, plan: _Plan, lane: list[list[tuple[int, Message]]]) -> None:
+    async def _send_lane(self, plan: _Batches, lane: list[list[tuple[int, Message]]]) -> None:
         held: set[str] = set()
         for batch in lane:
             batch = plan.hold_back(batch, held, self._where)
@@ -362,19 +333,18 @@ class AsyncPublisher(_Base):
                 await self._send_batch(plan, batch)
                 plan.note_failed_keys(batch, held)
 
-    async def _send_batch(self, plan: _Plan, batch: list[tuple[int, Message]]) -> None:
-        pending = batch
-        try:
-            async for attempt in AsyncRetrying(**self._retry_policy()):
-                with attempt:
-                    outcome = await self._driver.send_batch([m for _, m in pending])
-                    pending = self._pending_after(pending, outcome, plan)
-                    if pending:
-                        raise _Retryable(f"{len(pending)} messages failed retryably")
-        except RetryError as exc:
-            self._give_up(plan, pending, exc)
-        except Exception as exc:
-            plan.settle(pending, exc, self._is_retryable, self._where)
+    async def _send_batch(self, plan: _Batches, batch: list[tuple[int, Message]]) -> None:
+        pending, attempt = batch, 1
+        while True:
+            exc: Exception | None = None
+            try:
+                pending = self._pending_after(pending, await self._driver.send_batch([m for _, m in pending]), plan)
+            except Exception as e:
+                exc = e
+            if not pending or not self._attempt_failed(plan, pending, attempt, exc):
+                return
+            await asyncio.sleep(self._settings.policy.backoff.delay(attempt))
+            attempt += 1
 
     async def close(self) -> None:
         if self._closed:

@@ -64,8 +64,11 @@ COMMON_OPTIONS: tuple[Option, ...] = (
            choices=("structured", "binary")),
     Option("concurrency", int, 4, "batches in flight at once (ordering is kept per ordering key)"),
     Option("batch_size", int, 0, "cap on messages per batch; 0 = the backend's limit"),
-    Option("retries", int, 5, "attempts per batch on retryable errors (tenacity, exponential backoff)"),
+    Option("retries", int, 5, "attempts per call on transient errors (core/retry.py: exponential backoff, "
+           "jitter)"),
     Option("retry_max_wait", float, 5.0, "longest wait between attempts, seconds"),
+    Option("max_deliveries", int, 5, "subscriber: deliveries of a message that cannot be processed (backed off "
+           "1, 2, 4, ... s) before it is dead-lettered"),
 )
 
 

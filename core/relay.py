@@ -22,10 +22,14 @@ from .binding import PREFIXES
 from .bridge import Bridge, Payload
 from .errors import BackendError, BatchBridgeError
 from .event import DATASCHEMA
+from .outcomes import Received
+from .retry import Backoff
 from .secrets import redact, redact_uri
-from .subscriber import Received, Subscriber
+from .subscriber import Subscriber
 
 log = logging.getLogger("batchbridge.relay")
+#: between failed receives: a source that is down is polled less and less often, up to every 30 s
+_RECEIVE_BACKOFF = Backoff(initial=1.0, maximum=30.0)
 
 
 @dataclass
@@ -72,6 +76,7 @@ class Relay:
         """Receive until ``stop`` is set (or ``max_messages`` were taken); the batch in flight is
         always finished -- committed and acknowledged -- before returning."""
         sub = open_subscriber(self.source)
+        sub.expects_vendor_payloads = True  # vendor payloads are the normal case here, not a warning
         failures = 0
         try:
             while not stop.is_set():
@@ -84,7 +89,7 @@ class Relay:
                     if not exc.retryable:
                         raise
                     failures += 1
-                    delay = min(30.0, 0.5 * 2 ** min(failures, 6))
+                    delay = _RECEIVE_BACKOFF.delay(failures)
                     log.warning("%s: receive failed (%s); retrying in %.1fs", self.label, redact(str(exc)), delay)
                     stop.wait(delay)
                     continue

@@ -44,9 +44,9 @@ import orjson
 from .bridge import Bridge
 from .config import BridgeConfig, ServeSettings, load_config
 from .errors import BatchBridgeError, MissingDependencyError
-from .event import PROVIDERS
 from .mns_signature import MnsVerifier, SignatureError, is_mns_request
 from .secrets import redact
+from .vendors import providers
 
 if TYPE_CHECKING:
     from starlette.applications import Starlette
@@ -181,9 +181,9 @@ class _Intake:
         conf, bridge = self.conf, self.bridge
         path = _route_path(scope)
         provider = path[8:] or None if len(path) > 7 else None
-        if provider is not None and provider not in PROVIDERS:
+        if provider is not None and provider not in providers():
             return await _send_error(send, 404, "unknown_provider",
-                                     f"no provider {provider!r}; use one of {', '.join(PROVIDERS)}")
+                                     f"no provider {provider!r}; use one of {', '.join(providers())}")
         raw_headers = scope["headers"]
         headers: Headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in raw_headers]
         lower = {k.lower(): v for k, v in headers}

@@ -11,31 +11,32 @@ dead-letter store) before acking, so nothing is lost.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator, Mapping, Sequence
+import logging
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
-
-from tenacity import AsyncRetrying, Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
 from . import binding, tracing
 from .driver import ReceivedMessage, SubscriberDriver
 from .errors import BatchBridgeError, ConfigError, DecodeMessageError
-from .publisher import _Endpoint, is_retryable, wrap_error
+from .outcomes import Received as Received  # re-exported: its home before outcomes.py
+from .publisher import _Endpoint, wrap_error
 from .registry import BackendURI
+from .retry import Backoff, RetryPolicy, code_of
+
+log = logging.getLogger("batchbridge.consume")
+
+#: delays before a message that could not be processed is delivered again: 1 s, 2 s, 4 s, ... 60 s
+REDELIVERY_BACKOFF = Backoff(initial=1.0, maximum=60.0)
+#: default of the ``max_deliveries`` URI option
+DEFAULT_MAX_DELIVERIES = 5
+#: messages whose deliveries are counted here (for backends that do not count them); beyond, the
+#: oldest counts are forgotten -- a message then gets a few more deliveries, never fewer
+_MAX_COUNTED = 10_000
 
 
-@dataclass(slots=True)
-class Received:
-    message: ReceivedMessage
-    event: dict[str, Any] | None
-    error: DecodeMessageError | None = None
-
-    @property
-    def body(self) -> bytes:
-        return self.message.body
-
-
-def decode(msg: ReceivedMessage) -> Received:
+def decode_message(msg: ReceivedMessage) -> Received:
     try:
         return Received(msg, binding.from_message(msg.body, msg.attributes, msg.content_type))
     except DecodeMessageError as exc:
@@ -47,19 +48,24 @@ class _SubBase(_Endpoint):
 
     def __init__(self, driver: Any, uri: BackendURI | None, options: Mapping[str, Any] | None) -> None:
         super().__init__(driver, uri, options)
-        self._attempts = max(1, int(self._options.get("retries", 5)))
-        self._max_wait = float(self._options.get("retry_max_wait", 5.0))
+        self._policy = RetryPolicy.from_options(self._options)
+        self.max_deliveries = max(1, int(self._options.get("max_deliveries", DEFAULT_MAX_DELIVERIES)))
+        #: log undecodable messages at DEBUG, not WARNING: set by a consumer that expects vendor
+        #: payloads beside CloudEvents (relay), for which "not a CloudEvent" is the normal case
+        self.expects_vendor_payloads = False
+        self._counted: dict[Any, int] = {}
 
-    def _policy(self) -> dict[str, Any]:
-        return {
-            "stop": stop_after_attempt(self._attempts),
-            "wait": wait_exponential_jitter(initial=0.05, max=self._max_wait),
-            "retry": retry_if_exception(lambda e: is_retryable(self._driver, e)),
-            "reraise": True,
-        }
+    def _deliveries(self, m: ReceivedMessage) -> int:
+        """How often ``m`` was delivered: the backend's count where it keeps one, else ours."""
+        key = m.message_id or m.body
+        n = self._counted.get(key, 0) + 1
+        if len(self._counted) >= _MAX_COUNTED:
+            self._counted.clear()
+        self._counted[key] = n
+        return max(n, m.delivery_count or 0)
 
     def _typed(self, exc: Exception) -> BatchBridgeError:
-        return wrap_error(exc, is_retryable(self._driver, exc), self._where)
+        return wrap_error(exc, code_of(exc, self._driver), self._where)
 
     def _count(self, max_messages: int) -> int:
         return max(1, min(max_messages, int(self._driver.max_receive_count)))
@@ -69,23 +75,92 @@ class _SubBase(_Endpoint):
         return [i.message if isinstance(i, Received) else i for i in items]
 
 
+@dataclass(slots=True)
+class Rejected:
+    """What :meth:`Subscriber.reject` did with the messages it was given."""
+
+    deferred: int = 0
+    dead_lettered: int = 0
+    kept: int = 0
+
+
 class Subscriber(_SubBase):
     """Receive canonical events from one backend. Use as a context manager, or iterate."""
 
     def __init__(self, driver: SubscriberDriver, uri: BackendURI | None = None,
                  options: Mapping[str, Any] | None = None) -> None:
         super().__init__(driver, uri, options)
+        #: messages waiting out their delay on a backend that cannot hide them (released by receive)
+        self._held: list[tuple[float, list[ReceivedMessage]]] = []
 
     def receive(self, max_messages: int = 10, timeout: float = 5.0) -> list[Received]:
         """Wait up to ``timeout`` s for at most ``max_messages``; each decoded, or with its error."""
         self._check_open()
         try:
-            msgs = Retrying(**self._policy())(self._driver.receive_batch, self._count(max_messages), timeout)
+            msgs = self._policy.call(self._driver.receive_batch, self._count(max_messages), timeout,
+                                     driver=self._driver)
         except BatchBridgeError:
             raise
         except Exception as exc:
             raise self._typed(exc) from None
-        return tracing.consumed(self.uri, self._where, [decode(m) for m in msgs])
+        self._release_held()
+        return tracing.consumed(self.uri, self._where, [decode_message(m) for m in msgs],
+                                quiet=self.expects_vendor_payloads)
+
+    def reject(self, items: Sequence[Received], reason: str = "undecodable",
+               dead_letters: Callable[[Sequence[Received]], None] | None = None) -> Rejected:
+        """Settle messages that cannot be processed without ever spinning on them.
+
+        Below ``max_deliveries`` each is hidden for a growing delay (its visibility timeout or ack
+        deadline extended; on a backend without that, held here and released after the delay). At its
+        ``max_deliveries``-th delivery it goes to the backend's native dead-letter queue with
+        ``reason``, or to ``dead_letters`` (the bridge's store) and is then acked; with neither, it stays
+        on the queue, hidden for the longest delay, and is counted as ``kept``."""
+        self._check_open()
+        out = Rejected()
+        due: dict[float, list[ReceivedMessage]] = {}
+        final: list[Received] = []
+        for r in items:
+            n = self._deliveries(r.message)
+            if n >= self.max_deliveries:
+                final.append(r)
+            else:
+                due.setdefault(REDELIVERY_BACKOFF.delay(n), []).append(r.message)
+                out.deferred += 1
+        for delay, msgs in due.items():
+            self._defer(msgs, delay)
+        if final:
+            description = "; ".join(sorted({str(r.error) for r in final if r.error is not None}))[:1024]
+            if self.can_dead_letter:
+                self.dead_letter(final, reason, description)
+                out.dead_lettered += len(final)
+            elif dead_letters is not None:
+                dead_letters(final)
+                self.ack(final)
+                out.dead_lettered += len(final)
+            else:
+                self._defer(self._messages(final), REDELIVERY_BACKOFF.maximum)
+                out.kept += len(final)
+            for r in final:
+                self._counted.pop(r.message.message_id or r.message.body, None)
+        return out
+
+    def _defer(self, msgs: list[ReceivedMessage], delay: float) -> None:
+        if hasattr(self._driver, "defer"):
+            self._settle("defer", msgs, delay)
+        else:
+            self._held.append((time.monotonic() + delay, msgs))
+
+    def _release_held(self, everything: bool = False) -> None:
+        now = time.monotonic()
+        due = [m for when, msgs in self._held if everything or when <= now for m in msgs]
+        if due:
+            self._held = [(when, msgs) for when, msgs in self._held if not everything and when > now]
+            try:
+                self._settle("nack", due)
+            except BatchBridgeError as exc:
+                # a lock that lapsed meanwhile (Service Bus) has made them available again already
+                log.debug("releasing %d held messages failed (%s); the backend redelivers them", len(due), exc)
 
     def ack(self, items: Sequence[Received | ReceivedMessage]) -> None:
         self._settle("ack", items)
@@ -105,13 +180,13 @@ class Subscriber(_SubBase):
                               where=self._where)
         self._settle("dead_letter", items, reason, description)
 
-    def _settle(self, op: str, items: Sequence[Received | ReceivedMessage], *args: str) -> None:
+    def _settle(self, op: str, items: Sequence[Received | ReceivedMessage], *args: Any) -> None:
         self._check_open()
         msgs = self._messages(items)
         if not msgs:
             return
         try:
-            Retrying(**self._policy())(getattr(self._driver, op), msgs, *args)
+            self._policy.call(getattr(self._driver, op), msgs, *args, driver=self._driver)
         except BatchBridgeError:
             raise
         except Exception as exc:
@@ -123,6 +198,7 @@ class Subscriber(_SubBase):
 
     def close(self) -> None:
         if not self._closed:
+            self._release_held(everything=True)
             self._closed = True
             self._driver.close()
 
@@ -142,20 +218,22 @@ class AsyncSubscriber(_SubBase):
 
     async def _call(self, op: str, *args: Any) -> Any:
         fn = getattr(self._driver, op)
+
+        async def once(*a: Any) -> Any:
+            return await fn(*a) if self._native else await asyncio.to_thread(fn, *a)
+
         try:
-            async for attempt in AsyncRetrying(**self._policy()):
-                with attempt:
-                    return await fn(*args) if self._native else await asyncio.to_thread(fn, *args)
+            return await self._policy.acall(once, *args, driver=self._driver)
         except BatchBridgeError:
             raise
         except Exception as exc:
             raise self._typed(exc) from None
-        return None
 
     async def receive(self, max_messages: int = 10, timeout: float = 5.0) -> list[Received]:
         self._check_open()
         msgs = await self._call("receive_batch", self._count(max_messages), timeout)
-        return tracing.consumed(self.uri, self._where, [decode(m) for m in msgs or []])
+        return tracing.consumed(self.uri, self._where, [decode_message(m) for m in msgs or []],
+                                quiet=self.expects_vendor_payloads)
 
     async def ack(self, items: Sequence[Received | ReceivedMessage]) -> None:
         self._check_open()

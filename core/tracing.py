@@ -30,12 +30,11 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from . import logs
+from .outcomes import PublishResult, Received
 from .secrets import redact
 
 if TYPE_CHECKING:
-    from .publisher import PublishResult
     from .registry import BackendURI
-    from .subscriber import Received
 
 log = logging.getLogger("batchbridge.tracing")
 
@@ -191,6 +190,30 @@ class Publishing:
             logs.published(self._backend, self.events, self.results)
 
 
+def committing(events: list[dict[str, Any]], source: str) -> list[dict[str, Any]]:
+    """Before events are committed (the bridge's outbox): with tracing on, one span for their intake,
+    whose context each event without one gets as its ``traceparent``/``tracestate``. What is committed
+    then already carries the context, so the publisher never rewrites it: every publication of the
+    row, a retry or a replay, sends the same bytes. Returns ``events`` (new dicts where stamped)."""
+    otel = _otel
+    if otel is None or not events:
+        return events
+    attributes: dict[str, Any] = {"messaging.operation.type": "create", "batchbridge.source": redact(source)}
+    if len(events) == 1:
+        attributes.update(_event_attributes(events[0]))
+    else:
+        attributes["messaging.batch.message_count"] = len(events)
+    span = otel.tracer.start_span(f"create {redact(source)}", kind=otel.kind.PRODUCER,
+                                  attributes=_clean(attributes))
+    try:
+        if not span.get_span_context().is_valid:
+            return events
+        carrier = otel.carrier(span)
+        return [e if TRACEPARENT in e else {**e, **carrier} for e in events]
+    finally:
+        span.end()
+
+
 def publishing(uri: BackendURI | None, backend: str, events: list[Mapping[str, Any]]) -> Publishing:
     """Wrap one publish call: a producer span around it, the span's context injected into the events,
     one log record per event when it ends. ``backend`` is the URI already redacted."""
@@ -224,7 +247,7 @@ def publishing(uri: BackendURI | None, backend: str, events: list[Mapping[str, A
     return obs
 
 
-def consumed(uri: BackendURI | None, backend: str, items: list[Received]) -> list[Received]:
+def consumed(uri: BackendURI | None, backend: str, items: list[Received], *, quiet: bool = False) -> list[Received]:
     """After one receive: a consumer span per message, child of the producer's context restored from
     the event, and one log record per message. Returns ``items``."""
     otel = _otel
@@ -251,5 +274,5 @@ def consumed(uri: BackendURI | None, backend: str, items: list[Received]) -> lis
                 span.set_status(otel.status(otel.error, r.error.code))
             span.end()
             r.message.extra[_CONTEXT_KEY] = otel.trace.set_span_in_context(span)
-    logs.received(backend, items)
+    logs.received(backend, items, quiet=quiet)
     return items

@@ -11,7 +11,7 @@ import json
 from importlib.resources import files
 from pathlib import Path
 
-from batchbridge.core.normalize import normalize
+from batchbridge.core.normalizing import normalize
 from batchbridge.core.registry import options_table
 from batchbridge.core.vendors import alibaba, aws, azure, gcp, tencent
 

@@ -32,7 +32,7 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-from batchbridge.core.normalize import normalize
+from batchbridge.core.normalizing import normalize
 from vendor_payloads import compact, tencent_element, tencent_message
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -10,7 +10,7 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
-from batchbridge.core.normalize import normalize
+from batchbridge.core.normalizing import normalize
 from vendor_payloads import sample_bytes
 
 ROOT = Path(__file__).resolve().parent.parent

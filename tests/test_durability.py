@@ -18,7 +18,7 @@ import httpx
 import orjson
 import pytest
 from aws_servers import free_port
-from batchbridge.core.normalize import normalize
+from batchbridge.core.normalizing import normalize
 from vendor_payloads import compact, tencent_element, tencent_message
 
 if TYPE_CHECKING:

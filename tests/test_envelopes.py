@@ -14,7 +14,7 @@ from batchbridge.core.errors import (
     UnrecognizedFormatError,
     UnsupportedEventError,
 )
-from batchbridge.core.normalize import normalize
+from batchbridge.core.normalizing import normalize
 from vendor_payloads import (
     alibaba_job,
     aws_event,

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from batchbridge.core.normalize import normalize
+from batchbridge.core.normalizing import normalize
 from vendor_payloads import (
     alibaba_job,
     aws_event,

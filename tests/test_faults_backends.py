@@ -426,7 +426,7 @@ def test_a_failed_batch_holds_back_later_events_of_its_key(pubsub_fake: Restarta
     retryable failure holds back every later event with the same ordering key in that publish call
     (reported "not sent", retryable), and the next attempt sends them all in order."""
     from batchbridge.core.backends import open_publisher
-    from batchbridge.core.normalize import normalize
+    from batchbridge.core.normalizing import normalize
     from pubsub_servers import admin
     from vendor_payloads import compact, tencent_element, tencent_message
 

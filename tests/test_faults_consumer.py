@@ -295,7 +295,7 @@ def test_sigterm_relay_while_messages_arrive(request: pytest.FixtureRequest, tmp
 
 
 def _events(body: bytes) -> list[dict[str, Any]]:
-    from batchbridge.core.normalize import normalize
+    from batchbridge.core.normalizing import normalize
 
     return normalize(body)
 
@@ -339,7 +339,7 @@ def test_a_decoder_bug_is_dead_lettered_not_a_crash_loop(tmp_path: Path, monkeyp
     from batchbridge.adapters import memory
 
     # the module, not the function of the same name that batchbridge.core exports
-    normalize_module = importlib.import_module("batchbridge.core.normalize")
+    normalize_module = importlib.import_module("batchbridge.core.normalizing")
 
     real = normalize_module.normalize
 

@@ -25,11 +25,11 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 import pytest
-from batchbridge.core.bridge import Bridge, decode
+from batchbridge.core.bridge import Bridge, decode_payload
 from batchbridge.core.config import config_from_dict
 from batchbridge.core.envelopes import MAX_PAYLOAD_BYTES
 from batchbridge.core.errors import InputError, MalformedPayloadError, PayloadTooLargeError, UnsupportedEventError
-from batchbridge.core.normalize import normalize, normalize_stream
+from batchbridge.core.normalizing import normalize, normalize_stream
 from fault_tools import Figures, Mutator, record, rss_kib, scale
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -51,7 +51,7 @@ PER_PAYLOAD_SECONDS = 2.0
 def run_one(payload: bytes | str, outcomes: Counter[str], attributes: dict[str, str] | None = None) -> float:
     started = time.perf_counter()
     try:
-        decode(payload if isinstance(payload, bytes) else payload.encode("utf-8", "surrogatepass"),
+        decode_payload(payload if isinstance(payload, bytes) else payload.encode("utf-8", "surrogatepass"),
                attributes=attributes)
         outcomes["decoded"] += 1
     except InputError as exc:

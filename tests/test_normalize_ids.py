@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from batchbridge.core.normalize import normalize
+from batchbridge.core.normalizing import normalize
 from vendor_payloads import (
     alibaba_job,
     b64,
@@ -28,7 +28,7 @@ HEX32 = re.compile(r"[0-9a-f]{32}")
 
 _CHILD = """
 import json, sys
-from batchbridge.core.normalize import normalize
+from batchbridge.core.normalizing import normalize
 items = json.load(sys.stdin)
 print(json.dumps({name: [e["id"] for e in normalize(payload.encode("latin-1"))] for name, payload in items}))
 """

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 from batchbridge.core.names import canonical_type_for_name, known_types, name_matches
-from batchbridge.core.normalize import normalize
+from batchbridge.core.normalizing import normalize
 from vendor_payloads import TENCENT_NAMES, camel, compact, tencent_element, tencent_message
 
 

@@ -10,7 +10,7 @@ import orjson
 import pytest
 from batchbridge.core.errors import ConfigError, InputError, MalformedPayloadError, UnrecognizedFormatError
 from batchbridge.core.event import ordering_key
-from batchbridge.core.normalize import dumps, iter_payloads, normalize, normalize_stream
+from batchbridge.core.normalizing import dumps, iter_payloads, normalize, normalize_stream
 from vendor_payloads import SAMPLE_FILES, alibaba_job, compact, mns_xml, sample_bytes
 
 NODE = sample_bytes("tencent-cmq-node-created.json")
@@ -181,7 +181,7 @@ def test_mapping_input_is_copied_not_shared() -> None:
 
 def test_normalize_lines_matches_normalize_stream_on_json_lines() -> None:
     from batchbridge.core.commands._io import samples_dir
-    from batchbridge.core.normalize import normalize_lines, normalize_stream
+    from batchbridge.core.normalizing import normalize_lines, normalize_stream
 
     lines = [p.read_bytes().replace(b"\n", b"") for p in sorted(samples_dir().glob("*.json"))]
     lines.insert(3, b'{"not": "a batch event"}')

@@ -505,7 +505,7 @@ def test_publish_to_a_missing_pubsub_topic_says_it_once(pubsub_emulator: PubSubS
 
 def test_a_wrongly_forced_provider_is_named_in_the_reason() -> None:
     from batchbridge.core.errors import InputError
-    from batchbridge.core.normalize import normalize
+    from batchbridge.core.normalizing import normalize
 
     tencent = Path(__file__).resolve().parent.parent / "core" / "samples" / "tencent-cmq-node-created.json"
     with pytest.raises(InputError, match="detection says this payload is from tencent, but the provider was forced "

@@ -11,7 +11,7 @@ from typing import Any
 import orjson
 from batchbridge.core.envelopes import is_xml_document
 from batchbridge.core.errors import InputError
-from batchbridge.core.normalize import dumps, normalize, normalize_stream
+from batchbridge.core.normalizing import dumps, normalize, normalize_stream
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from vendor_payloads import (

@@ -21,7 +21,7 @@ from batchbridge.core.backends import open_publisher
 from batchbridge.core.bridge import Bridge
 from batchbridge.core.config import config_from_dict
 from batchbridge.core.driver import Message
-from batchbridge.core.normalize import normalize
+from batchbridge.core.normalizing import normalize
 from batchbridge.core.relay import Relay, relay
 from vendor_payloads import (
     alibaba_job,

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 from batchbridge.core.config import config_from_dict
-from batchbridge.core.normalize import normalize
+from batchbridge.core.normalizing import normalize
 from batchbridge.core.routing import Router
 from vendor_payloads import (
     ALIBABA_SUFFIXES,

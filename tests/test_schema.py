@@ -9,8 +9,9 @@ from importlib import resources
 from typing import Any
 
 import pytest
-from batchbridge.core.event import DATASCHEMA, KINDS, PROVIDERS, STATES
-from batchbridge.core.normalize import normalize
+from batchbridge.core import vendors
+from batchbridge.core.event import DATASCHEMA, KINDS, STATES
+from batchbridge.core.normalizing import normalize
 from jsonschema import Draft202012Validator
 from vendor_payloads import BATCH_EVENT_SCHEMA, CLOUDEVENT_SCHEMA, CLOUDEVENT_VALIDATOR, corpus, validate_event
 
@@ -31,7 +32,11 @@ def test_schemas_ship_as_package_data() -> None:
 
 def test_schema_enumerations_match_the_code() -> None:
     props = BATCH_EVENT_SCHEMA["properties"]
-    assert props["provider"]["enum"] == list(PROVIDERS)
+    # the shipped files name the built-in vendors: exactly those the registry holds here
+    assert props["provider"]["enum"] == list(vendors.providers())
+    assert CLOUDEVENT_SCHEMA["properties"]["source"]["pattern"].startswith(
+        "^batch://(" + "|".join(vendors.providers()) + ")/")
+    assert vendors.schema() == BATCH_EVENT_SCHEMA and vendors.schema("cloudevent-v1.json") == CLOUDEVENT_SCHEMA
     assert props["kind"]["enum"] == list(KINDS)
     assert props["state"]["enum"] == list(STATES)
     assert BATCH_EVENT_SCHEMA["required"] == list(props)

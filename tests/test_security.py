@@ -231,7 +231,7 @@ def test_config_repr_hides_credentials_in_destination_uris() -> None:
 
 
 def tencent_event() -> dict[str, Any]:
-    from batchbridge.core.normalize import normalize
+    from batchbridge.core.normalizing import normalize
 
     return normalize(tencent_payloads(1, tag=f"e{uuid.uuid4().hex[:6]}-")[0][0])[0]
 

@@ -25,7 +25,7 @@ from batchbridge.core.bridge import Bridge
 from batchbridge.core.config import MnsSettings, config_from_dict
 from batchbridge.core.errors import BatchBridgeError
 from batchbridge.core.mns_signature import MnsVerifier, SignatureError, check_cert_url, trust_store_name
-from batchbridge.core.normalize import normalize
+from batchbridge.core.normalizing import normalize
 from batchbridge.core.serve import create_app
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization

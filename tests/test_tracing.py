@@ -203,3 +203,42 @@ def test_off_by_default_and_a_no_op_without_opentelemetry(monkeypatch: pytest.Mo
     assert enable_tracing() is False
     with open_publisher(uri) as pub:
         assert pub.publish_one(event).ok
+
+
+def test_the_bridge_commits_the_context_and_publishes_exactly_what_it_committed(
+        spans: InMemorySpanExporter, tmp_path: Any) -> None:
+    """docs/reliability.md: a republished event is byte-identical to the first publication -- with
+    tracing on too. The trace context is attached at intake, before the outbox commit; the publisher
+    then finds it there and changes nothing."""
+    import time
+
+    import orjson
+    from batchbridge.core.bridge import Bridge
+    from batchbridge.core.config import config_from_dict
+    from batchbridge.core.outbox import OutboxRow
+
+    out = tmp_path / "out.jsonl"
+    committed: list[bytes] = []
+    config = config_from_dict({"outbox": {"path": str(tmp_path / "o.db")}, "routes": [{"to": out.as_uri()}]})
+    event = make_event("committed")
+    with Bridge(config) as bridge:
+        def record(rows: list[tuple[int, OutboxRow]]) -> None:
+            committed.extend(row.body for _, row in rows)
+
+        bridge.outbox.on_commit(record)
+        bridge.handle(orjson.dumps(event))
+        end = time.monotonic() + 20
+        while not (out.exists() and out.read_bytes().endswith(b"\n")):
+            assert time.monotonic() < end, "not delivered"
+            time.sleep(0.02)
+    [line] = out.read_bytes().splitlines()
+    assert committed == [line]  # what went out is, byte for byte, what was committed
+    sent = orjson.loads(line)
+    created = [s for s in spans.get_finished_spans() if s.name.startswith("create ")]
+    assert len(created) == 1 and sent["traceparent"] == _traceparent(created[0])
+    assert {k: v for k, v in sent.items() if k != "traceparent"} == event
+    # a republication of the committed event (a retry, a replay) sends the same bytes again
+    again = tmp_path / "again.jsonl"
+    with open_publisher(again.as_uri()) as pub:
+        assert pub.publish_one(sent).ok
+    assert again.read_bytes().splitlines() == [line]

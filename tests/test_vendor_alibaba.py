@@ -4,7 +4,7 @@ from typing import Any
 
 import pytest
 from batchbridge.core.errors import MalformedPayloadError, UnsupportedEventError
-from batchbridge.core.normalize import normalize
+from batchbridge.core.normalizing import normalize
 from batchbridge.core.vendors.alibaba import CLUSTER_EVENTS, JOB_EVENTS
 from vendor_payloads import (
     ALIBABA_SUFFIXES,

@@ -5,7 +5,7 @@ from typing import Any
 import pytest
 from batchbridge.core.errors import MalformedPayloadError, UnsupportedEventError
 from batchbridge.core.event import ordering_key
-from batchbridge.core.normalize import normalize
+from batchbridge.core.normalizing import normalize
 from vendor_payloads import AWS_STATUSES, aws_array_child, aws_event, compact, sample_json, validate_event
 
 JOB_ID = "4c7599ae-0a82-49aa-ba5a-4727fcce14a8"

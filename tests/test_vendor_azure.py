@@ -5,7 +5,7 @@ from typing import Any
 
 import pytest
 from batchbridge.core.errors import MalformedPayloadError, UnsupportedEventError
-from batchbridge.core.normalize import normalize
+from batchbridge.core.normalizing import normalize
 from vendor_payloads import (
     azure_pool_record,
     azure_records,

@@ -80,7 +80,7 @@ def normalized_stream(fh: IO[bytes], provider: str | None) -> Iterator[tuple[str
     """Every payload of one input with its events or its typed error, as ``normalize_stream`` splits
     them -- but JSON Lines (a first non-blank line that is a JSON value by itself, which cannot open a
     multi-line document) a line at a time, never holding the input."""
-    from ..normalize import normalize_lines, normalize_stream
+    from ..normalizing import normalize_lines, normalize_stream
 
     head: list[bytes] = []
     seen = 0

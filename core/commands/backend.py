@@ -6,13 +6,16 @@ import argparse
 import logging
 import sys
 import time
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
-from ..errors import InputError
-from ..event import PROVIDERS
+from ..errors import DecodeMessageError, InputError
 from ..secrets import redact_uri
+from ..vendors import providers
 from .normalize import normalized
+
+if TYPE_CHECKING:
+    from ..outcomes import Received
 
 #: events handed to the publisher at once: large enough to fill batches, small enough to stream
 _CHUNK = 500
@@ -23,15 +26,19 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("source", nargs="?", default="-",
                    help="a file, a directory, '-' for stdin (default), or 'samples' for the bundled ones")
     p.add_argument("--to", required=True, metavar="URI", help="backend URI, e.g. sqs://q?region=eu-west-1")
-    p.add_argument("--provider", choices=PROVIDERS, help="skip detection and decode as this vendor")
+    p.add_argument("--provider", choices=providers(), help="skip detection and decode as this vendor")
     p.add_argument("--quiet", action="store_true", help="no progress line and no summary")
     p.set_defaults(func=run_publish)
 
     c = sub.add_parser("consume", help="receive CloudEvents from a backend URI, print them and ack them")
     c.add_argument("uri", metavar="URI")
     c.add_argument("--max", type=int, default=0, help="stop after N events (0: until interrupted or idle)")
-    c.add_argument("--idle", type=float, default=5.0, help="stop after this many seconds with nothing received")
+    c.add_argument("--idle", type=float, default=5.0,
+                   help="stop after this many seconds without a new event (default: %(default)s)")
     c.add_argument("--no-ack", action="store_true", help="nack instead of ack (leave the messages)")
+    c.add_argument("--dead-letters", metavar="OUTBOX",
+                   help="outbox file whose dead-letter store takes messages that are not CloudEvents once "
+                        "they reach the URI's max_deliveries (on a backend without its own dead-letter queue)")
     c.set_defaults(func=run_consume)
 
     b = sub.add_parser("backends", help="list the backend URI schemes and their options")
@@ -96,39 +103,55 @@ def run_publish(args: argparse.Namespace) -> int:
 
 def run_consume(args: argparse.Namespace) -> int:
     from ..backends import open_subscriber
-    from ..normalize import dumps
+    from ..normalizing import dumps
 
     out = sys.stdout.buffer
     seen = undecodable = 0
+    store = _dead_letter_store(args)
+    # --idle counts from the last *event*: a queue that only redelivers what cannot be decoded is idle
     idle_since = time.monotonic()
     with open_subscriber(args.uri) as sub:
         while not args.max or seen < args.max:
+            if time.monotonic() - idle_since >= args.idle:
+                break
             want = min(10, args.max - seen) if args.max else 10
-            batch = sub.receive(max_messages=want, timeout=min(1.0, args.idle))
-            if not batch:
-                if time.monotonic() - idle_since >= args.idle:
-                    break
-                continue
-            idle_since = time.monotonic()
+            batch = sub.receive(max_messages=want, timeout=max(0.01, min(1.0, args.idle)))
             good = [item for item in batch if item.event is not None]
             bad = [item for item in batch if item.event is None]
+            if good:
+                idle_since = time.monotonic()
             for item in good:
                 assert item.event is not None
                 out.write(dumps(item.event) + b"\n")
             out.flush()
             seen += len(good)
-            (sub.nack if args.no_ack else sub.ack)(good)
-            for item in bad:
-                # never acked: a native dead-letter queue gets it with the reason, else it stays put
-                undecodable += 1
-                where = "dead-lettered" if sub.can_dead_letter else "left on the queue"
-                print(f"batchbridge: undecodable message {item.message.message_id} ({where}): {item.error}",
-                      file=sys.stderr)
-            if bad and sub.can_dead_letter:
-                sub.dead_letter(bad, "undecodable", str(bad[0].error))
-            elif bad:
-                sub.nack(bad)
+            if good:
+                (sub.nack if args.no_ack else sub.ack)(good)
+            if bad:
+                undecodable += len(bad)
+                done = sub.reject(bad, "undecodable", store)
+                for item in bad:
+                    print(f"batchbridge: undecodable message {item.message.message_id}: {item.error}",
+                          file=sys.stderr)
+                print(f"batchbridge: {done.deferred} backed off, {done.dead_lettered} dead-lettered, "
+                      f"{done.kept} left on the queue after max_deliveries={sub.max_deliveries}", file=sys.stderr)
     return 1 if undecodable else 0
+
+
+def _dead_letter_store(args: argparse.Namespace) -> Callable[[Sequence[Received]], None] | None:
+    """``--dead-letters OUTBOX`` as the sink :meth:`Subscriber.reject` hands exhausted messages to."""
+    if not args.dead_letters:
+        return None
+    from ..outbox import INTAKE, DeadLetter, Outbox
+
+    source = f"consume {redact_uri(args.uri)}"
+
+    def keep(items: Sequence[Received]) -> None:
+        with Outbox(args.dead_letters) as box:
+            box.put([], [DeadLetter.of(INTAKE, source, r.body, r.error or DecodeMessageError("undecodable"))
+                         for r in items])
+
+    return keep
 
 
 def run_backends(args: argparse.Namespace) -> int:

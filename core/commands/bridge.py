@@ -18,8 +18,8 @@ import orjson
 
 from ..config import BridgeConfig, catch_all, load_config
 from ..errors import ConfigError
-from ..event import PROVIDERS
 from ..secrets import redact, redact_uri
+from ..vendors import providers
 from ._io import read_inputs, samples_dir
 
 
@@ -40,7 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                    help="send every event here (besides the routes of --config)")
     p.add_argument("--config", help="bridge config file (TOML): routes, outbox")
     p.add_argument("--outbox", help="outbox file (default: outbox.path from the config)")
-    p.add_argument("--provider", choices=PROVIDERS, help="skip detection and decode as this vendor")
+    p.add_argument("--provider", choices=providers(), help="skip detection and decode as this vendor")
     p.add_argument("--batch", type=int, default=10, help="messages per receive (default 10)")
     p.add_argument("--drain-timeout", type=float, default=30.0,
                    help="on SIGTERM/SIGINT, seconds to keep publishing what is in the outbox (default 30)")
@@ -244,7 +244,7 @@ def _publish_if_free(bridge: Any) -> str:
 
 def run_demo(args: argparse.Namespace) -> int:
     from ..bridge import Bridge
-    from ..normalize import iter_payloads
+    from ..normalizing import iter_payloads
 
     out = Path(args.out).expanduser().resolve()
     out.parent.mkdir(parents=True, exist_ok=True)

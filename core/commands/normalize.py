@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 
 from ..errors import InputError
-from ..event import PROVIDERS
+from ..vendors import providers
 from ._io import normalized_stream, note, open_inputs
 
 
@@ -18,7 +18,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("normalize", help="decode vendor payloads and print canonical CloudEvents as JSON Lines")
     p.add_argument("source", nargs="?", default="-",
                    help="a file, a directory, '-' for stdin (default), or 'samples' for the bundled ones")
-    p.add_argument("--provider", choices=PROVIDERS, help="skip detection and decode as this vendor")
+    p.add_argument("--provider", choices=providers(), help="skip detection and decode as this vendor")
     p.set_defaults(func=run)
 
 

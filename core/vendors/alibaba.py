@@ -14,6 +14,7 @@ from typing import Any, Final
 
 from ..errors import MalformedPayloadError, UnsupportedEventError
 from ..event import CloudEvent, Draft, Kind, Reader, State, as_region, build_event
+from . import vendor
 
 PROVIDER: Final = "alibaba"
 
@@ -138,3 +139,11 @@ def normalize(obj: dict[str, Any], where: str) -> list[CloudEvent]:
             if draft.priority_from is None or draft.priority_to is None:
                 raise MalformedPayloadError("OnPriorityChange needs From and To", where=r.path("To"))
     return [build_event(draft)]
+
+
+def event_names() -> dict[str, set[str]]:
+    return {name: {f"batch.{kind}.{state or 'priority_changed'}"}
+            for events in (JOB_EVENTS, CLUSTER_EVENTS) for name, (kind, state) in events.items()}
+
+
+VENDOR = vendor(PROVIDER, MATCH_KEYS, matches, normalize, event_names)

@@ -18,6 +18,7 @@ from typing import Any, Final
 
 from ..errors import MalformedPayloadError, UnsupportedEventError
 from ..event import CloudEvent, Draft, Reader, State, as_region, build_event
+from . import vendor
 
 PROVIDER: Final = "aws"
 DETAIL_TYPE = "Batch Job State Change"
@@ -155,3 +156,14 @@ def normalize(obj: dict[str, Any], where: str) -> list[CloudEvent]:
             or attempt_container.text("reason")
         )
     return [build_event(draft)]
+
+
+def event_names() -> dict[str, set[str]]:
+    """The state-change detail-type covers every status of jobs and of array and multi-node children;
+    a blocked queue is one type."""
+    states = set(STATUSES.values())
+    return {DETAIL_TYPE: {f"batch.{kind}.{s}" for kind in ("job", "task_instance") for s in states},
+            QUEUE_BLOCKED: {"batch.job.blocked"}}
+
+
+VENDOR = vendor(PROVIDER, MATCH_KEYS, matches, normalize, event_names)

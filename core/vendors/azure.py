@@ -20,6 +20,7 @@ from typing import Any, Final
 from ..envelopes import load_json
 from ..errors import MalformedPayloadError, UnsupportedEventError
 from ..event import CloudEvent, Draft, Reader, State, as_region, build_event
+from . import vendor
 
 PROVIDER: Final = "azure"
 CATEGORIES = ("ServiceLog", "ServiceLogs")
@@ -200,3 +201,16 @@ def normalize(obj: dict[str, Any], where: str) -> list[CloudEvent]:
         ended=ended,
     )
     return [build_event(draft)]
+
+
+def event_names() -> dict[str, set[str]]:
+    """An outcome event (``TaskCompleteEvent``, the special tasks') is either outcome: it covers both types."""
+    names = {name: ({"batch.task.succeeded", "batch.task.failed"} if state is None
+                    else {f"batch.task.{transition or state}"})
+             for name, (state, transition) in TASK_EVENTS.items()}
+    names.update({name: {f"batch.environment.{transition or state}"}
+                  for name, (state, transition) in POOL_EVENTS.items()})
+    return names
+
+
+VENDOR = vendor(PROVIDER, MATCH_KEYS, matches, normalize, event_names)

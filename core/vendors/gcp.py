@@ -16,6 +16,7 @@ from typing import Any, Final
 from ..envelopes import decode_base64, load_json
 from ..errors import MalformedPayloadError, UnsupportedEventError
 from ..event import CloudEvent, Draft, Kind, Reader, State, as_region, as_str, build_event
+from . import vendor
 
 PROVIDER: Final = "gcp"
 
@@ -138,3 +139,11 @@ def normalize(obj: dict[str, Any], where: str) -> list[CloudEvent]:
         if draft.instance_index is None:
             raise MalformedPayloadError("cannot find the task index in TaskUID", where=attrs.path("TaskUID"))
     return [build_event(draft)]
+
+
+def event_names() -> dict[str, set[str]]:
+    states = set(STATES.values())
+    return {name: {f"batch.{kind}.{s}" for s in states} for name, (kind, _attr) in TYPES.items()}
+
+
+VENDOR = vendor(PROVIDER, MATCH_KEYS, matches, normalize, event_names)

@@ -15,6 +15,7 @@ from typing import Any, Final
 
 from ..errors import MalformedPayloadError, UnsupportedEventError
 from ..event import CloudEvent, Draft, Kind, Reader, State, as_region, build_event
+from . import vendor
 
 PROVIDER: Final = "tencent"
 
@@ -166,3 +167,11 @@ def _event(element: dict[str, Any], where: str) -> CloudEvent:
         vars=_vars(element.get("EventVars", element.get("event_vars")), top.path("EventVars")),
     )
     return build_event(draft)
+
+
+def event_names() -> dict[str, set[str]]:
+    """``JobSucceed`` / ``JOB_SUCCEED`` (any spelling) -> its canonical type."""
+    return {name: {f"batch.{kind}.{state}"} for name, (kind, state) in EVENTS.items()}
+
+
+VENDOR = vendor(PROVIDER, MATCH_KEYS, matches, normalize, event_names)

@@ -16,41 +16,53 @@ import orjson
 
 from .envelopes import Leaf, Payload, decode_base64, is_xml_document, looks_base64, unwrap
 from .errors import ConfigError, InputError, MalformedPayloadError, UnrecognizedFormatError, UnsupportedEventError
-from .event import PROVIDERS, CloudEvent, ordering_key
-from .vendors import alibaba, aws, azure, gcp, tencent
+from .event import ordering_key
+from .vendors import Vendor, on_reload, registered
 
-__all__ = ["PROVIDERS", "dumps", "iter_payloads", "normalize", "normalize_lines", "normalize_stream", "ordering_key"]
+__all__ = ["dumps", "iter_payloads", "normalize", "normalize_lines", "normalize_stream", "ordering_key"]
 
 Matcher = Callable[[Mapping[str, Any]], bool]
-Normalizer = Callable[[dict[str, Any], str], list[CloudEvent]]
-
-_VENDORS: dict[str, tuple[Matcher, Normalizer]] = {
-    "tencent": (tencent.matches, tencent.normalize),
-    "alibaba": (alibaba.matches, alibaba.normalize),
-    "aws": (aws.matches, aws.normalize),
-    "gcp": (gcp.matches, gcp.normalize),
-    "azure": (azure.matches, azure.normalize),
-}
 
 
-def _check_provider(provider: str | None) -> str | None:
+Normalizer = Callable[[dict[str, Any], str], list[Any]]
+
+#: the registered vendors' pre-tests and tests in detection order, and their normalisers by name:
+#: read from the registry on first use (plain globals: detection runs for every JSON object)
+_MATCHERS: tuple[tuple[str, tuple[str, ...], Matcher], ...] = ()
+_NORMALIZERS: dict[str, Normalizer] = {}
+
+
+def _load() -> None:
+    global _MATCHERS, _NORMALIZERS
+    found = registered()
+    _NORMALIZERS = {name: v.normalize for name, v in found.items()}
+    _MATCHERS = tuple((name, v.match_keys, v.matches) for name, v in found.items())
+
+
+def _forget() -> None:
+    global _MATCHERS, _NORMALIZERS
+    _MATCHERS, _NORMALIZERS = (), {}
+
+
+on_reload(_forget)
+
+
+def _check_provider(provider: str | None) -> Vendor | None:
     if provider is None:
         return None
     name = provider.strip().lower()
-    if name not in _VENDORS:
-        raise ConfigError(f"unknown provider {provider!r}; expected one of {', '.join(PROVIDERS)}")
-    return name
-
-
-_MATCHERS: tuple[tuple[str, tuple[str, ...], Matcher], ...] = tuple(
-    (vendor.PROVIDER, vendor.MATCH_KEYS, vendor.matches) for vendor in (tencent, alibaba, aws, gcp, azure)
-)
+    found = registered().get(name)
+    if found is None:
+        raise ConfigError(f"unknown provider {provider!r}; expected one of {', '.join(registered())}")
+    return found
 
 
 def _claims(obj: Mapping[str, Any]) -> list[str]:
     """Every vendor that claims ``obj`` (empty, hence false, when none does): one test serves both
     "is this a native event?" during unwrapping and "whose?" afterwards."""
     claims = []
+    if not _MATCHERS:
+        _load()
     for name, keys, matches in _MATCHERS:
         # a vendor's test runs only when a key it cannot do without is there: every object meets
         # five tests, and usually four of them are over with one dictionary lookup
@@ -83,12 +95,12 @@ def normalize(payload: Payload, *, provider: str | None = None, skip_unsupported
     return _normalize(payload, _check_provider(provider), skip_unsupported)
 
 
-def _normalize(payload: Payload, forced: str | None, skip_unsupported: bool) -> list[dict[str, Any]]:
+def _normalize(payload: Payload, forced: Vendor | None, skip_unsupported: bool) -> list[dict[str, Any]]:
     try:
         return _normalize_as(payload, forced, skip_unsupported)
     except InputError as exc:
         if forced is not None:
-            _blame_forced(exc, payload, forced)
+            _blame_forced(exc, payload, forced.provider)
         raise
 
 
@@ -106,14 +118,17 @@ def _blame_forced(exc: InputError, payload: Payload, forced: str) -> None:
         exc.args = (str(exc),)
 
 
-def _normalize_as(payload: Payload, forced: str | None, skip_unsupported: bool) -> list[dict[str, Any]]:
-    is_native = _VENDORS[forced][0] if forced else _claims
+def _normalize_as(payload: Payload, forced: Vendor | None, skip_unsupported: bool) -> list[dict[str, Any]]:
+    is_native = forced.matches if forced else _claims
     leaves = unwrap(payload, is_native=is_native, keep_unknown=forced is not None)
     events: list[Any] = []
+    if not _NORMALIZERS:
+        _load()
     for leaf in leaves:
-        vendor = forced or _vendor_for(leaf)
+        vendor = forced.provider if forced else _vendor_for(leaf)
+        to_events = forced.normalize if forced else _NORMALIZERS[vendor]
         try:
-            events.extend(_VENDORS[vendor][1](leaf.obj, leaf.where))
+            events.extend(to_events(leaf.obj, leaf.where))
         except InputError as exc:
             if skip_unsupported and isinstance(exc, UnsupportedEventError):
                 continue
@@ -270,7 +285,7 @@ def _numbered(lines: Iterable[bytes]) -> Iterator[tuple[str, bytes]]:
 
 
 def _stream(
-    payloads: Iterator[tuple[str, bytes]], provider: str | None, skip_unsupported: bool
+    payloads: Iterator[tuple[str, bytes]], provider: Vendor | None, skip_unsupported: bool
 ) -> Iterator[tuple[str, list[dict[str, Any]] | InputError]]:
     for where, payload in payloads:
         try:
