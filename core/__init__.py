@@ -48,6 +48,7 @@ __all__ = [
     "PublishResult",
     "Publisher",
     "Received",
+    "SequenceTracker",
     "Subscriber",
     "UnknownSchemeError",
     "UnrecognizedFormatError",
@@ -56,6 +57,7 @@ __all__ = [
     "configure_logging",
     "create_app",
     "disable_tracing",
+    "drop_stale",
     "enable_tracing",
     "load_config",
     "normalize",
@@ -85,6 +87,8 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "Subscriber": ("subscriber", "Subscriber"),
     "AsyncSubscriber": ("subscriber", "AsyncSubscriber"),
     "Received": ("subscriber", "Received"),
+    "SequenceTracker": ("staleness", "SequenceTracker"),
+    "drop_stale": ("staleness", "drop_stale"),
     "Bridge": ("bridge", "Bridge"),
     "IntakeResult": ("bridge", "IntakeResult"),
     "BridgeConfig": ("config", "BridgeConfig"),
@@ -121,6 +125,7 @@ if _TYPE_CHECKING:  # what type checkers and IDEs see; at run time these resolve
     from .outbox import OutboxError
     from .publisher import AsyncPublisher, Publisher, PublishResult
     from .serve import create_app
+    from .staleness import SequenceTracker, drop_stale
     from .subscriber import AsyncSubscriber, Received, Subscriber
     from .tracing import disable as disable_tracing
     from .tracing import enable as enable_tracing
