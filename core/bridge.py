@@ -28,7 +28,7 @@ from typing import Any
 import orjson
 
 from .backends import open_publisher
-from .config import BridgeConfig
+from .config import DEFAULT_STATE_RETENTION, BridgeConfig
 from .errors import (
     BackendError,
     BatchBridgeError,
@@ -45,6 +45,8 @@ from .outbox import INTAKE, PUBLISH, UNROUTED, DeadLetter, Outbox, OutboxRow, Pe
 from .publisher import Publisher, PublishResult, wrap_error
 from .routing import Router
 from .secrets import redact, redact_uri
+from .state import Observation
+from .supersede import Candidate, IntakeGate
 
 log = logging.getLogger("batchbridge.bridge")
 
@@ -53,6 +55,8 @@ log = logging.getLogger("batchbridge.bridge")
 IDLE_POLL = 1.0
 #: how often new destinations are looked for in the outbox
 RESCAN = 5.0
+#: how often subjects idle longer than every route's ``state_retention`` are deleted from the state store
+FORGET_EVERY = 60.0
 
 
 class DecoderFailure(InputError):
@@ -82,6 +86,8 @@ class IntakeResult:
     dead_letter_ids: list[int] = field(default_factory=list)
     #: why the payload was refused; None when it was decoded
     error: InputError | None = None
+    #: events kept from a ``supersede`` route's destinations as stale (one per event and route)
+    stale: int = 0
 
     @property
     def ok(self) -> bool:
@@ -99,6 +105,8 @@ class _Plan:
     result: IntakeResult
     types: list[str]
     dropped: int = 0
+    #: the events and their candidate rows, for the gate that picks the rows at commit time
+    gated: list[tuple[Observation | None, list[Candidate]]] | None = None
 
 
 Payload = bytes | bytearray | memoryview | str | Mapping[str, Any]
@@ -200,22 +208,46 @@ class Bridge:
                     provider: str | None = None) -> list[IntakeResult]:
         """:meth:`handle` for several payloads (each with its metadata) in one outbox transaction."""
         plans = [self._plan(p, source=source, provider=provider, meta=m) for p, m in items]
-        return self._finish(plans, self.outbox.put(*self._collect(plans)).dead_ids)
+        gate, indexes = self._gate(plans)
+        return self._finish(plans, self.outbox.put(*self._collect(plans), gate).dead_ids, gate, indexes)
 
     async def ahandle(self, payload: Payload, *, source: str = "api", provider: str | None = None,
                       meta: Mapping[str, Any] | None = None) -> IntakeResult:
         """:meth:`handle` for asyncio: the commit is awaited, never blocking the event loop, and joins
         the same group commit as every other request waiting at that moment."""
         plans = [self._plan(payload, source=source, provider=provider, meta=meta)]
-        inserted = await self.outbox.asubmit(*self._collect(plans))
-        return self._finish(plans, inserted.dead_ids)[0]
+        gate, indexes = self._gate(plans)
+        inserted = await self.outbox.asubmit(*self._collect(plans), gate)
+        return self._finish(plans, inserted.dead_ids, gate, indexes)[0]
 
     @staticmethod
     def _collect(plans: Sequence[_Plan]) -> tuple[list[OutboxRow], list[DeadLetter]]:
         return [r for p in plans for r in p.rows], [d for p in plans for d in p.dead]
 
-    def _finish(self, plans: Sequence[_Plan], dead_ids: list[int]) -> list[IntakeResult]:
+    @staticmethod
+    def _gate(plans: Sequence[_Plan]) -> tuple[IntakeGate | None, list[int | None]]:
+        """One gate for the plans' events (the state store observes them all, in order, at commit)."""
+        gate: IntakeGate | None = None
+        indexes: list[int | None] = []
+        for p in plans:
+            if p.gated is None:
+                indexes.append(None)
+                continue
+            gate = gate or IntakeGate()
+            indexes.append(gate.add(p.gated))
+        return gate, indexes
+
+    def _finish(self, plans: Sequence[_Plan], dead_ids: list[int], gate: IntakeGate | None = None,
+                indexes: Sequence[int | None] = ()) -> list[IntakeResult]:
         ids = iter(dead_ids)
+        if gate is not None:
+            for p, i in zip(plans, indexes, strict=True):
+                if i is not None:
+                    stale = gate.stale[i]
+                    p.result.stale = sum(stale.values())
+                    p.result.deliveries -= p.result.stale
+                    for label, n in stale.items():
+                        self.stats.add(self.stats.stale, label, n)
         return [self._done(p, [next(ids) for _ in p.dead]) for p in plans]
 
     def _plan(self, payload: Payload, *, source: str, provider: str | None,
@@ -241,13 +273,19 @@ class Bridge:
         return _Plan([], [dead], IntakeResult(error=error), [])
 
     def _route(self, events: list[dict[str, Any]], source: str) -> _Plan:
-        rows: list[OutboxRow] = []
         dead: list[DeadLetter] = []
         result = IntakeResult(event_ids=[str(e.get("id")) for e in events])
         dropped = 0
+        gated: list[tuple[Observation | None, list[Candidate]]] = []
         for event in events:
             decision = self.router.route(event)
-            rows += [OutboxRow.of(d.destination, d.event) for d in decision.deliveries]
+            candidates = []
+            for d in decision.deliveries:
+                row = OutboxRow.of(d.destination, d.event)
+                r = d.supersede
+                candidates.append(Candidate(row) if r is None else
+                                  Candidate(row, r.label, r.stale_to, r.state_retention))
+            gated.append((Observation.of(event), candidates))
             if decision.unrouted:
                 result.unrouted += 1
                 if decision.dead_letter:
@@ -257,8 +295,9 @@ class Bridge:
                                               event_id=str(event.get("id"))))
                 elif not decision.deliveries:
                     dropped += 1
-        result.deliveries = len(rows)
-        return _Plan(rows, dead, result, [str(e.get("type")) for e in events], dropped)
+        # every event is observed by the state store; the rows are picked at commit (``IntakeGate``)
+        result.deliveries = sum(len(c) for _, c in gated)
+        return _Plan([], dead, result, [str(e.get("type")) for e in events], dropped, gated)
 
     def _done(self, plan: _Plan, dead_ids: list[int]) -> IntakeResult:
         plan.result.dead_letter_ids = dead_ids
@@ -316,9 +355,10 @@ class Bridge:
                                                               where=f"dead letter {dl_id}"))
                 return IntakeResult(event_ids=plan.result.event_ids, unrouted=plan.result.unrouted,
                                     dead_letter_ids=[dl_id])
-        self.outbox.resolve(dl_id, plan.rows, plan.dead)
+        gate, indexes = self._gate([plan])
+        self.outbox.resolve(dl_id, plan.rows, plan.dead, gate)
         plan.types = []  # counted when first received
-        return self._done(plan, [])
+        return self._finish([plan], [], gate, indexes)[0] if gate is not None else self._done(plan, [])
 
     # --- publishing --------------------------------------------------------------------------------
 
@@ -346,12 +386,25 @@ class Bridge:
             return w
 
     def _supervise(self) -> None:
+        next_forget = 0.0
         while not self._stopping.wait(RESCAN):
             try:
                 for destination in self.outbox.destinations():
                     self._worker(destination)
+                if time.monotonic() >= next_forget:
+                    next_forget = time.monotonic() + FORGET_EVERY
+                    self.forget_idle_subjects()
             except BatchBridgeError as exc:
                 log.warning("cannot scan the outbox: %s", redact(str(exc)))
+
+    @property
+    def state_retention(self) -> float:
+        """How long the state store keeps an idle subject: the longest any route needs it."""
+        return max((r.state_retention for r in self.config.routes), default=DEFAULT_STATE_RETENTION)
+
+    def forget_idle_subjects(self, now: float | None = None) -> int:
+        """Delete from the state store the subjects idle longer than :attr:`state_retention`."""
+        return self.outbox.state.forget_idle((time.time() if now is None else now) - self.state_retention)
 
     @property
     def running(self) -> bool:
