@@ -152,7 +152,7 @@ _COLUMNS = "subject, type, state, time, sequence, event_id, provider, partitionk
 class _Current:
     """A subject's row while one ``observe`` call works on it."""
 
-    __slots__ = ("history", "observation", "raw_history", "sequence", "event_id", "updated", "changed")
+    __slots__ = ("changed", "event_id", "history", "observation", "raw_history", "sequence", "updated")
 
     def __init__(self, sequence: str, event_id: str, updated: float, raw_history: str | None,
                  observation: Observation | None) -> None:
