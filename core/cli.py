@@ -14,7 +14,7 @@ from .errors import BatchBridgeError
 from .logs import configure_logging
 from .secrets import redact
 
-_GROUPS = ("normalize", "backend", "bridge")
+_GROUPS = ("normalize", "backend", "bridge", "state")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -11,6 +11,9 @@ Endpoints:
     liveness and the outbox depth.
 ``GET /metrics``
     Prometheus text format, from a registry owned by this app.
+``GET /state?subject=GLOB`` and ``GET /status``
+    the latest event per subject as JSON, and the operators' status page (``core/status_page.py``);
+    both need the shared token when one is set.
 
 Authentication: a request carrying ``x-mns-signing-cert-url`` is an MNS push and must pass MNS
 signature verification. Every other request needs the shared token when one is configured, as
@@ -37,6 +40,7 @@ from urllib.parse import parse_qsl
 
 import orjson
 
+from . import status_page
 from .bridge import Bridge
 from .config import BridgeConfig, ServeSettings, load_config
 from .errors import BatchBridgeError, MissingDependencyError
@@ -328,6 +332,7 @@ def create_app(target: Bridge | BridgeConfig | str | Path, *, settings: ServeSet
             Route("/events/{provider}", intake, methods=["POST"]),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]),
+            *status_page.routes(bridge, authorized, unauthorized, error),
         ],
         lifespan=lifespan,
     )

@@ -29,6 +29,7 @@ from typing import Any, Protocol
 
 import orjson
 
+from .event import _segment as segment
 from .sequence import partition_key, sequence_of
 
 #: transitions remembered per subject for the timelines (the latest ones by sequence)
@@ -122,8 +123,10 @@ class StateStore(Protocol):
         """The subjects matching the glob ``pattern`` (all when None), by subject."""
         ...
 
-    def recent(self, prefix: str, limit: int) -> list[SubjectState]:
-        """The most recently observed subjects directly under ``prefix`` (e.g. ``jobs/``)."""
+    def recent(self, prefix: str, limit: int) -> list[str]:
+        """The root subjects (``jobs/{id}``, ``environments/{id}``) of the partitions under ``prefix``
+        observed most recently, newest first -- whether or not the root itself had events (Azure
+        reports tasks, never jobs)."""
         ...
 
     def forget_idle(self, older_than: float) -> int:
@@ -234,11 +237,11 @@ class SqliteStateStore:
             rows = [r for r in rows if fnmatch.fnmatchcase(r.subject, pattern)]
         return rows[:limit] if limit is not None else rows
 
-    def recent(self, prefix: str, limit: int) -> list[SubjectState]:
-        rows = self._read(f"SELECT {_COLUMNS} FROM subject_state WHERE subject >= ? AND subject < ? "
-                          "AND instr(substr(subject, ?), '/') = 0 ORDER BY updated DESC, subject LIMIT ?",
-                          (prefix, prefix + "\U0010ffff", len(prefix) + 1, limit))
-        return [_state(r) for r in rows]
+    def recent(self, prefix: str, limit: int) -> list[str]:
+        rows = self._read("SELECT partitionkey, max(updated) AS last FROM subject_state WHERE subject >= ? AND "
+                          "subject < ? AND partitionkey IS NOT NULL GROUP BY partitionkey ORDER BY last DESC, "
+                          "partitionkey LIMIT ?", (prefix, prefix + "\U0010ffff", limit))
+        return [prefix + segment(str(r[0])) for r in rows]
 
     def forget_idle(self, older_than: float) -> int:
         count: int = self._write(lambda conn: conn.execute(
