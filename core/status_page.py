@@ -135,7 +135,8 @@ def _track(subject: SubjectState, t0: int, span: int) -> str:
         left = 50.0 if t is None or span <= 0 else 2 + 96 * (t - t0) / span
         marks.append(f'<span class="st {_e(state)}" style="left:{left:.1f}%" title="{_e(state)} at {_e(when)}">'
                      f"{_e(state)}</span>")
-    return (f'<div class="row" data-subject="{_e(subject.subject)}"><div class="label" title="{_e(subject.subject)}">'
+    return (f'<div class="row" data-subject="{_e(subject.subject)}" data-state="{_e(subject.state)}">'
+            f'<div class="label" title="{_e(subject.subject)}">'
             f'{_e(subject.subject)}</div><div class="track">{"".join(marks)}</div></div>')
 
 

@@ -102,7 +102,8 @@ def _aws(j: int, out: _Items) -> None:
 def _gcp(j: int, out: _Items) -> None:
     uid = f"nightly-{j:04d}-3c8e0f5a"
     name = f"projects/p/locations/europe-west4/jobs/nightly-{j:04d}"
-    for step, state_name, state in ((0, "QUEUED", "pending"), (4, "RUNNING", "running"), (30, "SUCCEEDED", "succeeded")):
+    for step, state_name, state in ((0, "QUEUED", "pending"), (4, "RUNNING", "running"),
+                                    (30, "SUCCEEDED", "succeeded")):
         m = gcp_message("job", state_name, JobUID=uid, JobName=name)
         m["publishTime"] = _t(j, step, True)
         out.add({"message": m, "subscription": "projects/p/subscriptions/batch"}, f"jobs/{uid}", state)

@@ -63,7 +63,7 @@ def test_status_page_in_headless_chromium(served: tuple[str, Any, Any], tmp_path
     for subject, state in f.truth.items():
         if subject.count("/") == 1:  # each job and environment heads its timeline
             assert f'data-resource="{subject}"' in dom, subject
-        assert f'data-subject="{subject}"' in dom, subject
+        assert f'data-subject="{subject}" data-state="{state}"' in dom, subject
     assert 'class="st succeeded"' in dom and 'class="st running"' in dom and 'class="st deleted"' in dom
     row = dom.split("blocker/x.jsonl", 1)[1].split("</tr>", 1)[0]
     assert f'<td class="num">{f.events}</td>' in row  # the destination that is down, with its whole backlog
