@@ -140,13 +140,14 @@ def _wrk(url: str, payloads: list[tuple[bytes, int]], seconds: float, concurrenc
 
 
 def _measure(kind: str, payloads: list[tuple[bytes, int]], requests: int, concurrency: int,
-             seconds: float, stack: tuple[str, str]) -> float:
+             seconds: float, stack: tuple[str, str], script: str = __file__) -> float:
+    """events/s of the server ``script --serve KIND ...`` runs (``bare``: the 204 endpoint at ``/``)."""
     port = _free_port()
     with tempfile.TemporaryDirectory() as workdir:
-        proc = subprocess.Popen([sys.executable, __file__, "--serve", kind, str(port), workdir, *stack],
+        proc = subprocess.Popen([sys.executable, script, "--serve", kind, str(port), workdir, *stack],
                                 start_new_session=True)
         try:
-            url = f"http://127.0.0.1:{port}/events" if kind == "bridge" else f"http://127.0.0.1:{port}/"
+            url = f"http://127.0.0.1:{port}/events" if kind != "bare" else f"http://127.0.0.1:{port}/"
             deadline = time.monotonic() + 30
             while True:
                 try:
