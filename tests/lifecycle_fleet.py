@@ -14,6 +14,7 @@ import json
 import random
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
 from vendor_payloads import alibaba_job, aws_event, compact, gcp_message, sample_json, tencent_element
@@ -177,3 +178,15 @@ def fleet(jobs: int = 1000, *, duplicate: bool = True, seed: int = 17) -> Fleet:
             out.bodies += [(vendor, compact(n)) for n in deliveries]
     rng.shuffle(out.bodies)
     return out
+
+
+def superseding_app(tmp_path: Path, token: str, other: dict[str, Any], **outbox: Any) -> Any:
+    """A ``serve`` app whose route ``current`` (to ``fresh.jsonl``) supersedes, beside ``other``."""
+    from batchbridge.core.config import config_from_dict
+    from batchbridge.core.serve import create_app
+
+    return create_app(config_from_dict({
+        "outbox": {"path": str(tmp_path / "outbox.db"), **outbox},
+        "serve": {"token": token},
+        "routes": [{"name": "current", "to": f"file://{tmp_path}/fresh.jsonl", "supersede": True}, other],
+    }))

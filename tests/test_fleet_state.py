@@ -15,9 +15,7 @@ from pathlib import Path
 
 import httpx
 import orjson
-from batchbridge.core.config import config_from_dict
-from batchbridge.core.serve import create_app
-from lifecycle_fleet import fleet
+from lifecycle_fleet import fleet, superseding_app
 from uvicorn_thread import run_uvicorn
 
 JOBS = int(os.environ.get("BATCHBRIDGE_FLEET_JOBS", "1000"))
@@ -46,13 +44,7 @@ def test_shuffled_duplicated_fleet_state_and_supersedence(tmp_path: Path) -> Non
     kinds = {s.split("/")[0] + ("/nodes" if "/nodes/" in s else "/tasks" if "/tasks/" in s else "") for s in f.truth}
     assert kinds == {"jobs", "jobs/tasks", "environments", "environments/nodes"}
     fresh, every = tmp_path / "fresh.jsonl", tmp_path / "all.jsonl"
-    config = config_from_dict({
-        "outbox": {"path": str(tmp_path / "outbox.db"), "synchronous": "normal"},
-        "serve": {"token": TOKEN},
-        "routes": [{"name": "current", "to": f"file://{fresh}", "supersede": True},
-                   {"name": "archive", "to": f"file://{every}"}],
-    })
-    app = create_app(config)
+    app = superseding_app(tmp_path, TOKEN, {"name": "archive", "to": f"file://{every}"}, synchronous="normal")
     url, stop = run_uvicorn(app)
     try:
         started = time.monotonic()

@@ -13,9 +13,7 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-from batchbridge.core.config import config_from_dict
-from batchbridge.core.serve import create_app
-from lifecycle_fleet import fleet
+from lifecycle_fleet import fleet, superseding_app
 from uvicorn_thread import run_uvicorn
 
 TOKEN = "status-token-0123456789abcdef"
@@ -26,14 +24,8 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"  # Debian's package, 
 def served(tmp_path: Path) -> Iterator[tuple[str, Any, Any]]:
     f = fleet(10, duplicate=True)
     (tmp_path / "blocker").write_text("a file where the destination's directory would be")
-    config = config_from_dict({
-        "outbox": {"path": str(tmp_path / "outbox.db")},
-        "serve": {"token": TOKEN},
-        # a destination that refuses to open: its rows wait, with their error, as the backlog
-        "routes": [{"name": "current", "to": f"file://{tmp_path}/fresh.jsonl", "supersede": True},
-                   {"name": "down", "to": f"file://{tmp_path}/blocker/x.jsonl"}],
-    })
-    app = create_app(config)
+    # a destination that cannot open: its rows wait in the outbox, as its backlog
+    app = superseding_app(tmp_path, TOKEN, {"name": "down", "to": f"file://{tmp_path}/blocker/x.jsonl"})
     url, stop = run_uvicorn(app)
     try:
         with httpx.Client(base_url=url, headers={"authorization": f"Bearer {TOKEN}"}) as c:
