@@ -37,7 +37,8 @@ def main() -> int:
     stack = _stack("auto", "auto")
     print(f"supersede benchmark: {client} x {repeat}, {args.concurrency} connections; uvicorn with {stack[0]} on "
           f"{stack[1]}; {machine()}")
-    plain, superseding = [], []
+    plain: list[float] = []
+    superseding: list[float] = []
     for i in range(repeat):  # interleaved, each first in turn, so drift in machine load hits both alike
         for kind in ("plain", "supersede") if i % 2 == 0 else ("supersede", "plain"):
             rate = _measure(kind, payloads, requests, args.concurrency, seconds, stack, __file__)

@@ -245,7 +245,7 @@ class Bridge:
                 if i is not None:
                     stale = gate.stale[i]
                     p.result.stale = sum(stale.values())
-                    p.result.deliveries -= p.result.stale
+                    p.result.deliveries = gate.rows_per_request[i]
                     for label, n in stale.items():
                         self.stats.add(self.stats.stale, label, n)
         return [self._done(p, [next(ids) for _ in p.dead]) for p in plans]

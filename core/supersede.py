@@ -42,7 +42,7 @@ class _Event:
 class IntakeGate:
     """The supersede decision for one outbox insert (one or several intake requests, in order)."""
 
-    __slots__ = ("_plans", "observations", "stale")
+    __slots__ = ("_plans", "observations", "rows_per_request", "stale")
 
     def __init__(self) -> None:
         self._plans: list[list[_Event]] = []
@@ -50,6 +50,8 @@ class IntakeGate:
         self.observations: list[Observation] = []
         #: per request (in :meth:`add` order), stale events per route label, from the last :meth:`rows`
         self.stale: list[Counter[str]] = []
+        #: per request, the rows the last :meth:`rows` picked for it
+        self.rows_per_request: list[int] = []
 
     def add(self, events: Sequence[tuple[Observation | None, list[Candidate]]]) -> int:
         """Add one request's events; its index among the requests of this gate."""
@@ -65,8 +67,10 @@ class IntakeGate:
         now = time.time()
         out: list[OutboxRow] = []
         stale_counts: list[Counter[str]] = []
+        row_counts: list[int] = []
         it = iter(priors)
         for plan in self._plans:
+            first = len(out)
             counts: Counter[str] = Counter()
             for event in plan:
                 prior = next(it) if event.observation is not None else None
@@ -83,5 +87,7 @@ class IntakeGate:
                     out.append(c.row)
                 counts.update(stale_for)
             stale_counts.append(counts)
+            row_counts.append(len(out) - first)
         self.stale = stale_counts
+        self.rows_per_request = row_counts
         return out

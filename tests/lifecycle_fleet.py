@@ -94,10 +94,12 @@ def _aws(j: int, out: _Items) -> None:
         e["time"] = _t(j, step)
         out.add(e, f"jobs/{job}", state)
     child = f"{job}:0"
-    for step, status, state in ((3, "RUNNING", "running"), (8, "FAILED" if j % 5 == 0 else "SUCCEEDED", None)):
+    failed = j % 5 == 0
+    for step, status, state in ((3, "RUNNING", "running"), (8, "FAILED" if failed else "SUCCEEDED",
+                                                            "failed" if failed else "succeeded")):
         e = aws_event(status, jobId=child)
         e["time"] = _t(j, step)
-        out.add(e, f"jobs/{job}/tasks/-/instances/0", state or ("failed" if j % 5 == 0 else "succeeded"))
+        out.add(e, f"jobs/{job}/tasks/-/instances/0", state)
 
 
 def _gcp(j: int, out: _Items) -> None:

@@ -35,7 +35,7 @@ def test_stale_events_skip_supersede_routes_only_and_go_to_stale_to(tmp_path: Pa
     with Bridge(config) as bridge:
         results = [bridge.handle(orjson.dumps(e)) for e in (pending, succeeded, running, succeeded)]
         assert [r.stale for r in results] == [0, 0, 1, 0]
-        assert [r.deliveries for r in results] == [2, 2, 1, 2]
+        assert [r.deliveries for r in results] == [2, 2, 2, 2]  # the stale one went to stale_to instead
         assert bridge.drain(10)
         assert bridge.stats.stale == {"fresh": 1}
         text = prometheus_registry(bridge.stats, bridge.outbox.depths)
@@ -81,6 +81,8 @@ def test_events_without_a_time_are_never_stale_and_never_replace_a_sequenced_sta
     with Bridge(config) as bridge:
         assert bridge.handle(orjson.dumps(timed)).stale == 0
         assert bridge.handle(orjson.dumps(untimed)).stale == 0
+        stale = bridge.handle(orjson.dumps(make_event("j2", 1)))
+        assert (stale.stale, stale.deliveries) == (1, 1)  # no stale_to: only the route without supersedence
         [state] = bridge.outbox.state.query("jobs/j2")
     assert state.id == timed["id"]
 
