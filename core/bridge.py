@@ -406,6 +406,12 @@ class Bridge:
         """Delete from the state store the subjects idle longer than :attr:`state_retention`."""
         return self.outbox.state.forget_idle((time.time() if now is None else now) - self.state_retention)
 
+    def publish_errors(self) -> dict[str, str]:
+        """Destination -> why its publisher's last attempt failed (redacted), for those failing now."""
+        with self._lock:
+            workers = list(self._workers.values())
+        return {w.destination: w.last_error for w in workers if w.last_error is not None}
+
     @property
     def running(self) -> bool:
         return self._started and not self._stopping.is_set()
@@ -491,6 +497,8 @@ class _Worker:
         self._dropped = 0  # hand-overs dropped for want of room; the outbox still has those rows
         self._high = 0
         self._next_read = 0.0
+        #: why the last attempt failed (redacted); None once a batch went through
+        self.last_error: str | None = None
 
     def offer(self, items: list[tuple[int, OutboxRow]]) -> None:
         with self._handed_lock:
@@ -561,6 +569,7 @@ class _Worker:
     def _backoff(self, exc: BatchBridgeError) -> None:
         with self._handed_lock:
             self._in_step = False  # what failed stays in the outbox: read it back, in order, next time
+        self.last_error = redact(f"{exc.code}: {exc}")
         o = self.bridge.config.outbox
         self._failures += 1
         delay = min(o.backoff_max, o.backoff_initial * 2 ** min(self._failures - 1, 30))
@@ -631,6 +640,7 @@ class _Worker:
             self._backoff(last_error)
         else:
             self._failures = 0
+            self.last_error = None
 
     def _settle(self, outcome: _Outcome) -> bool:
         """Write what the backend said to the outbox; False (after backing off) when that failed -- the

@@ -48,7 +48,8 @@ class Backlog:
 
 def destination_backlog(bridge: Bridge, now: float | None = None) -> list[Backlog]:
     """Every destination the config names or the outbox holds rows for: its waiting rows, the age of
-    the oldest, and the latest error a publish attempt recorded (destinations redacted). The one
+    the oldest, and the latest error (its publisher's current one, else the last recorded on a row;
+    destinations redacted). The one
     place the page asks the outbox about backlog, so a richer outbox figure can replace the query."""
     now = time.time() if now is None else now
     ob = bridge.outbox
@@ -57,12 +58,15 @@ def destination_backlog(bridge: Bridge, now: float | None = None) -> list[Backlo
     # SQLite takes the bare column from the row holding max(seq): the latest error per destination
     errors = {d: e for d, _, e in ob._read(
         "SELECT destination, max(seq), last_error FROM outbox WHERE last_error IS NOT NULL GROUP BY destination")}
+    # a publisher that cannot even open its client records nothing on the rows: its own last error
+    current = bridge.publish_errors()
     names = dict.fromkeys([*bridge.config.destinations(), *counts])
     out = []
     for d in names:
         n, oldest = counts.get(d, (0, None))
+        error = current.get(d) or errors.get(d)
         out.append(Backlog(redact_uri(d), n, None if oldest is None else max(0.0, now - oldest),
-                           redact(errors[d]) if errors.get(d) else None))
+                           redact(error) if error else None))
     return out
 
 

@@ -59,6 +59,7 @@ def test_status_page_in_headless_chromium(served: tuple[str, Any, Any], tmp_path
     assert 'class="st succeeded"' in dom and 'class="st running"' in dom and 'class="st deleted"' in dom
     row = dom.split("blocker/x.jsonl", 1)[1].split("</tr>", 1)[0]
     assert f'<td class="num">{f.events}</td>' in row  # the destination that is down, with its whole backlog
+    assert "FileExistsError" in row  # and why
     assert "unrecognized_format" in dom  # the dead letter, by reason
     assert TOKEN not in dom
     shot = tmp_path / "status.png"
