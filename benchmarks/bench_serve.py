@@ -83,7 +83,8 @@ def _stack(http: str, loop: str) -> tuple[str, str]:
     return http, loop
 
 
-def _run_server(kind: str, port: int, workdir: str, http: str, loop: str) -> None:
+def _run_server(kind: str, port: int, workdir: str, http: str, loop: str, route: str = "") -> None:
+    """``bare`` or ``bridge`` (``route``: more keys for the one route, e.g. ``supersede = true``)."""
     import uvicorn
 
     if kind == "bare":
@@ -95,7 +96,7 @@ def _run_server(kind: str, port: int, workdir: str, http: str, loop: str) -> Non
         config = Path(workdir) / "bridge.toml"
         config.write_text(
             f'[outbox]\npath = "{workdir}/outbox.sqlite"\n\n'
-            f'[[routes]]\nto = ["file://{workdir}/events.jsonl"]\n'
+            f'[[routes]]\nto = ["file://{workdir}/events.jsonl"]\n{route}'
         )
         app = create_app(load_config(config))
     uvicorn.run(app, host="127.0.0.1", port=port, access_log=False, log_level="warning", http=http, loop=loop)
@@ -157,14 +158,15 @@ def _wrk(url: str, payloads: list[tuple[bytes, int]], seconds: float, concurrenc
 
 
 def _measure(kind: str, payloads: list[tuple[bytes, int]], requests: int, concurrency: int,
-             seconds: float, stack: tuple[str, str]) -> tuple[float, float]:
-    """(events/s, client load: the share of its cores the load generator kept busy)."""
+             seconds: float, stack: tuple[str, str], script: str = __file__) -> tuple[float, float]:
+    """(events/s of the server ``script --serve KIND ...`` runs -- ``bare``: the 204 endpoint at ``/`` --,
+    client load: the share of its cores the load generator kept busy)."""
     port = _free_port()
     with tempfile.TemporaryDirectory() as workdir:
-        proc = subprocess.Popen([sys.executable, __file__, "--serve", kind, str(port), workdir, *stack],
+        proc = subprocess.Popen([sys.executable, script, "--serve", kind, str(port), workdir, *stack],
                                 start_new_session=True)
         try:
-            url = f"http://127.0.0.1:{port}/events" if kind == "bridge" else f"http://127.0.0.1:{port}/"
+            url = f"http://127.0.0.1:{port}/events" if kind != "bare" else f"http://127.0.0.1:{port}/"
             deadline = time.monotonic() + 30
             while True:
                 try:
@@ -189,13 +191,27 @@ def _measure(kind: str, payloads: list[tuple[bytes, int]], requests: int, concur
                 proc.wait()
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def load_arguments(parser: argparse.ArgumentParser) -> None:
+    """The load options every serve-style benchmark takes."""
     parser.add_argument("--quick", action="store_true", help="few requests: only shows that it runs")
     parser.add_argument("--seconds", type=float, default=0, help="wrk: seconds per measurement (default 10)")
     parser.add_argument("--requests", type=int, default=0, help="without wrk: requests per measurement")
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--repeat", type=int, default=0, help="measurements of each (default 3, quick 1)")
+
+
+def load_settings(args: argparse.Namespace) -> tuple[int, float, int, str]:
+    """(requests, seconds, repeat, the client's description) from :func:`load_arguments`' options."""
+    requests = args.requests or (300 if args.quick else 4000)
+    seconds = args.seconds or (2 if args.quick else 10)
+    repeat = args.repeat or (1 if args.quick else 3)
+    client = f"wrk, {seconds:g} s" if shutil.which("wrk") else f"httpx (no wrk: client-bound), {requests} requests"
+    return requests, seconds, repeat, client
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    load_arguments(parser)
     parser.add_argument("--http", default="auto", choices=("auto", "h11", "httptools"),
                         help="uvicorn's HTTP implementation for both servers (default: what serve would use)")
     parser.add_argument("--loop", default="auto", choices=("auto", "asyncio", "uvloop"),
@@ -205,12 +221,9 @@ def main() -> int:
     if args.serve:
         _run_server(args.serve[0], int(args.serve[1]), args.serve[2], args.serve[3], args.serve[4])
         return 0
-    requests = args.requests or (300 if args.quick else 4000)
-    seconds = args.seconds or (2 if args.quick else 10)
-    repeat = args.repeat or (1 if args.quick else 3)
+    requests, seconds, repeat, client = load_settings(args)
     payloads = _payloads()
     stack = _stack(args.http, args.loop)
-    client = f"wrk, {seconds:g} s" if shutil.which("wrk") else f"httpx (no wrk: client-bound), {requests} requests"
     print(f"serve benchmark: {client} x {repeat}, {args.concurrency} connections; uvicorn with {stack[0]} on "
           f"{stack[1]}; {machine()}")
     bare, bridge, loads = [], [], []

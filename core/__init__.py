@@ -47,6 +47,7 @@ __all__ = [
     "PublishResult",
     "Publisher",
     "Received",
+    "SequenceTracker",
     "Subscriber",
     "UnknownSchemeError",
     "UnrecognizedFormatError",
@@ -55,6 +56,7 @@ __all__ = [
     "configure_logging",
     "create_app",
     "disable_tracing",
+    "drop_stale",
     "enable_tracing",
     "load_config",
     "normalize",
@@ -84,6 +86,8 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "Subscriber": ("subscriber", "Subscriber"),
     "AsyncSubscriber": ("subscriber", "AsyncSubscriber"),
     "Received": ("outcomes", "Received"),
+    "SequenceTracker": ("staleness", "SequenceTracker"),
+    "drop_stale": ("staleness", "drop_stale"),
     "Bridge": ("bridge", "Bridge"),
     "IntakeResult": ("bridge", "IntakeResult"),
     "BridgeConfig": ("config", "BridgeConfig"),
@@ -121,6 +125,7 @@ if _TYPE_CHECKING:  # what type checkers and IDEs see; at run time these resolve
     from .outcomes import PublishResult, Received
     from .publisher import AsyncPublisher, Publisher
     from .serve import create_app
+    from .staleness import SequenceTracker, drop_stale
     from .subscriber import AsyncSubscriber, Subscriber
     from .tracing import disable as disable_tracing
     from .tracing import enable as enable_tracing

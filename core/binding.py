@@ -28,7 +28,8 @@ import orjson
 
 from .driver import Message
 from .errors import DecodeMessageError, MessageTooLargeError
-from .event import ordering_key
+from .event import DATASCHEMA, ordering_key
+from .sequence import with_extensions
 
 STRUCTURED_CONTENT_TYPE = "application/cloudevents+json"
 JSON = "application/json"
@@ -42,13 +43,21 @@ _CONTEXT = ("specversion", "time", "dataschema")
 _REQUIRED = ("specversion", "id", "source", "type")
 
 
+#: extensions a receiver can recompute from the event itself (``time``, ``data``): in binary mode
+#: they give up their attribute slots first when a backend has too few (SQS/SNS carry ten)
+_DERIVED = ("partitionkey", "sequence")
+_DROP_ORDER = ("sequence", "partitionkey")
+
 _KNOWN = frozenset({*_ROUTING, *_CONTEXT, "data", "datacontenttype", "data_base64"})
 #: attribute names in claim order, then their prefixed names, per prefix (a handful of backends)
 _NAMES: dict[str, tuple[tuple[str, str], ...]] = {}
 
 
 def _extensions(event: Mapping[str, Any]) -> list[str]:
-    return [k for k in event if k not in _KNOWN]
+    """Extension names in claim order: the derived ones last, so that where slots run short (SQS/SNS)
+    they give way to those a receiver could not recompute (the trace context)."""
+    names = [k for k in event if k not in _KNOWN and k not in _DERIVED]
+    return names + [k for k in _DERIVED if k in event]
 
 
 def _prefixed(prefix: str) -> tuple[tuple[str, str], ...]:
@@ -71,6 +80,9 @@ def to_message(
     """Bind one CloudEvent to a backend message."""
     if mode == "binary":
         names = [n for n in (*_ROUTING, *_CONTEXT, *_extensions(event)) if event.get(n) is not None]
+        for derived in _DROP_ORDER:
+            if len(names) > max_attributes and derived in names:
+                names.remove(derived)
         if len(names) > max_attributes:
             raise MessageTooLargeError(
                 f"binary mode needs {len(names)} attributes but the backend carries at most {max_attributes}",
@@ -199,6 +211,8 @@ def from_message(body: bytes, attributes: Mapping[str, str], content_type: str |
         if body:
             event["data"] = _loads(body, "binary-mode data")
         _check(event)
+        if event.get("dataschema") == DATASCHEMA and ("sequence" not in event or "partitionkey" not in event):
+            return with_extensions(event)  # they gave up their slots to the backend's attribute limit
         return event
     decoded = _loads(body, "structured-mode body")
     if not isinstance(decoded, dict):

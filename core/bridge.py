@@ -29,7 +29,7 @@ import orjson
 
 from . import tracing
 from .backends import open_publisher
-from .config import BridgeConfig
+from .config import DEFAULT_STATE_RETENTION, BridgeConfig
 from .envelopes import Payload as Payload  # re-exported: handlers type their input with it
 from .errors import (
     BatchBridgeError,
@@ -47,6 +47,8 @@ from .registry import check_uri
 from .retry import Backoff, ErrorCode, waits_for_destination
 from .routing import Router
 from .secrets import redact, redact_uri
+from .state import Observation
+from .supersede import Candidate, IntakeGate
 
 log = logging.getLogger("batchbridge.bridge")
 
@@ -55,6 +57,8 @@ log = logging.getLogger("batchbridge.bridge")
 IDLE_POLL = 1.0
 #: how often new destinations are looked for in the outbox
 RESCAN = 5.0
+#: how often subjects idle longer than every route's ``state_retention`` are deleted from the state store
+FORGET_EVERY = 60.0
 
 
 class DecoderFailure(InputError):
@@ -84,6 +88,8 @@ class IntakeResult:
     dead_letter_ids: list[int] = field(default_factory=list)
     #: why the payload was refused; None when it was decoded
     error: InputError | None = None
+    #: events kept from a ``supersede`` route's destinations as stale (one per event and route)
+    stale: int = 0
 
     @property
     def ok(self) -> bool:
@@ -101,6 +107,8 @@ class _Intake:
     result: IntakeResult
     types: list[str]
     dropped: int = 0
+    #: the events and their candidate rows, for the gate that picks the rows at commit time
+    gated: list[tuple[Observation | None, list[Candidate]]] | None = None
 
 
 def _as_bytes(payload: Payload) -> bytes:
@@ -199,22 +207,46 @@ class Bridge:
                     provider: str | None = None) -> list[IntakeResult]:
         """:meth:`handle` for several payloads (each with its metadata) in one outbox transaction."""
         plans = [self._plan(p, source=source, provider=provider, meta=m) for p, m in items]
-        return self._finish(plans, self.outbox.put(*self._collect(plans)).dead_ids)
+        gate, indexes = self._gate(plans)
+        return self._finish(plans, self.outbox.put(*self._collect(plans), gate).dead_ids, gate, indexes)
 
     async def ahandle(self, payload: Payload, *, source: str = "api", provider: str | None = None,
                       meta: Mapping[str, Any] | None = None) -> IntakeResult:
         """:meth:`handle` for asyncio: the commit is awaited, never blocking the event loop, and joins
         the same group commit as every other request waiting at that moment."""
         plans = [self._plan(payload, source=source, provider=provider, meta=meta)]
-        inserted = await self.outbox.asubmit(*self._collect(plans))
-        return self._finish(plans, inserted.dead_ids)[0]
+        gate, indexes = self._gate(plans)
+        inserted = await self.outbox.asubmit(*self._collect(plans), gate)
+        return self._finish(plans, inserted.dead_ids, gate, indexes)[0]
 
     @staticmethod
     def _collect(plans: Sequence[_Intake]) -> tuple[list[OutboxRow], list[DeadLetter]]:
         return [r for p in plans for r in p.rows], [d for p in plans for d in p.dead]
 
-    def _finish(self, plans: Sequence[_Intake], dead_ids: list[int]) -> list[IntakeResult]:
+    @staticmethod
+    def _gate(plans: Sequence[_Intake]) -> tuple[IntakeGate | None, list[int | None]]:
+        """One gate for the plans' events (the state store observes them all, in order, at commit)."""
+        gate: IntakeGate | None = None
+        indexes: list[int | None] = []
+        for p in plans:
+            if p.gated is None:
+                indexes.append(None)
+                continue
+            gate = gate or IntakeGate()
+            indexes.append(gate.add(p.gated))
+        return gate, indexes
+
+    def _finish(self, plans: Sequence[_Intake], dead_ids: list[int], gate: IntakeGate | None = None,
+                indexes: Sequence[int | None] = ()) -> list[IntakeResult]:
         ids = iter(dead_ids)
+        if gate is not None:
+            for p, i in zip(plans, indexes, strict=True):
+                if i is not None:
+                    stale = gate.stale[i]
+                    p.result.stale = sum(stale.values())
+                    p.result.deliveries = gate.rows_per_request[i]
+                    for label, n in stale.items():
+                        self.stats.add(self.stats.stale, label, n)
         return [self._done(p, [next(ids) for _ in p.dead]) for p in plans]
 
     def _plan(self, payload: Payload, *, source: str, provider: str | None,
@@ -241,14 +273,20 @@ class Bridge:
         return _Intake([], [dead], IntakeResult(error=error), [])
 
     def _route(self, events: list[dict[str, Any]], source: str) -> _Intake:
-        rows: list[OutboxRow] = []
         dead: list[DeadLetter] = []
         result = IntakeResult(event_ids=[str(e.get("id")) for e in events])
         dropped = 0
+        gated: list[tuple[Observation | None, list[Candidate]]] = []
         events = tracing.committing(events, source)  # the context goes in before the commit, never after
         for event in events:
             decision = self.router.route(event)
-            rows += [OutboxRow.of(d.destination, d.event) for d in decision.deliveries]
+            candidates = []
+            for d in decision.deliveries:
+                row = OutboxRow.of(d.destination, d.event)
+                r = d.supersede
+                candidates.append(Candidate(row) if r is None else
+                                  Candidate(row, r.label, r.stale_to, r.state_retention))
+            gated.append((Observation.of(event), candidates))
             if decision.unrouted:
                 result.unrouted += 1
                 if decision.dead_letter:
@@ -258,8 +296,9 @@ class Bridge:
                                               event_id=str(event.get("id"))))
                 elif not decision.deliveries:
                     dropped += 1
-        result.deliveries = len(rows)
-        return _Intake(rows, dead, result, [str(e.get("type")) for e in events], dropped)
+        # every event is observed by the state store; the rows are picked at commit (``IntakeGate``)
+        result.deliveries = sum(len(c) for _, c in gated)
+        return _Intake([], dead, result, [str(e.get("type")) for e in events], dropped, gated)
 
     def _done(self, plan: _Intake, dead_ids: list[int]) -> IntakeResult:
         plan.result.dead_letter_ids = dead_ids
@@ -319,9 +358,10 @@ class Bridge:
                                                               where=f"dead letter {dl_id}"))
                 return IntakeResult(event_ids=plan.result.event_ids, unrouted=plan.result.unrouted,
                                     dead_letter_ids=[dl_id])
-        self.outbox.resolve(dl_id, plan.rows, plan.dead)
+        gate, indexes = self._gate([plan])
+        self.outbox.resolve(dl_id, plan.rows, plan.dead, gate)
         plan.types = []  # counted when first received
-        return self._done(plan, [])
+        return self._finish([plan], [], gate, indexes)[0] if gate is not None else self._done(plan, [])
 
     # --- publishing --------------------------------------------------------------------------------
 
@@ -350,6 +390,7 @@ class Bridge:
 
     def _supervise(self) -> None:
         scanned = time.monotonic()
+        next_forget = 0.0
         while not self._stopping.wait(IDLE_POLL):
             try:
                 if time.monotonic() - scanned >= RESCAN:
@@ -357,6 +398,9 @@ class Bridge:
                     for destination in self.outbox.destinations():
                         self._worker(destination)
                 self._expire()
+                if time.monotonic() >= next_forget:
+                    next_forget = time.monotonic() + FORGET_EVERY
+                    self.forget_idle_subjects()
             except BatchBridgeError as exc:
                 log.warning("cannot scan the outbox: %s", redact(str(exc)))
 
@@ -378,7 +422,22 @@ class Bridge:
         now = time.monotonic()
         with self._lock:
             workers = list(self._workers.values())
-        return {w.label: (now - w.failing_since, w.last_error) for w in workers if w.failing_since is not None}
+        return {w.label: (now - w.failing_since, w.last_error or "") for w in workers if w.failing_since is not None}
+
+    @property
+    def state_retention(self) -> float:
+        """How long the state store keeps an idle subject: the longest any route needs it."""
+        return max((r.state_retention for r in self.config.routes), default=DEFAULT_STATE_RETENTION)
+
+    def forget_idle_subjects(self, now: float | None = None) -> int:
+        """Delete from the state store the subjects idle longer than :attr:`state_retention`."""
+        return self.outbox.state.forget_idle((time.time() if now is None else now) - self.state_retention)
+
+    def publish_errors(self) -> dict[str, str]:
+        """Destination -> why its publisher's last attempt failed (redacted), for those failing now."""
+        with self._lock:
+            workers = list(self._workers.values())
+        return {w.destination: w.last_error for w in workers if w.last_error is not None}
 
     @property
     def running(self) -> bool:
@@ -447,9 +506,8 @@ class _Worker:
         self.thread = threading.Thread(target=self._run, name="batchbridge-publish", daemon=True)
         self._publisher: Publisher | None = None
         self._failures = 0
-        #: monotonic time of the first failure since the last success (``/readyz``), and its latest error
+        #: monotonic time of the first failure since the last success (``/readyz``)
         self.failing_since: float | None = None
-        self.last_error = ""
         #: outcomes the backend gave that could not be written to the outbox yet (e.g. a full disk):
         #: settled before anything else, so delivered rows are not published again and again meanwhile
         self._unsettled: _Outcome | None = None
@@ -460,6 +518,8 @@ class _Worker:
         self._dropped = 0  # hand-overs dropped for want of room; the outbox still has those rows
         self._high = 0
         self._next_read = 0.0
+        #: why the last attempt failed (redacted); None once a batch went through
+        self.last_error: str | None = None
 
     def offer(self, items: list[tuple[int, OutboxRow]]) -> None:
         with self._handed_lock:
@@ -530,10 +590,10 @@ class _Worker:
     def _backoff(self, exc: BatchBridgeError) -> None:
         with self._handed_lock:
             self._in_step = False  # what failed stays in the outbox: read it back, in order, next time
+        self.last_error = redact(f"{exc.code}: {exc}")
         o = self.bridge.config.outbox
         if self.failing_since is None:
             self.failing_since = time.monotonic()
-        self.last_error = redact(str(exc))
         self._failures += 1
         delay = Backoff(o.backoff_initial, o.backoff_max).delay(self._failures)
         log.warning("%s unavailable (%s); retrying in %.1fs", self.label, redact(str(exc)), delay)
@@ -615,6 +675,7 @@ class _Worker:
         else:
             self._failures = 0
             self.failing_since = None
+            self.last_error = None
 
     def _settle(self, outcome: _Outcome) -> bool:
         """Write what the backend said to the outbox; False (after backing off) when that failed -- the

@@ -14,7 +14,7 @@ from .errors import BatchBridgeError
 from .logs import configure_logging
 from .secrets import redact
 
-_GROUPS = ("normalize", "backend", "bridge", "ops")
+_GROUPS = ("normalize", "backend", "bridge", "ops", "state")
 
 
 class _Defaults(argparse.HelpFormatter):

@@ -50,6 +50,8 @@ DEFAULT_MAX_BODY = 1024 * 1024
 DEFAULT_MAX_PENDING_AGE = 7 * 24 * 3600.0
 #: ``/readyz`` turns false once a destination has failed without a success for this long, seconds
 DEFAULT_READY_MAX_FAILING = 300.0
+#: ``state_retention`` of a route when it names none: a week
+DEFAULT_STATE_RETENTION = 7 * 24 * 3600.0
 #: a vendor's certificate host; the allow-list compares hostnames exactly or as a dot-suffix
 DEFAULT_MNS_HOSTS = ("aliyuncs.com",)
 
@@ -72,9 +74,21 @@ class RouteSpec:
     vars: Mapping[str, Any] = field(default_factory=dict)
     to: tuple[str, ...] = ()
     name: str | None = None
+    #: drop events that are stale for their subject instead of sending them to ``to``
+    supersede: bool = False
+    #: where stale events go instead (only with ``supersede``)
+    stale_to: str | None = None
+    #: seconds: a subject not seen for longer is unknown to this route (and forgotten by the store
+    #: once no route remembers it)
+    state_retention: float = DEFAULT_STATE_RETENTION
 
     def __repr__(self) -> str:
         return _redacted_repr(self, "to")
+
+    @property
+    def label(self) -> str:
+        """The route in metrics and logs: its name, else where it is defined (no URI, so no secret)."""
+        return self.name or self.where.rsplit(":", 1)[-1]
 
     @property
     def matches_every_type(self) -> bool:
@@ -148,6 +162,8 @@ class BridgeConfig:
         for r in self.routes:
             for uri in r.to:
                 seen.setdefault(uri, None)
+            if r.stale_to is not None:
+                seen.setdefault(r.stale_to, None)
         if self.unrouted not in UNROUTED_KEYWORDS:
             seen.setdefault(self.unrouted, None)
         return list(seen)
@@ -338,7 +354,36 @@ def _destinations(ctx: _Ctx, value: Any, path: str) -> tuple[str, ...]:
                  for i, u in enumerate(uris))
 
 
-_ROUTE_KEYS = ("name", "match", "provider", "kind", "vars", "to")
+_ROUTE_KEYS = ("name", "match", "provider", "kind", "vars", "to", "supersede", "stale_to", "state_retention")
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhd]?)")
+_UNIT_SECONDS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def _duration(ctx: _Ctx, value: Any, path: str) -> float:
+    """Seconds, given as a number or as text with a unit: ``"90s"``, ``"30m"``, ``"12h"``, ``"7d"``."""
+    if isinstance(value, str):
+        m = _DURATION.fullmatch(value.strip().lower())
+        if m is None:
+            raise ctx.error(path, f"must be seconds or a duration such as '12h' or '7d', got {value!r}")
+        seconds = float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
+    else:
+        seconds = ctx.number(value, path)
+    if seconds <= 0:
+        raise ctx.error(path, "must be more than zero")
+    return seconds
+
+
+def _supersede(ctx: _Ctx, table: Mapping[str, Any], path: str) -> tuple[bool, str | None, float]:
+    supersede = ctx.boolean(table["supersede"], _join(path, "supersede")) if "supersede" in table else False
+    stale_to = None
+    if "stale_to" in table:
+        if not supersede:
+            raise ctx.error(_join(path, "stale_to"), "only a route with supersede = true has stale events to send")
+        stale_to = _check_uri(ctx.string(table["stale_to"], _join(path, "stale_to")),
+                              f"{ctx.file}:{_join(path, 'stale_to')}")
+    retention = _duration(ctx, table["state_retention"], _join(path, "state_retention")) \
+        if "state_retention" in table else DEFAULT_STATE_RETENTION
+    return supersede, stale_to, retention
 
 
 def _route(ctx: _Ctx, value: Any, path: str) -> RouteSpec:
@@ -347,6 +392,7 @@ def _route(ctx: _Ctx, value: Any, path: str) -> RouteSpec:
     if "to" not in table:
         raise ctx.error(_join(path, "to"), "a route needs 'to': one backend URI or a list of them")
     types, globs = _patterns(ctx, table["match"], _join(path, "match")) if "match" in table else (frozenset(), ())
+    supersede, stale_to, retention = _supersede(ctx, table, path)
     return RouteSpec(
         where=f"{ctx.file}:{path}",
         types=types,
@@ -357,6 +403,9 @@ def _route(ctx: _Ctx, value: Any, path: str) -> RouteSpec:
         vars=_vars(ctx, table["vars"], _join(path, "vars")) if "vars" in table else {},
         to=_destinations(ctx, table["to"], _join(path, "to")),
         name=ctx.string(table["name"], _join(path, "name")) if "name" in table else None,
+        supersede=supersede,
+        stale_to=stale_to,
+        state_retention=retention,
     )
 
 
@@ -717,5 +766,7 @@ def describe(config: BridgeConfig) -> list[str]:
         if r.kinds:
             scope.append("kind " + "|".join(sorted(r.kinds)))
         extra = f" ({', '.join(scope)})" if scope else ""
+        if r.supersede:
+            extra += " (supersede" + (f", stale -> {redact_uri(r.stale_to)}" if r.stale_to else "") + ")"
         lines.append(f"{', '.join(what)}{extra} -> {', '.join(redact_uri(u) for u in r.to)}")
     return lines

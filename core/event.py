@@ -18,6 +18,7 @@ from typing import Any, Literal, TypedDict, get_args
 import orjson
 
 from .errors import MalformedPayloadError
+from .sequence import sequence as _sequence
 
 SPECVERSION = "1.0"
 DATACONTENTTYPE = "application/json"
@@ -144,6 +145,10 @@ class _CloudEventRequired(TypedDict):
 class CloudEvent(_CloudEventRequired, total=False):
     #: absent when the payload carries no time for the transition (never the time of receipt)
     time: str
+    #: ``{T}.{R}`` (see ``core/sequence.py``); present exactly when ``time`` is
+    sequence: str
+    #: the job id (job, task, task-instance events) or the environment id (environment, node events)
+    partitionkey: str
 
 
 # --- typed readers ---------------------------------------------------------------------------------
@@ -683,6 +688,9 @@ def build_event(draft: Draft) -> CloudEvent:
     source = f"batch://{draft.provider}/{draft.region or '-'}"
     type_ = f"batch.{draft.kind}.{transition}"
     # two literals rather than inserting "time" into one: each dict is built at its final size
+    # subject_for made sure the id the partition key names is there
+    kind = draft.kind
+    partitionkey = job_id if kind == "job" or kind == "task" or kind == "task_instance" else env_id
     event: Any
     if time is None:
         event = {
@@ -691,6 +699,7 @@ def build_event(draft: Draft) -> CloudEvent:
             "source": source,
             "type": type_,
             "subject": subject,
+            "partitionkey": partitionkey,
             "datacontenttype": DATACONTENTTYPE,
             "dataschema": DATASCHEMA,
             "data": data,
@@ -703,10 +712,14 @@ def build_event(draft: Draft) -> CloudEvent:
             "type": type_,
             "subject": subject,
             "time": time,
+            "sequence": _sequence(time, draft.state),
+            "partitionkey": partitionkey,
             "datacontenttype": DATACONTENTTYPE,
             "dataschema": DATASCHEMA,
             "data": data,
         }
+        if event["sequence"] is None:  # only for a time outside what a sequence can express
+            del event["sequence"]
     built: CloudEvent = event
     return built
 

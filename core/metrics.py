@@ -56,6 +56,8 @@ class Stats:
         self.dead_lettered: Counter[str] = Counter()
         #: events no route matched and the policy dropped
         self.unrouted_dropped = 0
+        #: events kept from a supersede route's destinations as stale, per route label
+        self.stale: Counter[str] = Counter()
         self._latency: dict[str, _Histogram] = {}
 
     def add(self, counter: Counter[str], key: str, n: int = 1) -> None:
@@ -86,6 +88,7 @@ class Stats:
                 "failed": dict(self.failed),
                 "dead_lettered": dict(self.dead_lettered),
                 "unrouted_dropped": self.unrouted_dropped,
+                "stale": dict(self.stale),
             }
 
 
@@ -128,6 +131,12 @@ def prometheus_registry(stats: Stats, depths: Callable[[], Mapping[str, int]], *
             yield CounterMetricFamily("batchbridge_events_unrouted_dropped",
                                       "events that matched no route and were dropped",
                                       value=snap["unrouted_dropped"])
+            stale = CounterMetricFamily("batchbridge_events_stale", "events not sent to a supersede route's "
+                                        "destinations because a newer one of their subject was seen",
+                                        labels=["route"])
+            for route, n in sorted(snap["stale"].items()):
+                stale.add_metric([route], n)
+            yield stale
             depth = GaugeMetricFamily("batchbridge_outbox_depth", "events waiting in the outbox",
                                       labels=["destination"])
             for dest, n in sorted(depths().items()):

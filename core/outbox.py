@@ -34,12 +34,13 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, NamedTuple, Protocol, TypeVar
 
 import orjson
 
 from .errors import BackendError, BatchBridgeError, ConfigError
 from .secrets import redact, redact_uri
+from .state import Observation, Prior, SqliteStateStore, StateStore
 
 log = logging.getLogger("batchbridge.outbox")
 
@@ -314,19 +315,45 @@ class Inserted(NamedTuple):
     dead_ids: list[int]
 
 
+class Gate(Protocol):
+    """Decides an intake request's rows inside its transaction, from what the subject-state store held
+    before each of its events (``core/supersede.py``)."""
+
+    @property
+    def observations(self) -> Sequence[Observation]: ...
+
+    def rows(self, priors: Sequence[Prior | None]) -> list[OutboxRow]: ...
+
+
 class _Insert:
     """One intake request: rows and dead letters, and the dead letter they replace when a replay made
     them. The committer folds the rows of every request in a group into one statement; called on its
-    own (the per-request fallback) it inserts just these."""
+    own (the per-request fallback) it inserts just these. With a ``gate``, the rows are the gate's,
+    decided once the state store has observed the request's events in the same transaction."""
 
-    __slots__ = ("dead", "replaces", "rows", "where")
+    __slots__ = ("dead", "gate", "replaces", "rows", "state", "where")
 
     def __init__(self, rows: Sequence[OutboxRow], dead: Sequence[DeadLetter], *, replaces: int | None = None,
-                 where: str = "") -> None:
+                 where: str = "", gate: Gate | None = None, state: StateStore | None = None) -> None:
         self.rows = rows
         self.dead = dead
         self.replaces = replaces
         self.where = where
+        self.gate = gate
+        self.state = state
+
+    @staticmethod
+    def decide(conn: sqlite3.Connection, run: Sequence[_Insert]) -> None:
+        """Observe the events of every gated request of ``run`` at once (one read and one write of the
+        state table), then let each gate pick its rows."""
+        gated = [w for w in run if w.gate is not None and w.state is not None]
+        if not gated:
+            return
+        priors = iter(gated[0].state.observe(  # type: ignore[union-attr]
+            conn, [o for w in gated for o in w.gate.observations]))  # type: ignore[union-attr]
+        for w in gated:
+            assert w.gate is not None
+            w.rows = w.gate.rows([next(priors) for _ in w.gate.observations])
 
     def claim(self, conn: sqlite3.Connection) -> None:
         """Delete the dead letter this request replaces; it must still be there."""
@@ -336,6 +363,7 @@ class _Insert:
 
     def __call__(self, conn: sqlite3.Connection) -> Inserted:
         self.claim(conn)
+        self.decide(conn, [self])
         return Inserted(_insert_rows(conn, self.rows), _insert_dead(conn, self.dead))
 
 
@@ -532,6 +560,7 @@ class _Committer:
                 i += 1
             for w in run:
                 w.claim(conn)
+            _Insert.decide(conn, run)
             seqs = iter(_insert_rows(conn, [r for w in run for r in w.rows]))
             outcomes += [(Inserted([next(seqs) for _ in w.rows], _insert_dead(conn, w.dead)), None) for w in run]
         return outcomes
@@ -585,6 +614,8 @@ class Outbox:
         self._closed = False
         self._create()
         self._watch: _Watch | None = None
+        #: the latest event per subject, in this file (``core/state.py``)
+        self.state: StateStore = SqliteStateStore(self._read, self._write)
         self._committer = _Committer(lambda: self._connect(self._intake_sync), self._where, self._no_room,
                                      self._gone)
 
@@ -610,6 +641,7 @@ class Outbox:
             if problems != ["ok"]:
                 raise self._damaged(problems[0])
             conn.executescript(_SCHEMA)
+            SqliteStateStore.create(conn)
             version = conn.execute("PRAGMA user_version").fetchone()[0]
             if version == 0:
                 conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
@@ -833,19 +865,23 @@ class Outbox:
 
     # --- intake (group-committed, FULL) ------------------------------------------------------------
 
-    def submit(self, rows: Sequence[OutboxRow], dead: Sequence[DeadLetter] = ()) -> Future[Inserted]:
+    def submit(self, rows: Sequence[OutboxRow], dead: Sequence[DeadLetter] = (),
+               gate: Gate | None = None) -> Future[Inserted]:
         """Queue rows and dead letters for the next group commit; the future resolves once they are
-        durable, to their seqs and the new dead-letter ids."""
-        return self._committer.submit(_Insert(rows, dead))
+        durable, to their seqs and the new dead-letter ids. With a ``gate``, the rows are the ones it
+        picks once :attr:`state` has observed its events, in the same transaction."""
+        return self._committer.submit(_Insert(rows, dead, gate=gate, state=self.state))
 
-    def put(self, rows: Sequence[OutboxRow], dead: Sequence[DeadLetter] = ()) -> Inserted:
+    def put(self, rows: Sequence[OutboxRow], dead: Sequence[DeadLetter] = (), gate: Gate | None = None) -> Inserted:
         """:meth:`submit` and wait: returns once the rows are committed."""
-        return self.submit(rows, dead).result()
+        return self.submit(rows, dead, gate).result()
 
-    def asubmit(self, rows: Sequence[OutboxRow], dead: Sequence[DeadLetter] = ()) -> asyncio.Future[Inserted]:
+    def asubmit(self, rows: Sequence[OutboxRow], dead: Sequence[DeadLetter] = (),
+                gate: Gate | None = None) -> asyncio.Future[Inserted]:
         """:meth:`submit` for asyncio (call it on the running loop): an awaitable future, and no thread
         hop per request -- the whole group's waiters are woken at once."""
-        return self._committer.submit_async(_Insert(rows, dead), asyncio.get_running_loop())
+        return self._committer.submit_async(_Insert(rows, dead, gate=gate, state=self.state),
+                                            asyncio.get_running_loop())
 
     def on_commit(self, listener: Callable[[list[tuple[int, OutboxRow]]], None]) -> None:
         """Call ``listener`` on the committer thread after every intake commit, with the (seq, row) pairs
@@ -944,10 +980,12 @@ class Outbox:
 
         return self._write(work)
 
-    def resolve(self, dl_id: int, rows: Sequence[OutboxRow], dead: Sequence[DeadLetter] = ()) -> None:
+    def resolve(self, dl_id: int, rows: Sequence[OutboxRow], dead: Sequence[DeadLetter] = (),
+                gate: Gate | None = None) -> None:
         """Replace a dead letter by what replaying it produced, atomically (group-committed, FULL; the
         rows reach the commit listeners like any intake)."""
-        self._committer.submit(_Insert(rows, dead, replaces=dl_id, where=self._where)).result()
+        self._committer.submit(_Insert(rows, dead, replaces=dl_id, where=self._where, gate=gate,
+                                       state=self.state)).result()
 
     def failed_again(self, dl_id: int, error: BatchBridgeError) -> None:
         """A replay failed the same way or another: keep the item, record the latest reason."""

@@ -20,6 +20,8 @@ from .config import UNROUTED_KEYWORDS, BridgeConfig, RouteSpec
 class Delivery:
     destination: str
     event: dict[str, Any]
+    #: the first matching route to this destination with ``supersede = true``, if any
+    supersede: RouteSpec | None = None
 
 
 @dataclass(slots=True)
@@ -68,10 +70,14 @@ class Router:
         if not matched:
             return self._unrouted(event)
         per_destination: dict[str, dict[str, Any]] = {}
+        superseding: dict[str, RouteSpec] = {}
         for r in matched:
             for uri in r.to:
                 per_destination.setdefault(uri, {}).update(r.vars)
-        return Decision([Delivery(uri, with_vars(event, v)) for uri, v in per_destination.items()])
+                if r.supersede:
+                    superseding.setdefault(uri, r)
+        return Decision([Delivery(uri, with_vars(event, v), superseding.get(uri))
+                         for uri, v in per_destination.items()])
 
     def _unrouted(self, event: Mapping[str, Any]) -> Decision:
         if self.unrouted == "drop":

@@ -15,6 +15,9 @@ Endpoints:
     destination has failed for longer than ``serve.ready_max_failing``.
 ``GET /metrics``
     Prometheus text format, from a registry owned by this app.
+``GET /state?subject=GLOB`` and ``GET /status``
+    the latest event per subject as JSON, and the operators' status page (``core/status_page.py``);
+    both need the shared token when one is set.
 
 Authentication: a request carrying ``x-mns-signing-cert-url`` is an MNS push and must pass MNS
 signature verification. Every other request needs the shared token when one is configured, as
@@ -41,6 +44,7 @@ from urllib.parse import parse_qsl
 
 import orjson
 
+from . import status_page
 from .bridge import Bridge
 from .config import BridgeConfig, ServeSettings, load_config
 from .errors import BatchBridgeError, MissingDependencyError
@@ -360,6 +364,7 @@ def create_app(target: Bridge | BridgeConfig | str | Path, *, settings: ServeSet
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]),
+            *status_page.routes(bridge, authorized, unauthorized, error),
         ],
         lifespan=lifespan,
     )

@@ -122,3 +122,37 @@ def test_binary_message_with_native_amqp_types_decodes_to_the_event() -> None:
     native: dict[object, object] = {k.encode(): v.encode() for k, v in msg.attributes.items()}
     native[b"cloudEvents:time"] = 1735787045678
     assert from_message(msg.body, amqp_properties(native), msg.content_type) == event
+
+
+_TRACE = {"traceparent": f"00-{'a' * 32}-{'b' * 16}-01", "tracestate": "k=v"}
+
+
+def test_sequence_and_partitionkey_are_attributes_within_the_sqs_budget() -> None:
+    event = make_event("job-s", 5, state="succeeded")
+    msg = to_message(event, max_attributes=9)
+    assert msg.attributes["ce-sequence"] == event["sequence"] == "01704067205000000.90"
+    assert msg.attributes["ce-partitionkey"] == "job-s"
+    assert len(msg.attributes) == 9
+
+
+def test_structured_mode_gives_the_derived_extensions_last_claim() -> None:
+    event = {**make_event("job-t", 1), **_TRACE}
+    msg = to_message(event, max_attributes=9)
+    assert msg.attributes["ce-traceparent"] == _TRACE["traceparent"]
+    assert "ce-sequence" not in msg.attributes and "ce-partitionkey" not in msg.attributes
+    assert from_message(msg.body, msg.attributes, msg.content_type) == event  # the body has them
+
+
+@pytest.mark.parametrize("slots", [9, 10, 64])
+def test_binary_mode_recomputes_the_extensions_it_had_no_slot_for(slots: int) -> None:
+    event = {**make_event("job-u", 2), **_TRACE}
+    msg = to_message(event, mode="binary", max_attributes=slots)
+    assert len(msg.attributes) <= slots
+    assert ("ce-sequence" in msg.attributes) == (slots >= 11)
+    assert ("ce-partitionkey" in msg.attributes) == (slots >= 10)
+    assert from_message(msg.body, msg.attributes, msg.content_type) == event
+
+
+def test_binary_mode_still_refuses_what_cannot_be_recomputed() -> None:
+    with pytest.raises(MessageTooLargeError, match="attributes"):
+        to_message({**make_event(), **_TRACE}, mode="binary", max_attributes=8)

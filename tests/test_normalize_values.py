@@ -112,7 +112,10 @@ def _draft(**fields: Any) -> Draft:
 
 def test_build_event_has_every_field_and_nulls() -> None:
     event = build_event(_draft(job_id="j1"))
-    assert list(event) == ["specversion", "id", "source", "type", "subject", "datacontenttype", "dataschema", "data"]
+    # no time: no sequence, but the partition key all the same
+    assert list(event) == ["specversion", "id", "source", "type", "subject", "partitionkey", "datacontenttype",
+                           "dataschema", "data"]
+    assert event["partitionkey"] == "j1"
     data = event["data"]
     assert data["job"] == {"id": "j1", "name": None}
     for key in ("task", "instance", "environment", "node", "error", "logs", "resources", "priority"):

@@ -1,0 +1,58 @@
+"""``batchbridge state``: the latest event of every resource, from the bridge's subject-state store."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import orjson
+
+from ..config import BridgeConfig, load_config
+from ..errors import ConfigError
+
+#: rows printed at most unless ``--limit`` says otherwise
+DEFAULT_LIMIT = 10_000
+_COLUMNS = ("subject", "type", "state", "time", "sequence", "id", "provider")
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("state", help="the latest event per subject (resource), as the bridge has seen them")
+    p.add_argument("subject", nargs="?", metavar="SUBJECT-GLOB",
+                   help="only subjects matching this glob, e.g. 'jobs/job-1*' ('*' also crosses '/')")
+    p.add_argument("--config", help="bridge config file (its outbox)")
+    p.add_argument("--outbox", metavar="PATH", help="outbox file (default: outbox.path from the config)")
+    p.add_argument("--json", action="store_true", help="one JSON object per line: " + ", ".join(_COLUMNS))
+    p.add_argument("--limit", type=int, default=DEFAULT_LIMIT, help=f"at most this many (default {DEFAULT_LIMIT})")
+    p.set_defaults(func=run_state)
+
+
+def run_state(args: argparse.Namespace) -> int:
+    from ..outbox import Outbox
+
+    config = load_config(args.config) if args.config else BridgeConfig(source="<command line>")
+    if args.outbox:
+        if "://" in args.outbox:
+            raise ConfigError("only an outbox file is supported here so far (a PostgreSQL outbox is not)",
+                              where="--outbox")
+        config = config.with_outbox(args.outbox)
+    if not config.outbox.path.exists():
+        raise ConfigError("no outbox here: pass --config FILE or --outbox PATH", where=str(config.outbox.path))
+    if args.limit < 1:
+        raise ConfigError(f"must be at least 1, got {args.limit}", where="--limit")
+    with Outbox(config.outbox.path, synchronous=config.outbox.synchronous) as ob:
+        rows = ob.state.query(args.subject, limit=args.limit + 1)
+    more = len(rows) > args.limit
+    rows = rows[:args.limit]
+    out = sys.stdout
+    if args.json:
+        for r in rows:
+            out.write(orjson.dumps(r.as_dict()).decode() + "\n")
+    else:
+        table = [list(_COLUMNS)] + [[str(v) if v is not None else "-" for v in r.as_dict().values()] for r in rows]
+        widths = [max(len(line[i]) for line in table) for i in range(len(_COLUMNS))]
+        for line in table:
+            out.write("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip() + "\n")
+    if more:
+        print(f"batchbridge: more than {args.limit} subjects match; showing the first {args.limit} (--limit)",
+              file=sys.stderr)
+    return 0
