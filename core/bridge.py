@@ -45,6 +45,7 @@ from .outbox import INTAKE, PUBLISH, UNROUTED, DeadLetter, Outbox, OutboxRow, Pe
 from .publisher import Publisher, PublishResult, wrap_error
 from .routing import Router
 from .secrets import redact, redact_uri
+from .trust import claims_canonical, trusted_event
 
 log = logging.getLogger("batchbridge.bridge")
 
@@ -116,11 +117,12 @@ def _as_bytes(payload: Payload) -> bytes:
 
 
 def canonical_event(payload: bytes | Mapping[str, Any]) -> dict[str, Any] | None:
-    """The payload as a canonical CloudEvent when it already is one (a relay from a queue the bridge
-    itself feeds, a dead letter's event); None when it is not one; MalformedPayloadError when it claims
-    to be one (our ``dataschema``) but lacks what every canonical event has."""
+    """The payload as a canonical CloudEvent when it presents itself as one (our ``dataschema``: a relay
+    from a queue the bridge itself feeds, a dead letter's event, ``publish -``); None when it does not.
+    One that presents itself so is taken only under "Trust at intake" (:mod:`.trust`), else
+    InvalidEventError."""
     if isinstance(payload, Mapping):
-        obj: Any = payload
+        obj: Any = payload if payload.__class__ is dict else dict(payload)
     else:
         if DATASCHEMA.encode() not in payload:
             return None
@@ -128,17 +130,9 @@ def canonical_event(payload: bytes | Mapping[str, Any]) -> dict[str, Any] | None
             obj = orjson.loads(payload)
         except orjson.JSONDecodeError:
             return None
-    if not isinstance(obj, dict) or obj.get("specversion") != "1.0" or obj.get("dataschema") != DATASCHEMA:
+    if not claims_canonical(obj):
         return None
-    data = obj.get("data")
-    missing = [k for k in ("id", "type", "source") if not isinstance(obj.get(k), str) or not obj[k]]
-    if not isinstance(data, dict):
-        missing.append("data")
-    else:
-        missing += [f"data.{k}" for k in ("provider", "kind") if not isinstance(data.get(k), str)]
-    if missing:
-        raise MalformedPayloadError(f"canonical CloudEvent lacks {', '.join(missing)}", where="$")
-    return obj
+    return trusted_event(obj)
 
 
 def decode(payload: bytes | Mapping[str, Any], *, provider: str | None = None,

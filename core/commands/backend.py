@@ -11,7 +11,7 @@ from typing import Any
 from ..errors import InputError
 from ..event import PROVIDERS
 from ..secrets import redact_uri
-from .normalize import normalized
+from ._io import read_inputs
 
 #: events handed to the publisher at once: large enough to fill batches, small enough to stream
 _CHUNK = 500
@@ -37,9 +37,27 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     b.set_defaults(func=run_backends)
 
 
+def _decoded(source: str, provider: str | None) -> Iterator[list[dict[str, Any]] | InputError]:
+    """Every payload in ``source`` decoded as the bridge's intake does: a canonical CloudEvent (what
+    ``normalize`` and ``consume`` print) is taken as it is under "Trust at intake", anything else is
+    normalised -- so ``normalize x | publish -`` and ``consume | publish -`` work, byte for byte."""
+    from ..bridge import decode
+    from ..normalize import iter_payloads
+
+    for name, data in read_inputs(source):
+        for where, payload in iter_payloads(data):
+            try:
+                yield decode(payload, provider=provider)
+            except InputError as exc:
+                exc.located(where)
+                if name != "stdin":
+                    exc.located(name)
+                yield exc
+
+
 def _chunks(source: str, provider: str | None, bad: list[int]) -> Iterator[list[dict[str, Any]]]:
     chunk: list[dict[str, Any]] = []
-    for _, outcome in normalized(source, provider):
+    for outcome in _decoded(source, provider):
         if isinstance(outcome, InputError):
             bad[0] += 1
             print(f"batchbridge: {outcome.code}: {outcome}", file=sys.stderr)
