@@ -45,8 +45,11 @@ SYNC_MODES = ("full", "normal")
 
 DEFAULT_OUTBOX = "batchbridge-outbox.db"
 DEFAULT_MAX_BODY = 1024 * 1024
-#: a vendor's certificate host; the allow-list compares hostnames exactly or as a dot-suffix
-DEFAULT_MNS_HOSTS = ("aliyuncs.com",)
+#: where Alibaba MNS serves its signing certificates: its documented "mnstest" OSS bucket ("the
+#: certificate URL in each push request is prefixed with https://mnstest.oss-cn-hangzhou.aliyuncs.com/")
+DEFAULT_MNS_CERT_URLS = ("https://mnstest.oss-cn-hangzhou.aliyuncs.com/",)
+#: extra certificate hosts (exactly, or their subdomains); none by default
+DEFAULT_MNS_HOSTS: tuple[str, ...] = ()
 
 _GLOB_CHARS = re.compile(r"[*?\[]")
 _TYPE_GLOB = re.compile(r"^(\*|batch\.[a-z_*?\[\]!-]+(\.[a-z_*?\[\]!-]+)?)$")
@@ -99,14 +102,23 @@ class OutboxSettings:
 @dataclass(frozen=True)
 class MnsSettings:
     verify: bool = True
+    #: certificate URLs must start with one of these (``https://host/path-prefix``, host compared exactly)
+    allowed_cert_urls: tuple[str, ...] = DEFAULT_MNS_CERT_URLS
     allowed_hosts: tuple[str, ...] = DEFAULT_MNS_HOSTS
     #: offline certificates: a directory (``<sha256 of the URL>.pem``) or a mapping URL -> PEM file
     trust_store: Path | Mapping[str, Path] | None = None
     cert_timeout: float = 3.0
     cache_ttl: float = 3600.0
-    #: reject pushes whose ``Date`` is further off than this, seconds; 0 = no check (see docs)
-    max_skew: float = 0.0
-    require_content_md5: bool = False
+    #: reject pushes whose ``Date`` is further off than this, seconds; 0 = no check (replays then pass)
+    max_skew: float = 900.0
+    #: the signature covers Content-MD5, not the body: without it a captured push could carry any body
+    require_content_md5: bool = True
+    #: with ``serve.token`` set, MNS pushes must present it too (in the subscription endpoint's query)
+    require_token: bool = True
+    #: certificate fetches in flight at once; a push needing one more is refused at once (MNS retries)
+    max_fetches: int = 4
+    #: after a failed fetch, a host is not asked again for this long, doubling per failure up to 600 s
+    failure_backoff: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -516,8 +528,8 @@ _TOP_KEYS = ("unrouted", "outbox", "serve", "topics", "routes", "vendor_configs"
 _OUTBOX_KEYS = ("path", "synchronous", "batch_size", "backoff_initial", "backoff_max")
 _SERVE_KEYS = ("host", "port", "max_body_bytes", "token", "token_env", "token_file", "public_healthz",
                "drain_timeout", "mns")
-_MNS_KEYS = ("verify", "allowed_hosts", "trust_store", "cert_timeout", "cache_ttl", "max_skew",
-             "require_content_md5")
+_MNS_KEYS = ("verify", "allowed_cert_urls", "allowed_hosts", "trust_store", "cert_timeout", "cache_ttl",
+             "max_skew", "require_content_md5", "require_token", "max_fetches", "failure_backoff")
 
 
 def _outbox(ctx: _Ctx, value: Any) -> OutboxSettings:
@@ -587,9 +599,20 @@ def _mns(ctx: _Ctx, value: Any) -> MnsSettings:
                                                                           "serve.mns.allowed_hosts"))
         for i, h in enumerate(hosts):
             if not re.fullmatch(r"[a-z0-9-]+(\.[a-z0-9-]+)+", h):
-                raise ctx.error(f"serve.mns.allowed_hosts[{i}]", f"{h!r} is not a host name like aliyuncs.com")
+                raise ctx.error(f"serve.mns.allowed_hosts[{i}]", f"{h!r} is not a host name like mns.example.com")
+            if h == "aliyuncs.com" or h.endswith(".aliyuncs.com"):
+                raise ctx.error(f"serve.mns.allowed_hosts[{i}]", f"{h!r} would allow anyone's OSS bucket (a "
+                                "subdomain of aliyuncs.com); name certificate URL prefixes in allowed_cert_urls")
+    prefixes = d.allowed_cert_urls
+    if "allowed_cert_urls" in t:
+        prefixes = tuple(ctx.strings(t["allowed_cert_urls"], "serve.mns.allowed_cert_urls"))
+        for i, prefix in enumerate(prefixes):
+            if not re.fullmatch(r"https://[a-z0-9-]+(\.[a-z0-9-]+)+/[A-Za-z0-9._~/-]*", prefix):
+                raise ctx.error(f"serve.mns.allowed_cert_urls[{i}]", f"{prefix!r} is not a URL prefix like "
+                                f"{DEFAULT_MNS_CERT_URLS[0]} (https, a lowercase host, no port, a path)")
     return MnsSettings(
         verify=ctx.boolean(t["verify"], "serve.mns.verify") if "verify" in t else d.verify,
+        allowed_cert_urls=prefixes,
         allowed_hosts=hosts,
         trust_store=store,
         cert_timeout=ctx.number(t["cert_timeout"], "serve.mns.cert_timeout", minimum=0.1)
@@ -598,6 +621,12 @@ def _mns(ctx: _Ctx, value: Any) -> MnsSettings:
         max_skew=ctx.number(t["max_skew"], "serve.mns.max_skew") if "max_skew" in t else d.max_skew,
         require_content_md5=ctx.boolean(t["require_content_md5"], "serve.mns.require_content_md5")
         if "require_content_md5" in t else d.require_content_md5,
+        require_token=ctx.boolean(t["require_token"], "serve.mns.require_token")
+        if "require_token" in t else d.require_token,
+        max_fetches=int(ctx.number(t["max_fetches"], "serve.mns.max_fetches", integer=True, minimum=1))
+        if "max_fetches" in t else d.max_fetches,
+        failure_backoff=ctx.number(t["failure_backoff"], "serve.mns.failure_backoff", minimum=0)
+        if "failure_backoff" in t else d.failure_backoff,
     )
 
 

@@ -12,10 +12,11 @@ Endpoints:
 ``GET /metrics``
     Prometheus text format, from a registry owned by this app.
 
-Authentication: a request carrying ``x-mns-signing-cert-url`` is an MNS push and must pass MNS
-signature verification. Every other request needs the shared token when one is configured, as
-``Authorization: Bearer <t>``, ``X-Batchbridge-Token: <t>`` or ``?token=<t>`` (compared in constant
-time). The token never reaches a log line, a metric or an error body.
+Authentication: every request needs the shared token when one is configured, as ``Authorization:
+Bearer <t>``, ``X-Batchbridge-Token: <t>`` or ``?token=<t>`` (compared in constant time) -- MNS pushes
+too, which carry it in their subscription endpoint's query string (unless ``serve.mns.require_token``
+is off). A request carrying ``x-mns-signing-cert-url`` is an MNS push and must also pass MNS signature
+verification. The token never reaches a log line, a metric or an error body.
 
 Starlette, uvicorn, prometheus_client and cryptography are imported here only, and only when an app
 is built: the rest of batchbridge runs without the ``serve`` extra.
@@ -185,16 +186,19 @@ class _Intake:
         lower = {k.lower(): v for k, v in headers}
         mns = is_mns_request(lower)
         verify = mns and conf.mns.verify
+        # the token first (cheap, and a push without it costs no certificate fetch); a signed MNS push
+        # skips it only when serve.mns.require_token is off
+        if (not verify or conf.mns.require_token) and not _token_ok(lower, scope.get("query_string", b""),
+                                                                     conf.token):
+            code, reason, challenge = _UNAUTHORIZED
+            return await _send_error(send, 401, code, reason, None, challenge)
         if verify:
             try:
                 # headers first: an unsigned request never gets its body read
-                await asyncio.to_thread(self.verifier.verify, scope["method"], _target(scope), headers, None)
+                await self.verifier.averify(scope["method"], _target(scope), headers)
             except SignatureError as exc:
-                log.warning("refused an MNS push: %s", exc)
+                log.warning("refused an MNS push: %s", redact(str(exc)))
                 return await _send_error(send, 403, exc.code, exc.reason, exc.where)
-        elif not _token_ok(lower, scope.get("query_string", b""), conf.token):
-            code, reason, challenge = _UNAUTHORIZED
-            return await _send_error(send, 401, code, reason, None, challenge)
         try:
             body = await _read_body(receive, lower.get("content-length"), conf.max_body_bytes)
         except _TooLarge:
@@ -315,6 +319,8 @@ def create_app(target: Bridge | BridgeConfig | str | Path, *, settings: ServeSet
         try:
             yield
         finally:
+            if mns_verifier is None:
+                verifier.close()
             if owned:
                 drained = await asyncio.to_thread(bridge.drain, conf.drain_timeout)
                 await asyncio.to_thread(bridge.stop)
