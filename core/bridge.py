@@ -14,13 +14,15 @@ move to the dead-letter table with the backend's reason.
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import functools
 import logging
 import random
 import threading
 import time
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,6 +63,35 @@ class DecoderFailure(InputError):
     dead-lettered like undecodable input."""
 
     code = "decoder_failure"
+
+
+class TooManyEventsError(InputError):
+    """A payload holds more events than one request may carry (``serve.max_events``); HTTP 413."""
+
+    code = "too_many_events"
+
+
+#: payloads above this size are decoded on a worker thread by :meth:`Bridge.ahandle`
+OFF_LOOP_BYTES = 64 * 1024
+
+
+def _release_memory() -> None:
+    """Hand the heap freed after a big decode back to the OS (glibc keeps it otherwise, and a burst of
+    big bodies would leave the process at its peak size for good)."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        import ctypes
+
+        fn: Callable[[int], int] = ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None  # not glibc: nothing to do
+    return fn
 
 
 class UnroutedError(BatchBridgeError):
@@ -197,10 +228,22 @@ class Bridge:
         return self._finish(plans, self.outbox.put(*self._collect(plans)).dead_ids)
 
     async def ahandle(self, payload: Payload, *, source: str = "api", provider: str | None = None,
-                      meta: Mapping[str, Any] | None = None) -> IntakeResult:
+                      meta: Mapping[str, Any] | None = None, max_events: int | None = None) -> IntakeResult:
         """:meth:`handle` for asyncio: the commit is awaited, never blocking the event loop, and joins
-        the same group commit as every other request waiting at that moment."""
-        plans = [self._plan(payload, source=source, provider=provider, meta=meta)]
+        the same group commit as every other request waiting at that moment. A payload larger than
+        ``OFF_LOOP_BYTES`` is decoded on a worker thread, so one big body cannot stall other requests.
+        Over ``max_events`` events, ``result.error`` is TooManyEventsError and nothing is kept."""
+        if isinstance(payload, (bytes, bytearray, memoryview, str)) and len(payload) > OFF_LOOP_BYTES:
+            def off_loop() -> _Plan:
+                try:
+                    return self._plan(payload, source=source, provider=provider, meta=meta, max_events=max_events)
+                finally:
+                    _release_memory()
+
+            plan = await asyncio.to_thread(off_loop)
+        else:
+            plan = self._plan(payload, source=source, provider=provider, meta=meta, max_events=max_events)
+        plans = [plan]
         inserted = await self.outbox.asubmit(*self._collect(plans))
         return self._finish(plans, inserted.dead_ids)[0]
 
@@ -213,11 +256,16 @@ class Bridge:
         return [self._done(p, [next(ids) for _ in p.dead]) for p in plans]
 
     def _plan(self, payload: Payload, *, source: str, provider: str | None,
-              meta: Mapping[str, Any] | None) -> _Plan:
+              meta: Mapping[str, Any] | None, max_events: int | None = None) -> _Plan:
         raw = payload if isinstance(payload, Mapping) else _as_bytes(payload)
         attributes = (meta or {}).get("attributes")
         try:
             events = decode(raw, provider=provider, attributes=attributes if isinstance(attributes, Mapping) else None)
+            if max_events is not None and len(events) > max_events:
+                # refused like an oversized body: the sender must split it; nothing is kept
+                too_many = TooManyEventsError(f"the payload holds {len(events)} events; at most {max_events} are "
+                                              "taken per request (serve.max_events)", where="$")
+                return _Plan([], [], IntakeResult(error=too_many), [])
             return self._route(events, source)
         except InputError as exc:
             error: InputError = exc

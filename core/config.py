@@ -130,6 +130,18 @@ class ServeSettings:
     public_healthz: bool = True
     drain_timeout: float = 5.0
     mns: MnsSettings = field(default_factory=MnsSettings)
+    #: events one request may carry; above it 413 (a Tencent CMQ message holds a handful)
+    max_events: int = 10_000
+    #: open connections at once; past it the oldest still sending its headers is closed, else the new one
+    max_connections: int = 512
+    #: seconds from connect (or from the last response) to a complete request head
+    header_timeout: float = 10.0
+    #: seconds to receive a whole body once the head is in; then 408
+    body_timeout: float = 30.0
+    #: seconds an idle keep-alive connection is kept (uvicorn's timeout_keep_alive)
+    keep_alive_timeout: float = 5.0
+    #: the largest request head (uvicorn's h11_max_incomplete_event_size)
+    max_header_bytes: int = 16 * 1024
 
 
 @dataclass(frozen=True)
@@ -527,7 +539,8 @@ _TOP_KEYS = ("unrouted", "outbox", "serve", "topics", "routes", "vendor_configs"
              "Notifications", "Notification")
 _OUTBOX_KEYS = ("path", "synchronous", "batch_size", "backoff_initial", "backoff_max")
 _SERVE_KEYS = ("host", "port", "max_body_bytes", "token", "token_env", "token_file", "public_healthz",
-               "drain_timeout", "mns")
+               "drain_timeout", "mns", "max_events", "max_connections", "header_timeout", "body_timeout",
+               "keep_alive_timeout", "max_header_bytes")
 _MNS_KEYS = ("verify", "allowed_cert_urls", "allowed_hosts", "trust_store", "cert_timeout", "cache_ttl",
              "max_skew", "require_content_md5", "require_token", "max_fetches", "failure_backoff")
 
@@ -645,7 +658,20 @@ def _serve(ctx: _Ctx, value: Any) -> ServeSettings:
         drain_timeout=ctx.number(t["drain_timeout"], "serve.drain_timeout") if "drain_timeout" in t
         else d.drain_timeout,
         mns=_mns(ctx, t["mns"]) if "mns" in t else d.mns,
+        max_events=_int_key(ctx, t, "max_events", d.max_events, minimum=1),
+        max_connections=_int_key(ctx, t, "max_connections", d.max_connections, minimum=8),
+        header_timeout=ctx.number(t["header_timeout"], "serve.header_timeout", minimum=0.1)
+        if "header_timeout" in t else d.header_timeout,
+        body_timeout=ctx.number(t["body_timeout"], "serve.body_timeout", minimum=0.1)
+        if "body_timeout" in t else d.body_timeout,
+        keep_alive_timeout=ctx.number(t["keep_alive_timeout"], "serve.keep_alive_timeout", minimum=0.1)
+        if "keep_alive_timeout" in t else d.keep_alive_timeout,
+        max_header_bytes=_int_key(ctx, t, "max_header_bytes", d.max_header_bytes, minimum=1024),
     )
+
+
+def _int_key(ctx: _Ctx, t: Mapping[str, Any], key: str, default: int, *, minimum: int) -> int:
+    return int(ctx.number(t[key], f"serve.{key}", integer=True, minimum=minimum)) if key in t else default
 
 
 def _topics(ctx: _Ctx, value: Any) -> dict[str, tuple[str, ...]]:
