@@ -207,6 +207,7 @@ class Bridge:
         self._stopping = threading.Event()
         self._started = False
         self._supervisor: threading.Thread | None = None
+        self._off_loop: asyncio.Semaphore | None = None
         self.outbox.on_commit(self._committed)
 
     def __repr__(self) -> str:
@@ -240,7 +241,11 @@ class Bridge:
                 finally:
                     _release_memory()
 
-            plan = await asyncio.to_thread(off_loop)
+            # one big decode at a time: they hold the GIL, and each more would slow every small request
+            if self._off_loop is None:
+                self._off_loop = asyncio.Semaphore(1)
+            async with self._off_loop:
+                plan = await asyncio.to_thread(off_loop)
         else:
             plan = self._plan(payload, source=source, provider=provider, meta=meta, max_events=max_events)
         plans = [plan]

@@ -30,6 +30,7 @@ import functools
 import hmac
 import logging
 import signal
+import sys
 import threading
 from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
@@ -380,6 +381,9 @@ def serve(config: BridgeConfig, *, host: str | None = None, port: int | None = N
     require_serve_extra()
     import uvicorn
 
+    # big bodies are decoded on a worker thread, which holds the GIL while it works: a shorter switch
+    # interval (5 ms by default) lets the event loop in between, so small requests stay fast
+    sys.setswitchinterval(0.001)
     app = create_app(config)
     # claim the outbox before binding: a second bridge on it is a clean error, not a failed lifespan
     app.state.bridge.start()
@@ -393,6 +397,12 @@ def serve(config: BridgeConfig, *, host: str | None = None, port: int | None = N
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+
+
+#: connections asyncio accepts in one burst (uvicorn's default of 2,048 can exhaust 1,024 descriptors)
+ACCEPT_BACKLOG = 128
+#: descriptors kept for the outbox, logs, certificate fetches and the publishers
+FD_HEADROOM = 128
 
 
 def uvicorn_config(app: Any, conf: ServeSettings, *, host: str | None = None, port: int | None = None,
@@ -415,7 +425,9 @@ def uvicorn_config(app: Any, conf: ServeSettings, *, host: str | None = None, po
         # our guard keeps connections at max_connections; uvicorn's own limit (which answers 503 to a
         # request once that many connections or tasks exist) sits just above it, as a backstop
         limit_concurrency=conf.max_connections + 1,
-        backlog=min(2048, 4 * conf.max_connections),
+        # asyncio accepts up to ``backlog`` connections in one go before any of them is looked at: a
+        # small value keeps a burst from taking the descriptors the guard is about to free
+        backlog=ACCEPT_BACKLOG,
     )
 
 
@@ -428,7 +440,16 @@ def _guarded_protocol(conf: ServeSettings) -> type:
     new one makes room by closing the oldest connection still waiting for a head (an idle or slowloris
     one: a genuine sender delivers its head at once), or is itself closed at once if none is waiting.
     """
+    import resource
+
     from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    # never more connections than the descriptors left after one accept burst and the process's own
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    limit = conf.max_connections
+    if soft != resource.RLIM_INFINITY and soft - ACCEPT_BACKLOG - FD_HEADROOM < limit:
+        limit = max(8, soft - ACCEPT_BACKLOG - FD_HEADROOM)
+        log.warning("serve.max_connections lowered to %d for the file descriptor limit of %d", limit, soft)
 
     waiting: dict[Any, None] = {}  # the connections waiting for a head, insertion-ordered: the oldest first
 
@@ -438,7 +459,7 @@ def _guarded_protocol(conf: ServeSettings) -> type:
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
-            if len(self.connections) > conf.max_connections:
+            if len(self.connections) > limit:
                 victim = next((p for p in waiting if p is not self), None)
                 if victim is None:
                     transport.abort()  # refused fast: its descriptor is free again at once
