@@ -201,6 +201,8 @@ class Bridge:
             self.outbox = outbox
         else:
             self.outbox = Outbox(outbox or self.config.outbox.path, synchronous=self.config.outbox.synchronous)
+        self.outbox.dead_letter_max_rows = self.config.outbox.dead_letter_max_rows
+        self.outbox.dead_letter_max_bytes = self.config.outbox.dead_letter_max_bytes
         self.stats = stats or Stats()
         self._workers: dict[str, _Worker] = {}
         self._lock = threading.Lock()
@@ -284,7 +286,14 @@ class Bridge:
         info = dict(meta or {})
         if provider:
             info["provider"] = provider
-        dead = DeadLetter.of(INTAKE, source, _as_bytes(raw), error, meta=info or None)
+        kept = _as_bytes(raw)
+        full = self.outbox.dead_letter_refusal(len(kept))
+        if full is not None:
+            # refused all the same (the sender is told why), but not kept: bad input must not crowd out good
+            log.warning("a payload refused as %s is not kept: %s", error.code, full)
+            self.stats.add(self.stats.rejected_unkept, error.code)
+            return _Plan([], [], IntakeResult(error=error), [])
+        dead = DeadLetter.of(INTAKE, source, kept, error, meta=info or None)
         return _Plan([], [dead], IntakeResult(error=error), [])
 
     def _route(self, events: list[dict[str, Any]], source: str) -> _Plan:
@@ -314,7 +323,8 @@ class Bridge:
             s.add(s.received, t)
         if plan.result.error is not None:
             s.add(s.rejected, plan.result.error.code)
-            s.add(s.dead_lettered, INTAKE)
+            if plan.dead:
+                s.add(s.dead_lettered, INTAKE)
         elif plan.dead:
             s.add(s.dead_lettered, UNROUTED, len(plan.dead))
         s.drop_unrouted(plan.dropped)

@@ -18,6 +18,7 @@ See ``docs/bridge.md`` for the reference.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import fnmatch
 import os
@@ -97,6 +98,9 @@ class OutboxSettings:
     batch_size: int = 500
     backoff_initial: float = 0.5
     backoff_max: float = 30.0
+    #: bounds of the dead-letter store; when full, bad input is refused (400) without being kept
+    dead_letter_max_rows: int = 10_000
+    dead_letter_max_bytes: int = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -171,7 +175,7 @@ class BridgeConfig:
 
     def with_outbox(self, path: str | Path) -> BridgeConfig:
         o = self.outbox
-        settings = OutboxSettings(Path(path), o.synchronous, o.batch_size, o.backoff_initial, o.backoff_max)
+        settings = dataclasses.replace(o, path=Path(path))
         return BridgeConfig(self.routes, self.unrouted, settings, self.serve, self.source)
 
 
@@ -537,7 +541,8 @@ def _vendor_file(ctx: _Ctx, file: Path, path: str, topics: Mapping[str, tuple[st
 
 _TOP_KEYS = ("unrouted", "outbox", "serve", "topics", "routes", "vendor_configs", "notifications",
              "Notifications", "Notification")
-_OUTBOX_KEYS = ("path", "synchronous", "batch_size", "backoff_initial", "backoff_max")
+_OUTBOX_KEYS = ("path", "synchronous", "batch_size", "backoff_initial", "backoff_max", "dead_letter_max_rows",
+                "dead_letter_max_bytes")
 _SERVE_KEYS = ("host", "port", "max_body_bytes", "token", "token_env", "token_file", "public_healthz",
                "drain_timeout", "mns", "max_events", "max_connections", "header_timeout", "body_timeout",
                "keep_alive_timeout", "max_header_bytes")
@@ -563,6 +568,11 @@ def _outbox(ctx: _Ctx, value: Any) -> OutboxSettings:
         if "batch_size" in t else d.batch_size,
         backoff_initial=backoff_initial,
         backoff_max=backoff_max,
+        dead_letter_max_rows=int(ctx.number(t["dead_letter_max_rows"], "outbox.dead_letter_max_rows", integer=True))
+        if "dead_letter_max_rows" in t else d.dead_letter_max_rows,
+        dead_letter_max_bytes=int(ctx.number(t["dead_letter_max_bytes"], "outbox.dead_letter_max_bytes",
+                                             integer=True))
+        if "dead_letter_max_bytes" in t else d.dead_letter_max_bytes,
     )
 
 

@@ -29,13 +29,14 @@ def _limit_fds() -> None:
 
 
 class Served:
-    def __init__(self, tmp_path: Path, **serve: object) -> None:
+    def __init__(self, tmp_path: Path, outbox: str = "", **serve: object) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         conf = "\n".join(f"{k} = {v!r}" if isinstance(v, str) else f"{k} = {v}" for k, v in serve.items())
         cfg = tmp_path / "bridge.toml"
         # no routes: events are decoded and dropped; the subject is intake, not publishing
-        cfg.write_text(f'[outbox]\npath = "{tmp_path / "outbox.db"}"\nsynchronous = "normal"\n[serve]\n{conf}\n')
+        cfg.write_text(f'[outbox]\npath = "{tmp_path / "outbox.db"}"\nsynchronous = "normal"\n{outbox}\n'
+                       f'[serve]\n{conf}\n')
         self.log_path = tmp_path / "serve.log"
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen([sys.executable, "-m", "batchbridge.core.cli", "serve", "--config", str(cfg),
@@ -182,3 +183,23 @@ def test_big_bodies_do_not_stall_small_pushes_and_memory_comes_back(served: Serv
           f"(peak seen {peak // 1024} MiB)")
     assert p99 < 0.2, p99
     assert after <= bound, (baseline, after)
+
+
+def test_a_full_dead_letter_store_refuses_bad_input_unkept_and_takes_good(tmp_path: Path) -> None:
+    s = Served(tmp_path, outbox="dead_letter_max_rows = 3")
+    cfg = tmp_path / "bridge.toml"
+    try:
+        with httpx.Client(base_url=s.url, timeout=10) as client:
+            statuses = [client.post("/events", content=b"garbage %d" % i).status_code for i in range(8)]
+            assert statuses == [400] * 8
+            assert client.post("/events", content=payload(1, "good")).status_code == 204
+            metrics = client.get("/metrics").text
+        assert 'batchbridge_payloads_rejected_unkept_total{error="malformed_payload"} 5.0' in metrics \
+            or 'batchbridge_payloads_rejected_unkept_total{error="unrecognized_format"} 5.0' in metrics, metrics
+        assert 'batchbridge_dead_lettered_total{stage="intake"} 3.0' in metrics
+    finally:
+        s.stop()
+    listed = subprocess.run([sys.executable, "-m", "batchbridge.core.cli", "dlq", "list", "--config", str(cfg),
+                             "--json"], capture_output=True, text=True, timeout=60, check=False)
+    assert listed.returncode == 0, listed.stderr
+    assert len([line for line in listed.stdout.splitlines() if line.strip()]) == 3, listed.stdout
