@@ -203,3 +203,18 @@ def test_a_full_dead_letter_store_refuses_bad_input_unkept_and_takes_good(tmp_pa
                              "--json"], capture_output=True, text=True, timeout=60, check=False)
     assert listed.returncode == 0, listed.stderr
     assert len([line for line in listed.stdout.splitlines() if line.strip()]) == 3, listed.stdout
+
+
+def test_no_redirect_for_any_path_or_host(served: Served) -> None:
+    paths = ["/events/", "/healthz/", "/metrics/", "/", "//evil.example/", "/events/aws/", "/events//",
+             "/EVENTS", "/healthz/?token=x", "/events/tencent/x", "/%2e%2e/healthz", "/events/.."]
+    seen = set()
+    with httpx.Client(base_url=served.url, timeout=10, follow_redirects=False) as client:
+        for path in paths:
+            for method in ("GET", "POST", "HEAD"):
+                for host in ("evil.example", "127.0.0.1", ""):
+                    r = client.request(method, path, headers={"Host": host} if host else {}, content=b"{}"
+                                       if method == "POST" else None)
+                    assert not 300 <= r.status_code < 400 and "location" not in r.headers, (method, path, host)
+                    seen.add(r.status_code)
+    assert seen <= {200, 204, 400, 401, 404, 405}, seen
