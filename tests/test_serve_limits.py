@@ -218,3 +218,18 @@ def test_no_redirect_for_any_path_or_host(served: Served) -> None:
                     assert not 300 <= r.status_code < 400 and "location" not in r.headers, (method, path, host)
                     seen.add(r.status_code)
     assert seen <= {200, 204, 400, 401, 404, 405}, seen
+
+
+def test_a_body_that_trickles_gets_408_after_body_timeout(tmp_path: Path) -> None:
+    s = Served(tmp_path, body_timeout=0.5)
+    try:
+        sock = socket.create_connection(("127.0.0.1", s.port))
+        sock.sendall(b"POST /events HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"Events\":")
+        sock.settimeout(5)
+        started = time.monotonic()
+        answer = sock.recv(4096)
+        assert answer.startswith(b"HTTP/1.1 408"), answer
+        assert b"request_timeout" in answer and 0.3 < time.monotonic() - started < 3
+        sock.close()
+    finally:
+        s.stop()
