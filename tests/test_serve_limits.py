@@ -112,18 +112,29 @@ def test_idle_and_slow_header_connections_do_not_starve_genuine_pushes(served: S
           f"healthz+push {slowest * 1000:.0f} ms")
 
 
-def test_a_head_that_never_completes_is_closed_after_header_timeout(tmp_path: Path) -> None:
-    s = Served(tmp_path, header_timeout=0.5)
+def _answer_to(tmp_path: Path, request: bytes, **serve: object) -> tuple[bytes, float]:
+    """What a fresh ``serve`` answers to a request that stops part-way, and after how long."""
+    s = Served(tmp_path, **serve)
     try:
-        sock = socket.create_connection(("127.0.0.1", s.port))
-        sock.sendall(b"POST /events HTTP/1.1\r\nHost: x\r\n")
-        sock.settimeout(5)
-        started = time.monotonic()
-        assert sock.recv(100) == b""  # closed by the server
-        assert 0.3 < time.monotonic() - started < 3
-        sock.close()
+        with socket.create_connection(("127.0.0.1", s.port)) as sock:
+            sock.sendall(request)
+            sock.settimeout(5)
+            started = time.monotonic()
+            return sock.recv(4096), time.monotonic() - started
     finally:
         s.stop()
+
+
+def test_a_head_that_never_completes_is_closed_after_header_timeout(tmp_path: Path) -> None:
+    answer, took = _answer_to(tmp_path, b"POST /events HTTP/1.1\r\nHost: x\r\n", header_timeout=0.5)
+    assert answer == b"" and 0.3 < took < 3  # closed by the server
+
+
+def test_a_body_that_trickles_gets_408_after_body_timeout(tmp_path: Path) -> None:
+    answer, took = _answer_to(tmp_path, b"POST /events HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{",
+                              body_timeout=0.5)
+    assert answer.startswith(b"HTTP/1.1 408") and b"request_timeout" in answer, answer
+    assert 0.3 < took < 3
 
 
 def test_events_cap_413_names_count_and_cap(tmp_path: Path) -> None:
@@ -219,17 +230,3 @@ def test_no_redirect_for_any_path_or_host(served: Served) -> None:
                     seen.add(r.status_code)
     assert seen <= {200, 204, 400, 401, 404, 405}, seen
 
-
-def test_a_body_that_trickles_gets_408_after_body_timeout(tmp_path: Path) -> None:
-    s = Served(tmp_path, body_timeout=0.5)
-    try:
-        sock = socket.create_connection(("127.0.0.1", s.port))
-        sock.sendall(b"POST /events HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"Events\":")
-        sock.settimeout(5)
-        started = time.monotonic()
-        answer = sock.recv(4096)
-        assert answer.startswith(b"HTTP/1.1 408"), answer
-        assert b"request_timeout" in answer and 0.3 < time.monotonic() - started < 3
-        sock.close()
-    finally:
-        s.stop()
