@@ -21,6 +21,7 @@ import logging
 import random
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -209,7 +210,9 @@ class Bridge:
         self._stopping = threading.Event()
         self._started = False
         self._supervisor: threading.Thread | None = None
-        self._off_loop: asyncio.Semaphore | None = None
+        #: per event loop (a bridge may serve several, one after another in tests)
+        self._off_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = \
+            weakref.WeakKeyDictionary()
         self.outbox.on_commit(self._committed)
 
     def __repr__(self) -> str:
@@ -244,9 +247,11 @@ class Bridge:
                     _release_memory()
 
             # one big decode at a time: they hold the GIL, and each more would slow every small request
-            if self._off_loop is None:
-                self._off_loop = asyncio.Semaphore(1)
-            async with self._off_loop:
+            loop = asyncio.get_running_loop()
+            gate = self._off_loop.get(loop)
+            if gate is None:
+                gate = self._off_loop[loop] = asyncio.Semaphore(1)
+            async with gate:
                 plan = await asyncio.to_thread(off_loop)
         else:
             plan = self._plan(payload, source=source, provider=provider, meta=meta, max_events=max_events)

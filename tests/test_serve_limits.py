@@ -120,7 +120,13 @@ def _answer_to(tmp_path: Path, request: bytes, **serve: object) -> tuple[bytes, 
             sock.sendall(request)
             sock.settimeout(5)
             started = time.monotonic()
-            return sock.recv(4096), time.monotonic() - started
+            first = sock.recv(4096)
+            took = time.monotonic() - started
+            answer = first
+            while first:  # the rest, until the server closes
+                first = sock.recv(4096)
+                answer += first
+            return answer, took
     finally:
         s.stop()
 
