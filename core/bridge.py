@@ -14,13 +14,16 @@ move to the dead-letter table with the backend's reason.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
+import functools
 import logging
 import threading
 import time
+import weakref
 from collections import Counter, deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,6 +52,7 @@ from .routing import Router
 from .secrets import redact, redact_uri
 from .state import Observation
 from .supersede import Candidate, IntakeGate
+from .trust import claims_canonical, trusted_event
 
 log = logging.getLogger("batchbridge.bridge")
 
@@ -66,6 +70,35 @@ class DecoderFailure(InputError):
     dead-lettered like undecodable input."""
 
     code = "decoder_failure"
+
+
+class TooManyEventsError(InputError):
+    """A payload holds more events than one request may carry (``serve.max_events``); HTTP 413."""
+
+    code = "too_many_events"
+
+
+#: payloads above this size are decoded on a worker thread by :meth:`Bridge.ahandle`
+OFF_LOOP_BYTES = 64 * 1024
+
+
+def _release_memory() -> None:
+    """Hand the heap freed after a big decode back to the OS (glibc keeps it otherwise, and a burst of
+    big bodies would leave the process at its peak size for good)."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        import ctypes
+
+        fn: Callable[[int], int] = ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None  # not glibc: nothing to do
+    return fn
 
 
 class UnroutedError(BatchBridgeError):
@@ -123,11 +156,12 @@ def _as_bytes(payload: Payload) -> bytes:
 
 
 def canonical_event(payload: bytes | Mapping[str, Any]) -> dict[str, Any] | None:
-    """The payload as a canonical CloudEvent when it already is one (a relay from a queue the bridge
-    itself feeds, a dead letter's event); None when it is not one; MalformedPayloadError when it claims
-    to be one (our ``dataschema``) but lacks what every canonical event has."""
+    """The payload as a canonical CloudEvent when it presents itself as one (our ``dataschema``: a relay
+    from a queue the bridge itself feeds, a dead letter's event, ``publish -``); None when it does not.
+    One that presents itself so is taken only under "Trust at intake" (:mod:`.trust`), else
+    InvalidEventError."""
     if isinstance(payload, Mapping):
-        obj: Any = payload
+        obj: Any = payload if payload.__class__ is dict else dict(payload)
     else:
         if DATASCHEMA.encode() not in payload:
             return None
@@ -135,21 +169,13 @@ def canonical_event(payload: bytes | Mapping[str, Any]) -> dict[str, Any] | None
             obj = orjson.loads(payload)
         except orjson.JSONDecodeError:
             return None
-    if not isinstance(obj, dict) or obj.get("specversion") != "1.0" or obj.get("dataschema") != DATASCHEMA:
+    if not claims_canonical(obj):
         return None
-    data = obj.get("data")
-    missing = [k for k in ("id", "type", "source") if not isinstance(obj.get(k), str) or not obj[k]]
-    if not isinstance(data, dict):
-        missing.append("data")
-    else:
-        missing += [f"data.{k}" for k in ("provider", "kind") if not isinstance(data.get(k), str)]
-    if missing:
-        raise MalformedPayloadError(f"canonical CloudEvent lacks {', '.join(missing)}", where="$")
-    return obj
+    return trusted_event(obj)
 
 
 def decode_payload(payload: bytes | Mapping[str, Any], *, provider: str | None = None,
-           attributes: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
+                   attributes: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
     """Any payload the bridge accepts -> canonical events; raises InputError subclasses only.
 
     Accepted: an already-canonical CloudEvent (recognised by our ``dataschema``); every vendor
@@ -183,12 +209,17 @@ class Bridge:
             self.outbox = outbox
         else:
             self.outbox = Outbox(outbox or self.config.outbox.path, synchronous=self.config.outbox.synchronous)
+        self.outbox.dead_letter_max_rows = self.config.outbox.dead_letter_max_rows
+        self.outbox.dead_letter_max_bytes = self.config.outbox.dead_letter_max_bytes
         self.stats = stats or Stats()
         self._workers: dict[str, _Worker] = {}
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._started = False
         self._supervisor: threading.Thread | None = None
+        #: per event loop (a bridge may serve several, one after another in tests)
+        self._off_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = \
+            weakref.WeakKeyDictionary()
         self.outbox.on_commit(self._committed)
 
     def __repr__(self) -> str:
@@ -211,10 +242,28 @@ class Bridge:
         return self._finish(plans, self.outbox.put(*self._collect(plans), gate).dead_ids, gate, indexes)
 
     async def ahandle(self, payload: Payload, *, source: str = "api", provider: str | None = None,
-                      meta: Mapping[str, Any] | None = None) -> IntakeResult:
+                      meta: Mapping[str, Any] | None = None, max_events: int | None = None) -> IntakeResult:
         """:meth:`handle` for asyncio: the commit is awaited, never blocking the event loop, and joins
-        the same group commit as every other request waiting at that moment."""
-        plans = [self._plan(payload, source=source, provider=provider, meta=meta)]
+        the same group commit as every other request waiting at that moment. A payload larger than
+        ``OFF_LOOP_BYTES`` is decoded on a worker thread, so one big body cannot stall other requests.
+        Over ``max_events`` events, ``result.error`` is TooManyEventsError and nothing is kept."""
+        if isinstance(payload, (bytes, bytearray, memoryview, str)) and len(payload) > OFF_LOOP_BYTES:
+            def off_loop() -> _Intake:
+                try:
+                    return self._plan(payload, source=source, provider=provider, meta=meta, max_events=max_events)
+                finally:
+                    _release_memory()
+
+            # one big decode at a time: they hold the GIL, and each more would slow every small request
+            loop = asyncio.get_running_loop()
+            one_at_a_time = self._off_loop.get(loop)
+            if one_at_a_time is None:
+                one_at_a_time = self._off_loop[loop] = asyncio.Semaphore(1)
+            async with one_at_a_time:
+                plan = await asyncio.to_thread(off_loop)
+        else:
+            plan = self._plan(payload, source=source, provider=provider, meta=meta, max_events=max_events)
+        plans = [plan]
         gate, indexes = self._gate(plans)
         inserted = await self.outbox.asubmit(*self._collect(plans), gate)
         return self._finish(plans, inserted.dead_ids, gate, indexes)[0]
@@ -250,12 +299,17 @@ class Bridge:
         return [self._done(p, [next(ids) for _ in p.dead]) for p in plans]
 
     def _plan(self, payload: Payload, *, source: str, provider: str | None,
-              meta: Mapping[str, Any] | None) -> _Intake:
+              meta: Mapping[str, Any] | None, max_events: int | None = None) -> _Intake:
         raw = payload if isinstance(payload, Mapping) else _as_bytes(payload)
         attributes = (meta or {}).get("attributes")
         carried = attributes if isinstance(attributes, Mapping) else None
         try:
             events = decode_payload(raw, provider=provider, attributes=carried)
+            if max_events is not None and len(events) > max_events:
+                # refused like an oversized body: the sender must split it; nothing is kept
+                too_many = TooManyEventsError(f"the payload holds {len(events)} events; at most {max_events} are "
+                                              "taken per request (serve.max_events)", where="$")
+                return _Intake([], [], IntakeResult(error=too_many), [])
             return self._route(events, source)
         except InputError as exc:
             error: InputError = exc
@@ -269,7 +323,14 @@ class Bridge:
         info = dict(meta or {})
         if provider:
             info["provider"] = provider
-        dead = DeadLetter.of(INTAKE, source, _as_bytes(raw), error, meta=info or None)
+        kept = _as_bytes(raw)
+        full = self.outbox.dead_letter_refusal(len(kept))
+        if full is not None:
+            # refused all the same (the sender is told why), but not kept: bad input must not crowd out good
+            log.warning("a payload refused as %s is not kept: %s", error.code, full)
+            self.stats.add(self.stats.rejected_unkept, error.code)
+            return _Intake([], [], IntakeResult(error=error), [])
+        dead = DeadLetter.of(INTAKE, source, kept, error, meta=info or None)
         return _Intake([], [dead], IntakeResult(error=error), [])
 
     def _route(self, events: list[dict[str, Any]], source: str) -> _Intake:
@@ -307,7 +368,8 @@ class Bridge:
             s.add(s.received, t)
         if plan.result.error is not None:
             s.add(s.rejected, plan.result.error.code)
-            s.add(s.dead_lettered, INTAKE)
+            if plan.dead:
+                s.add(s.dead_lettered, INTAKE)
         elif plan.dead:
             s.add(s.dead_lettered, UNROUTED, len(plan.dead))
         s.drop_unrouted(plan.dropped)

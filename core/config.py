@@ -18,6 +18,7 @@ See ``docs/bridge.md`` for the reference.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import fnmatch
 import os
@@ -52,8 +53,11 @@ DEFAULT_MAX_PENDING_AGE = 7 * 24 * 3600.0
 DEFAULT_READY_MAX_FAILING = 300.0
 #: ``state_retention`` of a route when it names none: a week
 DEFAULT_STATE_RETENTION = 7 * 24 * 3600.0
-#: a vendor's certificate host; the allow-list compares hostnames exactly or as a dot-suffix
-DEFAULT_MNS_HOSTS = ("aliyuncs.com",)
+#: where Alibaba MNS serves its signing certificates: its documented "mnstest" OSS bucket ("the
+#: certificate URL in each push request is prefixed with https://mnstest.oss-cn-hangzhou.aliyuncs.com/")
+DEFAULT_MNS_CERT_URLS = ("https://mnstest.oss-cn-hangzhou.aliyuncs.com/",)
+#: extra certificate hosts (exactly, or their subdomains); none by default
+DEFAULT_MNS_HOSTS: tuple[str, ...] = ()
 
 _GLOB_CHARS = re.compile(r"[*?\[]")
 _TYPE_GLOB = re.compile(r"^(\*|batch\.[a-z_*?\[\]!-]+(\.[a-z_*?\[\]!-]+)?)$")
@@ -116,19 +120,31 @@ class OutboxSettings:
     #: a row still undelivered after this many seconds moves to the dead-letter store with its
     #: destination and last error (``dlq replay`` sends it again); 0 = rows wait for ever
     max_pending_age: float = DEFAULT_MAX_PENDING_AGE
+    #: bounds of the dead-letter store; when full, bad input is refused (400) without being kept
+    dead_letter_max_rows: int = 10_000
+    dead_letter_max_bytes: int = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True)
 class MnsSettings:
     verify: bool = True
+    #: certificate URLs must start with one of these (``https://host/path-prefix``, host compared exactly)
+    allowed_cert_urls: tuple[str, ...] = DEFAULT_MNS_CERT_URLS
     allowed_hosts: tuple[str, ...] = DEFAULT_MNS_HOSTS
     #: offline certificates: a directory (``<sha256 of the URL>.pem``) or a mapping URL -> PEM file
     trust_store: Path | Mapping[str, Path] | None = None
     cert_timeout: float = 3.0
     cache_ttl: float = 3600.0
-    #: reject pushes whose ``Date`` is further off than this, seconds; 0 = no check (see docs)
-    max_skew: float = 0.0
-    require_content_md5: bool = False
+    #: reject pushes whose ``Date`` is further off than this, seconds; 0 = no check (replays then pass)
+    max_skew: float = 900.0
+    #: the signature covers Content-MD5, not the body: without it a captured push could carry any body
+    require_content_md5: bool = True
+    #: with ``serve.token`` set, MNS pushes must present it too (in the subscription endpoint's query)
+    require_token: bool = True
+    #: certificate fetches in flight at once; a push needing one more is refused at once (MNS retries)
+    max_fetches: int = 4
+    #: after a failed fetch, a host is not asked again for this long, doubling per failure up to 600 s
+    failure_backoff: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -142,6 +158,18 @@ class ServeSettings:
     mns: MnsSettings = field(default_factory=MnsSettings)
     #: ``/readyz`` is false while a destination has been failing for longer than this, seconds
     ready_max_failing: float = DEFAULT_READY_MAX_FAILING
+    #: events one request may carry; above it 413 (a Tencent CMQ message holds a handful)
+    max_events: int = 10_000
+    #: open connections at once; past it the oldest still sending its headers is closed, else the new one
+    max_connections: int = 512
+    #: seconds from connect (or from the last response) to a complete request head
+    header_timeout: float = 10.0
+    #: seconds to receive a whole body once the head is in; then 408
+    body_timeout: float = 30.0
+    #: seconds an idle keep-alive connection is kept (uvicorn's timeout_keep_alive)
+    keep_alive_timeout: float = 5.0
+    #: the largest request head (uvicorn's h11_max_incomplete_event_size)
+    max_header_bytes: int = 16 * 1024
 
 
 @dataclass(frozen=True)
@@ -173,8 +201,7 @@ class BridgeConfig:
 
     def with_outbox(self, path: str | Path) -> BridgeConfig:
         o = self.outbox
-        settings = OutboxSettings(Path(path), o.synchronous, o.batch_size, o.backoff_initial, o.backoff_max,
-                                  o.max_pending_age)
+        settings = dataclasses.replace(o, path=Path(path))
         return BridgeConfig(self.routes, self.unrouted, settings, self.serve, self.source)
 
 
@@ -576,11 +603,13 @@ def _vendor_file(ctx: _Ctx, file: Path, path: str, topics: Mapping[str, tuple[st
 
 _TOP_KEYS = ("unrouted", "outbox", "serve", "topics", "routes", "vendor_configs", "notifications",
              "Notifications", "Notification")
-_OUTBOX_KEYS = ("path", "synchronous", "batch_size", "backoff_initial", "backoff_max", "max_pending_age")
+_OUTBOX_KEYS = ("path", "synchronous", "batch_size", "backoff_initial", "backoff_max", "max_pending_age",
+                "dead_letter_max_rows", "dead_letter_max_bytes")
 _SERVE_KEYS = ("host", "port", "max_body_bytes", "token", "token_env", "token_file", "public_healthz",
-               "drain_timeout", "mns", "ready_max_failing")
-_MNS_KEYS = ("verify", "allowed_hosts", "trust_store", "cert_timeout", "cache_ttl", "max_skew",
-             "require_content_md5")
+               "drain_timeout", "mns", "ready_max_failing", "max_events", "max_connections", "header_timeout",
+               "body_timeout", "keep_alive_timeout", "max_header_bytes")
+_MNS_KEYS = ("verify", "allowed_cert_urls", "allowed_hosts", "trust_store", "cert_timeout", "cache_ttl",
+             "max_skew", "require_content_md5", "require_token", "max_fetches", "failure_backoff")
 
 
 def _outbox(ctx: _Ctx, value: Any) -> OutboxSettings:
@@ -603,6 +632,11 @@ def _outbox(ctx: _Ctx, value: Any) -> OutboxSettings:
         backoff_max=backoff_max,
         max_pending_age=ctx.number(t["max_pending_age"], "outbox.max_pending_age") if "max_pending_age" in t
         else d.max_pending_age,
+        dead_letter_max_rows=int(ctx.number(t["dead_letter_max_rows"], "outbox.dead_letter_max_rows", integer=True))
+        if "dead_letter_max_rows" in t else d.dead_letter_max_rows,
+        dead_letter_max_bytes=int(ctx.number(t["dead_letter_max_bytes"], "outbox.dead_letter_max_bytes",
+                                             integer=True))
+        if "dead_letter_max_bytes" in t else d.dead_letter_max_bytes,
     )
 
 
@@ -652,9 +686,20 @@ def _mns(ctx: _Ctx, value: Any) -> MnsSettings:
                                                                           "serve.mns.allowed_hosts"))
         for i, h in enumerate(hosts):
             if not re.fullmatch(r"[a-z0-9-]+(\.[a-z0-9-]+)+", h):
-                raise ctx.error(f"serve.mns.allowed_hosts[{i}]", f"{h!r} is not a host name like aliyuncs.com")
+                raise ctx.error(f"serve.mns.allowed_hosts[{i}]", f"{h!r} is not a host name like mns.example.com")
+            if h == "aliyuncs.com" or h.endswith(".aliyuncs.com"):
+                raise ctx.error(f"serve.mns.allowed_hosts[{i}]", f"{h!r} would allow anyone's OSS bucket (a "
+                                "subdomain of aliyuncs.com); name certificate URL prefixes in allowed_cert_urls")
+    prefixes = d.allowed_cert_urls
+    if "allowed_cert_urls" in t:
+        prefixes = tuple(ctx.strings(t["allowed_cert_urls"], "serve.mns.allowed_cert_urls"))
+        for i, prefix in enumerate(prefixes):
+            if not re.fullmatch(r"https://[a-z0-9-]+(\.[a-z0-9-]+)+/[A-Za-z0-9._~/-]*", prefix):
+                raise ctx.error(f"serve.mns.allowed_cert_urls[{i}]", f"{prefix!r} is not a URL prefix like "
+                                f"{DEFAULT_MNS_CERT_URLS[0]} (https, a lowercase host, no port, a path)")
     return MnsSettings(
         verify=ctx.boolean(t["verify"], "serve.mns.verify") if "verify" in t else d.verify,
+        allowed_cert_urls=prefixes,
         allowed_hosts=hosts,
         trust_store=store,
         cert_timeout=ctx.number(t["cert_timeout"], "serve.mns.cert_timeout", minimum=0.1)
@@ -663,6 +708,12 @@ def _mns(ctx: _Ctx, value: Any) -> MnsSettings:
         max_skew=ctx.number(t["max_skew"], "serve.mns.max_skew") if "max_skew" in t else d.max_skew,
         require_content_md5=ctx.boolean(t["require_content_md5"], "serve.mns.require_content_md5")
         if "require_content_md5" in t else d.require_content_md5,
+        require_token=ctx.boolean(t["require_token"], "serve.mns.require_token")
+        if "require_token" in t else d.require_token,
+        max_fetches=int(ctx.number(t["max_fetches"], "serve.mns.max_fetches", integer=True, minimum=1))
+        if "max_fetches" in t else d.max_fetches,
+        failure_backoff=ctx.number(t["failure_backoff"], "serve.mns.failure_backoff", minimum=0)
+        if "failure_backoff" in t else d.failure_backoff,
     )
 
 
@@ -683,7 +734,20 @@ def _serve(ctx: _Ctx, value: Any) -> ServeSettings:
         mns=_mns(ctx, t["mns"]) if "mns" in t else d.mns,
         ready_max_failing=ctx.number(t["ready_max_failing"], "serve.ready_max_failing", minimum=1)
         if "ready_max_failing" in t else d.ready_max_failing,
+        max_events=_int_key(ctx, t, "max_events", d.max_events, minimum=1),
+        max_connections=_int_key(ctx, t, "max_connections", d.max_connections, minimum=8),
+        header_timeout=ctx.number(t["header_timeout"], "serve.header_timeout", minimum=0.1)
+        if "header_timeout" in t else d.header_timeout,
+        body_timeout=ctx.number(t["body_timeout"], "serve.body_timeout", minimum=0.1)
+        if "body_timeout" in t else d.body_timeout,
+        keep_alive_timeout=ctx.number(t["keep_alive_timeout"], "serve.keep_alive_timeout", minimum=0.1)
+        if "keep_alive_timeout" in t else d.keep_alive_timeout,
+        max_header_bytes=_int_key(ctx, t, "max_header_bytes", d.max_header_bytes, minimum=1024),
     )
+
+
+def _int_key(ctx: _Ctx, t: Mapping[str, Any], key: str, default: int, *, minimum: int) -> int:
+    return int(ctx.number(t[key], f"serve.{key}", integer=True, minimum=minimum)) if key in t else default
 
 
 def _topics(ctx: _Ctx, value: Any) -> dict[str, tuple[str, ...]]:

@@ -88,7 +88,9 @@ def _openings(data: bytes | str) -> int:
 
 
 def load_json(data: bytes | str, where: str) -> Any:
-    """Parse JSON strictly: UTF-8 only, no NaN or Infinity, nesting bounded by MAX_JSON_DEPTH."""
+    """Parse JSON strictly: UTF-8 only, no NaN or Infinity, nesting bounded by MAX_JSON_DEPTH, and no
+    object with a key twice (read last-key-wins, ``{"EventName": "JOB_FAILED", ..., "EventName":
+    "JOB_SUCCEED"}`` would be a success)."""
     try:
         value = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
@@ -97,7 +99,69 @@ def load_json(data: bytes | str, where: str) -> Any:
     # raise the bound), so the walk is needed only for the rare document with many of them
     if _openings(data) > MAX_JSON_DEPTH and not _depth_ok(value):
         raise MalformedPayloadError(f"JSON nested deeper than {MAX_JSON_DEPTH} levels", where=where)
+    if (value.__class__ is dict or value.__class__ is list) and _may_repeat_keys(data, value):
+        _check_duplicate_keys(data, value, where)
     return value
+
+
+_KEY_END = re.compile(rb'"\s*:')
+
+
+def _may_repeat_keys(data: bytes | str, value: Any) -> bool:
+    """A cheap test that clears nearly every document: orjson keeps the last of repeated keys, so its
+    re-serialisation has fewer key endings (a quote, then a colon) than the text whenever a key was
+    repeated. Quote-colon pairs inside strings are escaped alike in both -- except those written with
+    ``\\u`` escapes, so a text holding any of those takes the exact test."""
+    raw = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else data
+    if b"\\u" in raw:
+        return True
+    return len(_KEY_END.findall(raw)) != orjson.dumps(value).count(b'":')
+
+
+class _Repeated(Exception):
+    def __init__(self, key: str, keys: frozenset[str]) -> None:
+        self.key = key
+        self.keys = keys
+
+
+def _pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, item in pairs:
+        if key in out:
+            raise _Repeated(key, frozenset(k for k, _ in pairs))
+        out[key] = item
+    return out
+
+
+def _check_duplicate_keys(data: bytes | str, value: Any, where: str) -> None:
+    """The exact test (the standard library's parser, which shows every pair): MalformedPayloadError
+    naming the repeated key and the JSON path of its object."""
+    import json
+
+    try:
+        json.loads(data, object_pairs_hook=_pairs)
+    except _Repeated as dup:
+        path = _path_of(value, dup.keys, where) or where
+        raise MalformedPayloadError(f"key {dup.key[:80]!r} appears more than once in one object", where=path) from None
+    except (ValueError, RecursionError):
+        return  # orjson read it; the exact test has nothing more to say
+
+
+def _path_of(value: Any, keys: frozenset[str], path: str) -> str | None:
+    """The path of the first object (depth first) holding exactly ``keys``."""
+    if isinstance(value, dict):
+        if frozenset(value) == keys:
+            return path
+        children: Any = ((f"{path}.{k}", v) for k, v in value.items())
+    elif isinstance(value, list):
+        children = ((f"{path}[{i}]", v) for i, v in enumerate(value))
+    else:
+        return None
+    for child_path, child in children:
+        found = _path_of(child, keys, child_path)
+        if found is not None:
+            return found
+    return None
 
 
 def mapping_to_json(payload: Mapping[str, Any], where: str = "$") -> dict[str, Any]:

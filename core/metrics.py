@@ -54,6 +54,8 @@ class Stats:
         self.failed: Counter[str] = Counter()
         #: items written to the dead-letter table, per stage
         self.dead_lettered: Counter[str] = Counter()
+        #: payloads refused at intake but not kept (the dead-letter store was full), per error code
+        self.rejected_unkept: Counter[str] = Counter()
         #: events no route matched and the policy dropped
         self.unrouted_dropped = 0
         #: events kept from a supersede route's destinations as stale, per route label
@@ -84,6 +86,7 @@ class Stats:
                 "received": sum(self.received.values()),
                 "received_by_type": dict(self.received),
                 "rejected": dict(self.rejected),
+                "rejected_unkept": dict(self.rejected_unkept),
                 "published": dict(self.published),
                 "failed": dict(self.failed),
                 "dead_lettered": dict(self.dead_lettered),
@@ -115,6 +118,12 @@ def prometheus_registry(stats: Stats, depths: Callable[[], Mapping[str, int]], *
             for code, n in sorted(snap["rejected"].items()):
                 rejected.add_metric([code], n)
             yield rejected
+            unkept = CounterMetricFamily("batchbridge_payloads_rejected_unkept",
+                                         "payloads refused at intake and not kept: the dead-letter store was full",
+                                         labels=["error"])
+            for code, n in sorted(snap["rejected_unkept"].items()):
+                unkept.add_metric([code], n)
+            yield unkept
             for name, doc, key in (
                 ("batchbridge_events_published", "events confirmed by a backend", "published"),
                 ("batchbridge_publish_failures", "publish attempts that failed and will be retried", "failed"),

@@ -272,10 +272,11 @@ def normalize_lines(
     multi-line document: a pretty-printed document fails line by line.
     """
     forced = _check_provider(provider)
-    return _stream(_numbered(lines), forced, skip_unsupported)
+    return _stream(numbered_lines(lines), forced, skip_unsupported)
 
 
-def _numbered(lines: Iterable[bytes]) -> Iterator[tuple[str, bytes]]:
+def numbered_lines(lines: Iterable[bytes]) -> Iterator[tuple[str, bytes]]:
+    """Each non-blank line as ``("line N", body)``, a leading BOM dropped."""
     for number, line in enumerate(lines, start=1):
         if number == 1 and line.startswith(b"\xef\xbb\xbf"):
             line = line[3:]

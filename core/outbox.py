@@ -84,6 +84,9 @@ _MAX_GROUP = 2048
 #: publisher's deletes and SQLite's checkpoints need room too, and a disk filled to the last byte by
 #: intake could never be drained again
 DISK_RESERVE = 16 * 1024 * 1024
+#: default bounds of the dead-letter store (``outbox.dead_letter_max_rows`` / ``_max_bytes``)
+DEAD_LETTER_MAX_ROWS = 10_000
+DEAD_LETTER_MAX_BYTES = 64 * 1024 * 1024
 #: after a checkpoint the WAL file is cut back to this size: a burst (e.g. a backend down for hours)
 #: must not keep its disk space once the outbox has drained
 WAL_SIZE_LIMIT = 64 * 1024 * 1024
@@ -601,6 +604,12 @@ class Outbox:
         self.path = Path(path)
         self._where = str(self.path)
         self.reserve_bytes = reserve_bytes
+        #: bounds of the dead-letter store (see :meth:`dead_letter_refusal`)
+        self.dead_letter_max_rows = DEAD_LETTER_MAX_ROWS
+        self.dead_letter_max_bytes = DEAD_LETTER_MAX_BYTES
+        self._dl_lock = threading.Lock()
+        self._dl_usage = [0, 0]
+        self._dl_usage_until = 0.0
         self._last_squeeze = 0.0
         self._room_ok_until = 0.0
         self._intake_sync = synchronous.upper()
@@ -970,6 +979,36 @@ class Outbox:
 
     def dead_letter_count(self) -> int:
         return int(self._read("SELECT count(*) FROM dead_letter")[0][0])
+
+    def dead_letter_refusal(self, nbytes: int) -> str | None:
+        """Why a new dead letter of ``nbytes`` may not be stored (None when it may, and then it is counted
+        against the bounds): ``dead_letter_max_rows``, ``dead_letter_max_bytes``, and twice the free-space
+        reserve, so dead letters never take the room intake and delivery need. The figures are read
+        again at most once a second (``dlq purge`` may run in another process)."""
+        with self._dl_lock:
+            now = time.monotonic()
+            if now >= self._dl_usage_until:
+                rows, size = self._read("SELECT count(*), coalesce(sum(length(payload)), 0) FROM dead_letter")[0]
+                self._dl_usage = [int(rows), int(size)]
+                self._dl_usage_until = now + 1.0
+            rows, size = self._dl_usage
+            if rows + 1 > self.dead_letter_max_rows:
+                return (f"the dead-letter store is full ({rows} of {self.dead_letter_max_rows} rows, "
+                        "outbox.dead_letter_max_rows); `batchbridge dlq` replay or purge makes room")
+            if size + nbytes > self.dead_letter_max_bytes:
+                return (f"the dead-letter store is full ({size // 1024} KiB of {self.dead_letter_max_bytes // 1024} "
+                        "KiB, outbox.dead_letter_max_bytes); `batchbridge dlq` replay or purge makes room")
+            if self.reserve_bytes > 0:
+                try:
+                    room = self._room(self._conn())
+                except (sqlite3.Error, OutboxError):
+                    room = None
+                if room is not None and room - nbytes < 2 * self.reserve_bytes:
+                    return (f"the disk holding the outbox is nearly full ({max(0, room) // 1024} KiB left): dead "
+                            "letters are not kept, so that the room stays for accepting and delivering events")
+            self._dl_usage[0] += 1
+            self._dl_usage[1] += nbytes
+            return None
 
     def purge(self, ids: Sequence[int] | None = None) -> int:
         """Delete the given dead letters (all of them when ``ids`` is None); returns how many went."""

@@ -21,7 +21,7 @@ from typing import Any, Protocol
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from .errors import ConfigError, MissingDependencyError, UnknownSchemeError
-from .secrets import is_secret_key, redact_uri, remember
+from .secrets import is_secret_key, redact_uri, remember, remember_uri_option
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
@@ -205,6 +205,7 @@ def parse_uri(uri: str, backend: Backend | None = None) -> tuple[Backend, Backen
                               where=redact_uri(uri))
         if opt.secret or is_secret_key(key):
             remember(raw)
+        remember_uri_option(raw)
         options[key] = opt.parse(raw, uri)
     if parts.password:
         remember(parts.password)

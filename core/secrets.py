@@ -32,6 +32,8 @@ SECRET_KEYS = frozenset(
         "signature",
         "sig",
         "aws_secret_access_key",
+        "aws_access_key_id",
+        "access_key_id",
         "aws_session_token",
         "secret_access_key",
         "session_token",
@@ -158,11 +160,42 @@ def redact_uri(uri: str) -> str:
         user = userinfo.split(":", 1)[0]
         netloc = f"{user}:{MASK}@{host}" if ":" in userinfo else f"{userinfo}@{host}"
     query = urlencode(
-        [(k, MASK if is_secret_key(k) else v) for k, v in parse_qsl(parts.query, keep_blank_values=True)],
-        safe="*/:",
+        [(k, MASK if is_secret_key(k) else _inner_uri(v)) for k, v in parse_qsl(parts.query, keep_blank_values=True)],
+        safe="*/:@?=",
     )
     shown = urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
     if not netloc and uri.startswith(f"{parts.scheme}://") and not shown.startswith(f"{parts.scheme}://"):
         # urlunsplit drops an empty authority: keep servicebus:///queue as the user wrote it
         shown = f"{parts.scheme}://{shown[len(parts.scheme) + 1:]}"
     return redact(shown)
+
+
+def _inner_uri(value: str) -> str:
+    """A URI-valued option (``endpoint_url``) with its userinfo and every query value masked: either
+    may carry a credential (a proxy password, a pre-signed ``X-Amz-Signature``)."""
+    if "://" not in value:
+        return value
+    try:
+        parts = urlsplit(value)
+    except ValueError:
+        return redact(value)
+    netloc = parts.netloc
+    if "@" in netloc:
+        netloc = f"{MASK}@{netloc.rsplit('@', 1)[1]}"
+    query = "&".join(f"{k}={MASK}" for k, _ in parse_qsl(parts.query, keep_blank_values=True))
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def remember_uri_option(value: str) -> None:
+    """Register the credential-bearing parts of a URI-valued option: its userinfo (user and password)
+    and every value of its query string."""
+    if "://" not in value:
+        return
+    try:
+        parts = urlsplit(value)
+    except ValueError:
+        return
+    if "@" in parts.netloc:
+        userinfo = parts.netloc.rsplit("@", 1)[0]
+        remember(userinfo, *userinfo.split(":", 1))
+    remember(*(v for _, v in parse_qsl(parts.query, keep_blank_values=True)))

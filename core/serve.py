@@ -19,10 +19,11 @@ Endpoints:
     the latest event per subject as JSON, and the operators' status page (``core/status_page.py``);
     both need the shared token when one is set.
 
-Authentication: a request carrying ``x-mns-signing-cert-url`` is an MNS push and must pass MNS
-signature verification. Every other request needs the shared token when one is configured, as
-``Authorization: Bearer <t>``, ``X-Batchbridge-Token: <t>`` or ``?token=<t>`` (compared in constant
-time). The token never reaches a log line, a metric or an error body.
+Authentication: every request needs the shared token when one is configured, as ``Authorization:
+Bearer <t>``, ``X-Batchbridge-Token: <t>`` or ``?token=<t>`` (compared in constant time) -- MNS pushes
+too, which carry it in their subscription endpoint's query string (unless ``serve.mns.require_token``
+is off). A request carrying ``x-mns-signing-cert-url`` is an MNS push and must also pass MNS signature
+verification. The token never reaches a log line, a metric or an error body.
 
 Starlette, uvicorn, prometheus_client and cryptography are imported here only, and only when an app
 is built: the rest of batchbridge runs without the ``serve`` extra.
@@ -36,6 +37,7 @@ import functools
 import hmac
 import logging
 import signal
+import sys
 import threading
 from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
@@ -45,7 +47,7 @@ from urllib.parse import parse_qsl
 import orjson
 
 from . import status_page
-from .bridge import Bridge
+from .bridge import Bridge, TooManyEventsError
 from .config import BridgeConfig, ServeSettings, load_config
 from .errors import BatchBridgeError, MissingDependencyError
 from .mns_signature import MnsVerifier, SignatureError, is_mns_request
@@ -89,9 +91,20 @@ def _token_ok(headers: Mapping[str, str], query: bytes, token: str | None) -> bo
     return presented is not None and hmac.compare_digest(presented.encode(), token.encode())
 
 
-async def _read_body(receive: Receive, declared: str | None, limit: int) -> bytes | None:
-    """The body, refusing early from Content-Length and again while streaming (a sender may lie or
-    use chunked encoding); None when the client went away."""
+class _TooSlow(Exception):
+    pass
+
+
+async def _read_body(receive: Receive, declared: str | None, limit: int, timeout: float = 30.0) -> bytes | None:
+    """The body within ``timeout`` seconds, refusing early from Content-Length and again while streaming
+    (a sender may lie or use chunked encoding); None when the client went away."""
+    try:
+        return await asyncio.wait_for(_receive_body(receive, declared, limit), timeout)
+    except asyncio.TimeoutError:
+        raise _TooSlow from None
+
+
+async def _receive_body(receive: Receive, declared: str | None, limit: int) -> bytes | None:
     if declared is not None:
         try:
             if int(declared) > limit:
@@ -193,21 +206,28 @@ class _Intake:
         lower = {k.lower(): v for k, v in headers}
         mns = is_mns_request(lower)
         verify = mns and conf.mns.verify
+        # the token first (cheap, and a push without it costs no certificate fetch); a signed MNS push
+        # skips it only when serve.mns.require_token is off
+        if (not verify or conf.mns.require_token) and not _token_ok(lower, scope.get("query_string", b""),
+                                                                     conf.token):
+            code, reason, challenge = _UNAUTHORIZED
+            return await _send_error(send, 401, code, reason, None, challenge)
         if verify:
             try:
                 # headers first: an unsigned request never gets its body read
-                await asyncio.to_thread(self.verifier.verify, scope["method"], _target(scope), headers, None)
+                await self.verifier.averify(scope["method"], _target(scope), headers)
             except SignatureError as exc:
-                log.warning("refused an MNS push: %s", exc)
+                log.warning("refused an MNS push: %s", redact(str(exc)))
                 return await _send_error(send, 403, exc.code, exc.reason, exc.where)
-        elif not _token_ok(lower, scope.get("query_string", b""), conf.token):
-            code, reason, challenge = _UNAUTHORIZED
-            return await _send_error(send, 401, code, reason, None, challenge)
         try:
-            body = await _read_body(receive, lower.get("content-length"), conf.max_body_bytes)
+            body = await _read_body(receive, lower.get("content-length"), conf.max_body_bytes, conf.body_timeout)
         except _TooLarge:
             return await _send_error(send, 413, "payload_too_large",
                                      f"the body exceeds {conf.max_body_bytes} bytes", "body")
+        except _TooSlow:
+            return await _send_error(send, 408, "request_timeout",
+                                     f"the body did not arrive within {conf.body_timeout:g}s (serve.body_timeout)",
+                                     "body", {"Connection": "close"})
         if body is None:
             return None  # the client disconnected: nothing was accepted, nothing to answer
         if verify:
@@ -220,14 +240,16 @@ class _Intake:
         if mns:
             meta["mns"] = True
         try:
-            result = await bridge.ahandle(body, source="http", provider=provider, meta=meta)
+            result = await bridge.ahandle(body, source="http", provider=provider, meta=meta,
+                                          max_events=conf.max_events)
         except BatchBridgeError as exc:
             log.error("cannot accept events: %s", redact(str(exc)))
             return await _send_error(send, 503, exc.code, "the outbox cannot be written; retry later", None,
                                      {"Retry-After": "5"})
         if result.error is not None:
             e = result.error
-            return await _send_error(send, 400, e.code, e.reason, e.where)
+            return await _send_error(send, 413 if isinstance(e, TooManyEventsError) else 400, e.code, e.reason,
+                                     e.where)
         await send(_NO_CONTENT)
         await send(_EMPTY)
         return None
@@ -350,6 +372,8 @@ def create_app(target: Bridge | BridgeConfig | str | Path, *, settings: ServeSet
         try:
             yield
         finally:
+            if mns_verifier is None:
+                verifier.close()
             if owned:
                 drained = await asyncio.to_thread(bridge.drain, conf.drain_timeout)
                 await asyncio.to_thread(bridge.stop)
@@ -368,6 +392,7 @@ def create_app(target: Bridge | BridgeConfig | str | Path, *, settings: ServeSet
         ],
         lifespan=lifespan,
     )
+    app.router.redirect_slashes = False  # a redirect would be built from the request's Host header
     app.state.bridge = bridge
     return app
 
@@ -400,18 +425,13 @@ def serve(config: BridgeConfig, *, host: str | None = None, port: int | None = N
             if self.started and on_bound is not None:
                 on_bound()
 
+    # big bodies are decoded on a worker thread, which holds the GIL while it works: a shorter switch
+    # interval (5 ms by default) lets the event loop in between, so small requests stay fast
+    sys.setswitchinterval(0.001)
     app = create_app(config)
     # claim the outbox before binding: a second bridge on it is a clean error, not a failed lifespan
     app.state.bridge.start()
-    server = _Server(uvicorn.Config(
-        app,
-        host=host or config.serve.host,
-        port=config.serve.port if port is None else port,
-        log_level=log_level,
-        lifespan="on",
-        timeout_graceful_shutdown=max(5, int(config.serve.drain_timeout) + 5),
-        server_header=False,
-    ))
+    server = _Server(uvicorn_config(app, config.serve, host=host, port=port, log_level=log_level))
     # uvicorn re-raises the signal that stopped it once it has shut down; a graceful stop on SIGTERM
     # or SIGINT is a normal exit for us, so the re-raised signal lands in a handler that ignores it
     main = threading.current_thread() is threading.main_thread()
@@ -421,3 +441,103 @@ def serve(config: BridgeConfig, *, host: str | None = None, port: int | None = N
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+
+
+#: connections asyncio accepts in one burst (uvicorn's default of 2,048 can exhaust 1,024 descriptors)
+ACCEPT_BACKLOG = 128
+#: descriptors kept for the outbox, logs, certificate fetches and the publishers
+FD_HEADROOM = 128
+
+
+def uvicorn_config(app: Any, conf: ServeSettings, *, host: str | None = None, port: int | None = None,
+                   log_level: str = "info") -> Any:
+    """uvicorn's settings for ``serve``: its own limits (keep-alive, head size, concurrency) plus the
+    connection guard below for what it lacks (a head timeout, a bound on connections)."""
+    import uvicorn
+
+    return uvicorn.Config(
+        app,
+        host=host or conf.host,
+        port=conf.port if port is None else port,
+        log_level=log_level,
+        lifespan="on",
+        timeout_graceful_shutdown=max(5, int(conf.drain_timeout) + 5),
+        server_header=False,
+        http=_guarded_protocol(conf),
+        timeout_keep_alive=max(1, round(conf.keep_alive_timeout)),
+        h11_max_incomplete_event_size=conf.max_header_bytes,
+        # our guard keeps connections at max_connections; uvicorn's own limit (which answers 503 to a
+        # request once that many connections or tasks exist) sits just above it, as a backstop
+        limit_concurrency=conf.max_connections + 1,
+        # asyncio accepts up to ``backlog`` connections in one go before any of them is looked at: a
+        # small value keeps a burst from taking the descriptors the guard is about to free
+        backlog=ACCEPT_BACKLOG,
+    )
+
+
+def _guarded_protocol(conf: ServeSettings) -> type:
+    """uvicorn's h11 protocol with a head timeout and a connection bound.
+
+    uvicorn accepts every connection and waits forever for its first request, so idle and slow-header
+    connections pile up until the process runs out of file descriptors. Here a connection gets
+    ``header_timeout`` seconds to deliver each request head; and when ``max_connections`` are open, a
+    new one makes room by closing the oldest connection still waiting for a head (an idle or slowloris
+    one: a genuine sender delivers its head at once), or is itself closed at once if none is waiting.
+    """
+    import resource
+
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    # never more connections than the descriptors left after one accept burst and the process's own
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    limit = conf.max_connections
+    if soft != resource.RLIM_INFINITY and soft - ACCEPT_BACKLOG - FD_HEADROOM < limit:
+        limit = max(8, soft - ACCEPT_BACKLOG - FD_HEADROOM)
+        log.warning("serve.max_connections lowered to %d for the file descriptor limit of %d", limit, soft)
+
+    waiting: dict[Any, None] = {}  # the connections waiting for a head, insertion-ordered: the oldest first
+
+    class Guarded(H11Protocol):
+        _head_timer: asyncio.TimerHandle | None = None
+        _seen: object = None
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            if len(self.connections) > limit:
+                victim = next((p for p in waiting if p is not self), None)
+                if victim is None:
+                    transport.abort()  # refused fast: its descriptor is free again at once
+                    return
+                victim._expire()
+            self._wait_for_head()
+
+        def _wait_for_head(self) -> None:
+            waiting[self] = None
+            self._head_timer = self.loop.call_later(conf.header_timeout, self._expire)
+
+        def _got_head(self) -> None:
+            waiting.pop(self, None)
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+                self._head_timer = None
+
+        def _expire(self) -> None:
+            self._got_head()
+            self.transport.abort()
+
+        def handle_events(self) -> None:
+            super().handle_events()
+            if self.cycle is not None and self.cycle is not self._seen:
+                self._seen = self.cycle
+                self._got_head()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if not self.transport.is_closing() and self not in waiting:
+                self._wait_for_head()  # idle between requests: evictable, and timed like a new connection
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._got_head()
+            super().connection_lost(exc)
+
+    return Guarded

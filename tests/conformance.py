@@ -83,6 +83,18 @@ def make_event(job: str = "job-1", n: int = 0, *, pad: int = 0, state: str = "ru
     })
 
 
+def make_trusted_event(job: str = "job-1", n: int = 0, *, state: str = "running") -> dict[str, Any]:
+    """:func:`make_event` with the id that recomputes from its content: one an intake accepts as it is
+    ("Trust at intake"), where :func:`make_event`'s own ids are refused as chosen by a sender."""
+    from batchbridge.core.event import event_id
+
+    event = make_event(job, n, state=state)
+    d = event["data"]
+    event["id"] = event_id(d["provider"], d["region"], event["subject"], d["transition"], d["state"], event["time"],
+                           d["priority"], d["raw"])
+    return event
+
+
 def drain(sub: Subscriber, want: int, deadline: float = 30.0, ack: bool = True) -> list[Received]:
     got: list[Received] = []
     end = time.monotonic() + deadline

@@ -482,7 +482,7 @@ class Mutator:
 
 # --- MNS pushes ---------------------------------------------------------------------------------------
 
-MNS_CERT_URL = "https://mns.cn-hangzhou.aliyuncs.com/x509_public_certificate.pem"
+MNS_CERT_URL = "https://mnstest.oss-cn-hangzhou.aliyuncs.com/x509_public_certificate.pem"
 
 
 class MnsSigner:
@@ -506,7 +506,8 @@ class MnsSigner:
         self.key_pem = self.key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                               serialization.NoEncryption())
 
-    def headers(self, body: bytes, path: str = "/events", *, cert_url: str = MNS_CERT_URL) -> dict[str, str]:
+    def headers(self, body: bytes, path: str = "/events", *, cert_url: str = MNS_CERT_URL,
+                date: str | None = None, md5: str | None = None) -> dict[str, str]:
         import base64
         import hashlib
         from email.utils import formatdate
@@ -515,15 +516,17 @@ class MnsSigner:
         from cryptography.hazmat.primitives.asymmetric import padding
 
         h = {
-            "Content-MD5": hashlib.md5(body).hexdigest().upper(),
+            "Content-MD5": hashlib.md5(body).hexdigest().upper() if md5 is None else md5,
             "Content-Type": "text/xml;charset=utf-8",
-            "Date": formatdate(usegmt=True),
+            "Date": date or formatdate(usegmt=True),
             "x-mns-request-id": "6423F9B7BF94313030AF5EA0",
             "x-mns-version": "2015-06-06",
             "x-mns-signing-cert-url": base64.b64encode(cert_url.encode()).decode(),
         }
+        if not h["Content-MD5"]:
+            del h["Content-MD5"]
         mns = sorted((k.lower(), v) for k, v in h.items() if k.lower().startswith("x-mns-"))
-        text = "POST\n" + h["Content-MD5"] + "\n" + h["Content-Type"] + "\n" + h["Date"] + "\n"
+        text = "POST\n" + h.get("Content-MD5", "") + "\n" + h["Content-Type"] + "\n" + h["Date"] + "\n"
         text += "".join(f"{k}:{v}\n" for k, v in mns) + path
         h["Authorization"] = base64.b64encode(self.key.sign(text.encode(), padding.PKCS1v15(), hashes.SHA1())).decode()
         return h

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from batchbridge.contrib.aws_lambda import make_eventbridge_handler, make_sqs_handler
 from batchbridge.core import BackendError, config_from_dict, normalize, open_publisher
-from conformance import make_event
+from conformance import make_trusted_event
 
 if TYPE_CHECKING:
     from aws_servers import AwsServer, Queue
@@ -127,7 +127,7 @@ def test_sqs_handler_real_records_all_handled(moto_server: AwsServer, tmp_path: 
     moto_server.subscribe(topic, source, raw=False)
     moto_server.client("sns").publish(TopicArn=topic.arn, Message=json.dumps(CHILD_FAILED))
     # a CloudEvent batchbridge published in binary mode: the context is in the message attributes
-    relayed = make_event("relayed")
+    relayed = make_trusted_event("relayed")
     with open_publisher(moto_server.uri("sqs", source.name, mode="binary")) as pub:
         assert pub.publish_one(relayed).ok
     # and something that is no batch event at all

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from batchbridge.contrib.gcp_functions import MESSAGE_PUBLISHED, make_cloudevent_handler, make_push_handler
 from batchbridge.core import BackendError, ConfigError, normalize, open_publisher, open_subscriber
-from conformance import drain, make_event
+from conformance import drain, make_trusted_event
 from pubsub_servers import Admin, PubSubServer, admin, pubsub_emulator  # noqa: F401  (the fixture)
 
 flask = pytest.importorskip("flask")
@@ -147,7 +147,7 @@ def test_relayed_cloudevents_keep_their_binding(topic: Topic, pubsub_emulator: P
     clients.create_topic(source_topic)
     clients.create_subscription(source_sub, source_topic)
     try:
-        event = make_event("relayed-gcp")
+        event = make_trusted_event("relayed-gcp")
         with open_publisher(f"pubsub://{PROJECT}/{source_topic}?emulator_host={pubsub_emulator.host}"
                             "&timeout=10&mode=binary") as pub:
             assert pub.publish_one(event).ok

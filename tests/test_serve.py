@@ -49,7 +49,7 @@ if TYPE_CHECKING:
     from aws_servers import AwsServer
 
 TOKEN = "test-token-0123456789abcdef"
-CERT_URL = "https://mns.cn-hangzhou.aliyuncs.com/x509_public_certificate.pem"
+CERT_URL = "https://mnstest.oss-cn-hangzhou.aliyuncs.com/x509_public_certificate.pem"  # where MNS documents them
 
 
 # --- a test signer ------------------------------------------------------------------------------------
@@ -123,7 +123,7 @@ def make(tmp_path: Path, signer: Signer | None = None, *, extra_to: list[str] | 
     cfg = config_from_dict({
         "routes": [{"to": [out.as_uri(), *(extra_to or [])]}],
         "outbox": {"path": str(tmp_path / "outbox.db"), "backoff_initial": 0.05, "backoff_max": 0.5},
-        "serve": {"mns": mns, **serve},
+        "serve": {**serve, "mns": {**mns, **serve.get("mns", {})}},
     })
     bridge = Bridge(cfg)
     url, stop = run_uvicorn(create_app(bridge), log_level="info")
@@ -209,11 +209,20 @@ def test_mns_bad_signature_is_403_and_nothing_is_kept(srv: Running, signer: Sign
     assert srv.lines() == []
 
 
-def test_mns_push_needs_no_token_but_others_do(guarded: Running, signer: Signer) -> None:
+def test_mns_push_needs_the_token_too_unless_relaxed(guarded: Running, signer: Signer, tmp_path: Path) -> None:
+    """Issue 13: with a token configured, a signed MNS push must present it as well (the MNS endpoint
+    URL carries ``?token=``, which the signature then covers); ``require_token = false`` relaxes it."""
     body = mns_xml(orjson.dumps(alibaba_job("OnJobRunning")).decode())
-    assert guarded.client.post("/events", content=body, headers=signer.headers(body)).status_code == 204
+    r = guarded.client.post("/events", content=body, headers=signer.headers(body))
+    assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
+    target = f"/events?token={TOKEN}"
+    assert guarded.client.post(target, content=body, headers=signer.headers(body, target)).status_code == 204
     unsigned = guarded.client.post("/events", content=body)
     assert unsigned.status_code == 401 and unsigned.headers["www-authenticate"] == "Bearer"
+    (tmp_path / "relaxed").mkdir()
+    for relaxed in make(tmp_path / "relaxed", signer, token=TOKEN, mns={"require_token": False}):
+        assert relaxed.client.post("/events", content=body, headers=signer.headers(body)).status_code == 204
+        assert relaxed.client.post("/events", content=body).status_code == 401
 
 
 def test_eventbridge_and_pubsub_push(srv: Running) -> None:
@@ -385,7 +394,7 @@ def test_certificates_are_fetched_once_and_failures_remembered(signer: Signer) -
     for _ in range(3):
         v.verify("POST", "/events", list(signer.headers(body).items()), body)
     assert calls == [CERT_URL]
-    missing = "https://mns.cn-hangzhou.aliyuncs.com/missing.pem"
+    missing = "https://mnstest.oss-cn-hangzhou.aliyuncs.com/missing.pem"
     for _ in range(3):
         with pytest.raises(SignatureError, match="could not be fetched"):
             v.verify("POST", "/events", list(signer.headers(body, cert_url=missing).items()), body)
@@ -414,8 +423,9 @@ def test_content_md5_forms(tmp_path: Path, signer: Signer) -> None:
         v.verify("POST", "/events", list(signer.headers(body, md5=md5).items()), body)
     with pytest.raises(SignatureError, match="Content-MD5"):
         v.verify("POST", "/events", list(signer.headers(body, md5="0" * 32).items()), body)
-    v.verify("POST", "/events", list(signer.headers(body, md5="").items()), body)
-    strict = MnsVerifier(MnsSettings(require_content_md5=True), trust_store={CERT_URL: signer.pem})
+    relaxed = MnsVerifier(MnsSettings(require_content_md5=False), trust_store={CERT_URL: signer.pem})
+    relaxed.verify("POST", "/events", list(signer.headers(body, md5="").items()), body)
+    strict = MnsVerifier(MnsSettings(), trust_store={CERT_URL: signer.pem})  # required by default (issue 13)
     with pytest.raises(SignatureError):
         strict.verify("POST", "/events", list(signer.headers(body, md5="").items()), body)
     assert issubclass(SignatureError, BatchBridgeError)

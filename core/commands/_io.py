@@ -76,12 +76,9 @@ def _json_line(line: bytes) -> bool:
     return not looks_base64(line)
 
 
-def normalized_stream(fh: IO[bytes], provider: str | None) -> Iterator[tuple[str, list[dict[str, Any]] | InputError]]:
-    """Every payload of one input with its events or its typed error, as ``normalize_stream`` splits
-    them -- but JSON Lines (a first non-blank line that is a JSON value by itself, which cannot open a
-    multi-line document) a line at a time, never holding the input."""
-    from ..normalizing import normalize_lines, normalize_stream
-
+def _split(fh: IO[bytes]) -> tuple[bool, Iterator[bytes]]:
+    """(whether the input is JSON Lines, its lines): a first non-blank line that is a JSON value by
+    itself cannot open a multi-line document, so such input is read a line at a time, never held."""
     head: list[bytes] = []
     seen = 0
     first: bytes | None = None
@@ -95,6 +92,24 @@ def normalized_stream(fh: IO[bytes], provider: str | None) -> Iterator[tuple[str
             first = body if first is None else first
         if seen >= 2 or len(head) >= _LOOKAHEAD:
             break
-    if seen >= 2 and first is not None and _json_line(first):
-        return normalize_lines(itertools.chain(head, fh), provider=provider)
-    return normalize_stream(b"".join(itertools.chain(head, fh)), provider=provider)
+    return seen >= 2 and first is not None and _json_line(first), itertools.chain(head, fh)
+
+
+def normalized_stream(fh: IO[bytes], provider: str | None) -> Iterator[tuple[str, list[dict[str, Any]] | InputError]]:
+    """Every payload of one input with its events or its typed error, as ``normalize_stream`` splits
+    them -- but JSON Lines a line at a time (:func:`_split`)."""
+    from ..normalizing import normalize_lines, normalize_stream
+
+    lines_, lines = _split(fh)
+    if lines_:
+        return normalize_lines(lines, provider=provider)
+    return normalize_stream(b"".join(lines), provider=provider)
+
+
+def payloads(fh: IO[bytes]) -> Iterator[tuple[str, bytes]]:
+    """Every payload of one input, named as :func:`normalized_stream` names them, JSON Lines a line at
+    a time: for callers that decode otherwise than ``normalize`` (``publish`` takes canonical events too)."""
+    from ..normalizing import iter_payloads, numbered_lines
+
+    lines_, lines = _split(fh)
+    return numbered_lines(lines) if lines_ else iter_payloads(b"".join(lines))

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import DecodeMessageError, InputError
 from ..secrets import redact_uri
 from ..vendors import providers
-from .normalize import normalized
+from ._io import note, open_inputs, payloads
 
 if TYPE_CHECKING:
     from ..outcomes import Received
@@ -45,9 +45,31 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     b.set_defaults(func=run_backends)
 
 
+def _decoded(source: str, provider: str | None) -> Iterator[list[dict[str, Any]] | InputError]:
+    """Every payload in ``source`` decoded as the bridge's intake does: a canonical CloudEvent (what
+    ``normalize`` and ``consume`` print) is taken as it is under "Trust at intake", anything else is
+    normalised -- so ``normalize x | publish -`` and ``consume | publish -`` work, byte for byte. JSON
+    Lines are read a line at a time."""
+    from ..bridge import decode_payload
+
+    for name, fh in open_inputs(source):
+        count = 0
+        for where, payload in payloads(fh):
+            count += 1
+            try:
+                yield decode_payload(payload, provider=provider)
+            except InputError as exc:
+                exc.located(where)
+                if name != "stdin":
+                    exc.located(name)
+                yield exc
+        if not count:
+            note(f"{name} holds no payloads (it is empty or blank)")
+
+
 def _chunks(source: str, provider: str | None, bad: list[int]) -> Iterator[list[dict[str, Any]]]:
     chunk: list[dict[str, Any]] = []
-    for _, outcome in normalized(source, provider):
+    for outcome in _decoded(source, provider):
         if isinstance(outcome, InputError):
             bad[0] += 1
             print(f"batchbridge: {outcome.code}: {outcome}", file=sys.stderr)

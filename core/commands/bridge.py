@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import signal
 import sys
 import tempfile
 import threading
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
@@ -17,7 +18,7 @@ from typing import Any
 import orjson
 
 from ..config import BridgeConfig, catch_all, load_config
-from ..errors import ConfigError
+from ..errors import BatchBridgeError, ConfigError
 from ..secrets import redact, redact_uri
 from ..vendors import providers
 from ._io import read_inputs, samples_dir
@@ -159,12 +160,23 @@ def run_relay(args: argparse.Namespace) -> int:
 
 
 def _payload_text(data: bytes) -> dict[str, str]:
+    """A stored payload for showing, its secrets redacted (a payload may quote a URI, credentials and all)."""
     try:
-        return {"payload": data.decode("utf-8")}
+        return {"payload": redact(data.decode("utf-8"))}
     except UnicodeDecodeError:
         import base64
 
         return {"payload_base64": base64.b64encode(data).decode()}
+
+
+def _register_destinations(*groups: Iterable[str | None]) -> None:
+    """Parse the destination URIs an outbox names, so that their credentials are known secrets even when
+    no config was given (``--outbox``): whatever quotes them is then redacted."""
+    from ..registry import parse_uri
+
+    for uri in {u for group in groups for u in group if u}:
+        with contextlib.suppress(BatchBridgeError):
+            parse_uri(uri)
 
 
 def run_dlq(args: argparse.Namespace) -> int:
@@ -177,6 +189,7 @@ def run_dlq(args: argparse.Namespace) -> int:
     if args.action == "list":
         with Outbox(config.outbox.path, synchronous=config.outbox.synchronous) as ob:
             records = ob.dead_letters(limit=args.limit)
+            _register_destinations(ob.destinations(), (r.destination for r in records))
             wanted = set(args.ids or [])
             shown = 0
             for rec in records:
