@@ -247,10 +247,16 @@ class Bridge:
         the same group commit as every other request waiting at that moment. A payload larger than
         ``OFF_LOOP_BYTES`` is decoded on a worker thread, so one big body cannot stall other requests.
         Over ``max_events`` events, ``result.error`` is TooManyEventsError and nothing is kept."""
+        Plan = tuple[list[_Intake], IntakeGate | None, list[int | None]]
+
+        def plan() -> Plan:
+            plans = [self._plan(payload, source=source, provider=provider, meta=meta, max_events=max_events)]
+            return (plans, *self._gate(plans))
+
         if isinstance(payload, (bytes, bytearray, memoryview, str)) and len(payload) > OFF_LOOP_BYTES:
-            def off_loop() -> _Intake:
+            def off_loop() -> Plan:
                 try:
-                    return self._plan(payload, source=source, provider=provider, meta=meta, max_events=max_events)
+                    return plan()
                 finally:
                     _release_memory()
 
@@ -260,11 +266,9 @@ class Bridge:
             if one_at_a_time is None:
                 one_at_a_time = self._off_loop[loop] = asyncio.Semaphore(1)
             async with one_at_a_time:
-                plan = await asyncio.to_thread(off_loop)
+                plans, gate, indexes = await asyncio.to_thread(off_loop)
         else:
-            plan = self._plan(payload, source=source, provider=provider, meta=meta, max_events=max_events)
-        plans = [plan]
-        gate, indexes = self._gate(plans)
+            plans, gate, indexes = plan()
         inserted = await self.outbox.asubmit(*self._collect(plans), gate)
         return self._finish(plans, inserted.dead_ids, gate, indexes)[0]
 

@@ -194,9 +194,13 @@ class SqliteStateStore:
         current: dict[str, _Current] = {}
         for start in range(0, len(subjects), 500):
             chunk = subjects[start:start + 500]
-            for subject, seq, event_id, type_, state, time_, provider, key, updated, history in tx.execute(
-                    "SELECT subject, sequence, event_id, type, state, time, provider, partitionkey, updated, history "
-                    f"FROM subject_state WHERE subject IN ({', '.join('?' * len(chunk))})", chunk):
+            # one row for the whole chunk: sqlite3 hands the GIL back and forth at every step of a
+            # statement, and a step per subject stalls the event loop behind a big commit
+            (packed,) = tx.execute(
+                "SELECT json_group_array(json_array(subject, sequence, event_id, type, state, time, provider, "
+                f"partitionkey, updated, history)) FROM subject_state WHERE subject IN ({', '.join('?' * len(chunk))})",
+                chunk).fetchone()
+            for subject, seq, event_id, type_, state, time_, provider, key, updated, history in orjson.loads(packed):
                 latest = Observation(subject, seq, event_id, type_, state, time_, provider, key)
                 current[subject] = _Current(seq, event_id, updated, history, latest)
         now = time.time()

@@ -174,6 +174,22 @@ def _k_required(c: _Compiler, s: Mapping[str, Any], doc: str) -> Check:
     return check
 
 
+def _k_dependent_required(c: _Compiler, s: Mapping[str, Any], doc: str) -> Check:
+    needs: Mapping[str, list[str]] = s["dependentRequired"]
+
+    def check(v: Any, p: str) -> str | None:
+        if v.__class__ is not dict:
+            return None
+        for name, required in needs.items():
+            if name in v:
+                missing = [n for n in required if n not in v]
+                if missing:
+                    return f"{p}: {name} needs {', '.join(missing)}"
+        return None
+
+    return check
+
+
 def _k_properties(c: _Compiler, s: Mapping[str, Any], doc: str) -> Check:
     props = {name: c.schema(sub, doc) for name, sub in s["properties"].items()}
     extra = s.get("additionalProperties", True)
@@ -266,7 +282,8 @@ def _k_if(c: _Compiler, s: Mapping[str, Any], doc: str) -> Check:
 _KEYWORDS: dict[str, Callable[[_Compiler, Mapping[str, Any], str], Check]] = {
     "type": _k_type, "const": _k_const, "enum": _k_enum, "pattern": _k_pattern, "minLength": _k_min_length,
     "maxLength": _k_max_length, "minimum": _k_minimum, "maximum": _k_maximum, "format": _k_format,
-    "required": _k_required, "properties": _k_properties, "additionalProperties": _k_additional,
+    "required": _k_required, "dependentRequired": _k_dependent_required, "properties": _k_properties,
+    "additionalProperties": _k_additional,
     "items": _k_items, "$ref": _k_ref, "allOf": _k_all_of, "anyOf": _k_any_of, "oneOf": _k_one_of, "if": _k_if,
 }
 # type first: the later checks assume nothing about the value, but their messages read best after it

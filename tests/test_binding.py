@@ -132,14 +132,17 @@ def test_sequence_and_partitionkey_are_attributes_within_the_sqs_budget() -> Non
     msg = to_message(event, max_attributes=9)
     assert msg.attributes["ce-sequence"] == event["sequence"] == "01704067205000000.90"
     assert msg.attributes["ce-partitionkey"] == "job-s"
-    assert len(msg.attributes) == 9
+    # structured mode: no specversion ("On the wire"), so the filter attributes and both extensions fit
+    assert len(msg.attributes) == 8 and "ce-specversion" not in msg.attributes
 
 
 def test_structured_mode_gives_the_derived_extensions_last_claim() -> None:
     event = {**make_event("job-t", 1), **_TRACE}
-    msg = to_message(event, max_attributes=9)
+    msg = to_message(event, max_attributes=8)
     assert msg.attributes["ce-traceparent"] == _TRACE["traceparent"]
     assert "ce-sequence" not in msg.attributes and "ce-partitionkey" not in msg.attributes
+    # one slot more goes to an extension, the partition key first
+    assert "ce-partitionkey" in to_message(event, max_attributes=9).attributes
     assert from_message(msg.body, msg.attributes, msg.content_type) == event  # the body has them
 
 

@@ -78,7 +78,7 @@ def test_a_file_deleted_between_batches_of_a_running_serve_loses_nothing_confirm
     """The bridge's own publisher (one long-lived descriptor), with the file removed under it."""
     from batchbridge.core.bridge import Bridge
     from batchbridge.core.config import config_from_dict
-    from conformance import make_event
+    from conformance import make_trusted_event as make_event
 
     out = tmp_path / "out.jsonl"
     config = config_from_dict({"routes": [{"to": f"file://{out}"}], "outbox": {"path": str(tmp_path / "o.db")}})

@@ -11,7 +11,7 @@ import pytest
 from batchbridge.core.bridge import Bridge
 from batchbridge.core.config import config_from_dict
 from batchbridge.core.errors import MalformedPayloadError
-from batchbridge.core.normalize import normalize
+from batchbridge.core.normalizing import normalize
 from batchbridge.core.serve import create_app
 from uvicorn_thread import run_uvicorn
 

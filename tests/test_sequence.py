@@ -7,7 +7,7 @@ from importlib.resources import files
 
 import pytest
 from batchbridge.core.event import as_time
-from batchbridge.core.normalize import normalize
+from batchbridge.core.normalizing import normalize
 from batchbridge.core.sequence import STATE_RANK, partition_key, sequence, sequence_for, time_micros
 from jsonschema import Draft202012Validator
 

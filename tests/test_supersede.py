@@ -12,7 +12,7 @@ from batchbridge.core.bridge import Bridge
 from batchbridge.core.config import DEFAULT_STATE_RETENTION, config_from_dict
 from batchbridge.core.errors import ConfigError
 from batchbridge.core.metrics import prometheus_registry
-from conformance import make_event
+from conformance import make_trusted_event as make_event
 
 
 def _config(tmp_path: Path, **route: object) -> dict:  # type: ignore[type-arg]

@@ -19,7 +19,7 @@ from batchbridge.core import (
     open_subscriber,
 )
 from batchbridge.core.tracing import context_of
-from conformance import drain, make_event
+from conformance import drain, make_event, make_trusted_event
 
 pytest.importorskip("opentelemetry.sdk")
 
@@ -220,7 +220,7 @@ def test_the_bridge_commits_the_context_and_publishes_exactly_what_it_committed(
     out = tmp_path / "out.jsonl"
     committed: list[bytes] = []
     config = config_from_dict({"outbox": {"path": str(tmp_path / "o.db")}, "routes": [{"to": out.as_uri()}]})
-    event = make_event("committed")
+    event = make_trusted_event("committed")
     with Bridge(config) as bridge:
         def record(rows: list[tuple[int, OutboxRow]]) -> None:
             committed.extend(row.body for _, row in rows)

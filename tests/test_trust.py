@@ -15,11 +15,11 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-from batchbridge.core.bridge import Bridge, decode
+from batchbridge.core.bridge import Bridge, decode_payload
 from batchbridge.core.config import config_from_dict
 from batchbridge.core.errors import UnrecognizedFormatError
 from batchbridge.core.event import DATASCHEMA
-from batchbridge.core.normalize import dumps, normalize
+from batchbridge.core.normalizing import dumps, normalize
 from batchbridge.core.serve import create_app
 from batchbridge.core.trust import InvalidEventError, trusted_event
 from test_schema import BREAKAGES
@@ -66,7 +66,7 @@ def test_forged_or_broken_canonical_events_are_invalid_event(mutate: Callable[[d
     assert info.value.code == "invalid_event" and info.value.where and info.value.where.startswith("$")
     # the bridge's decode refuses it too, as bytes; one with another dataschema is no event of ours at all
     with pytest.raises(UnrecognizedFormatError if event.get("dataschema") != DATASCHEMA else InvalidEventError):
-        decode(orjson.dumps(event))
+        decode_payload(orjson.dumps(event))
 
 
 # --- at serve, over real HTTP -------------------------------------------------------------------------
@@ -142,3 +142,11 @@ def test_publish_refuses_a_forged_canonical_event_and_names_the_line(tmp_path: P
     assert done.returncode == 1
     assert b"invalid_event: [at line 2: $.id]" in done.stderr
     assert out.read_bytes() == dumps(good) + b"\n"
+
+
+
+def test_a_sequence_without_its_time_is_refused_by_the_schema() -> None:
+    event = next(copy.deepcopy(e) for _, payload in CORPUS for e in normalize(payload) if "sequence" in e)
+    del event["time"]
+    with pytest.raises(InvalidEventError, match="sequence needs time"):
+        trusted_event(event)
