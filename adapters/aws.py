@@ -13,12 +13,12 @@ the portable layer's (:mod:`batchbridge.core.publisher`). What is AWS-specific l
   ``GetQueueAttributes``; 1 MiB by default since 2025) and 1 MiB per ``SendMessageBatch`` (256 KiB on
   a server that still reports the old 256 KiB default). The
   portable layer refuses what exceeds ``max_message_bytes`` (the service limit); the driver refuses,
-  per message, the few bytes of data types and ``content-type`` that ``Message.size`` leaves out.
+  per message, the few bytes of attribute data types that ``Message.size`` leaves out.
 * **Bodies** are Unicode text on SQS and SNS (the XML 1.0 character set). A body that is not UTF-8,
   or holds a character outside that set, is refused per message with :class:`InvalidBodyError`
   (not retryable) instead of letting the service fail the whole batch.
-* **Attributes**: the binding's ``ce-*`` attributes (at most 9, see ``max_attributes``) plus
-  ``content-type``, so never more than the 10 SQS and SNS allow. Empty values are left out (both
+* **Attributes**: what the binding made (``core/binding.py``: ``ce-*`` and ``content-type``, fitted to
+  the 10 SQS and SNS allow, ``max_attributes``), each as a ``String``. Empty values are left out (both
   services refuse them; the structured body still carries every field).
 * **FIFO** (name ends in ``.fifo``): ``MessageDeduplicationId`` = the CloudEvent ``id``;
   ``MessageGroupId`` = the job id, else the environment id (``Message.ordering_key``); for an event
@@ -52,7 +52,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NoReturn
 
 from batchbridge.core.driver import Message, ReceivedMessage
-from batchbridge.core.envelopes import parse_sns_notification
+from batchbridge.core.envelopes import unwrap_sns
 from batchbridge.core.errors import (
     BackendError,
     BatchBridgeError,
@@ -79,11 +79,10 @@ SQS_MAX_BYTES = 1 * MIB
 #: SQS and SNS: message attributes per message, and entries per batch request
 MAX_ATTRIBUTES = 10
 MAX_BATCH = 10
-#: what ``Message.size`` does not count but AWS does, per batch: the data type of up to 10 attributes
-#: and our ``content-type`` attribute, for each of 10 entries. The batch byte limit handed to the
-#: portable layer is lowered by this much, so a full batch never exceeds the service's total.
-_BATCH_RESERVE = MAX_BATCH * (MAX_ATTRIBUTES * len("String") + len("content-type") + 128)
-_CONTENT_TYPE = "content-type"
+#: what ``Message.size`` does not count but AWS does, per batch: the data type of up to 10 attributes,
+#: for each of 10 entries. The batch byte limit handed to the portable layer is lowered by this much,
+#: so a full batch never exceeds the service's total.
+_BATCH_RESERVE = MAX_BATCH * (MAX_ATTRIBUTES * len("String") + 128)
 
 #: the characters SQS and SNS accept in a body or attribute value (XML 1.0's Char production)
 _INVALID_CHAR = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
@@ -361,9 +360,6 @@ def _attributes(msg: Message, where: str) -> dict[str, dict[str, str]]:
     if len(attrs) > MAX_ATTRIBUTES:
         raise BackendError(f"{len(attrs)} message attributes; SQS and SNS carry at most {MAX_ATTRIBUTES}",
                            where=where, retryable=False)
-    if msg.content_type and len(attrs) < MAX_ATTRIBUTES and _CONTENT_TYPE not in attrs:
-        _check_text(msg.content_type, "content type", where)
-        attrs[_CONTENT_TYPE] = {"DataType": "String", "StringValue": msg.content_type}
     return attrs
 
 
@@ -400,9 +396,9 @@ class _AwsPublisher:
 
     service = ""
     attribute_prefix = "ce-"
-    #: 9 binding attributes + ``content-type`` = the 10 SQS and SNS allow. ``content-type`` is what tells
-    #: a structured message from a binary one to readers that do not know batchbridge's own messages.
-    max_attributes = MAX_ATTRIBUTES - 1
+    max_attributes = MAX_ATTRIBUTES
+    #: SQS and SNS messages have no content-type field: the binding sends it as an attribute
+    content_type_attribute = True
     max_batch_count = MAX_BATCH
     body_field = "MessageBody"
 
@@ -569,15 +565,6 @@ class SqsPublisher(_AwsPublisher):
         return result
 
 
-def _unwrap_sns(body: str, attrs: dict[str, str]) -> tuple[str, dict[str, str], dict[str, Any]]:
-    """Undo SNS's notification envelope (a subscription without raw message delivery); the binding
-    attributes of a binary-mode CloudEvent are inside it."""
-    notification = parse_sns_notification(body)
-    if notification is None:
-        return body, attrs, {}
-    return notification.message, {**attrs, **notification.attributes}, {"sns": notification.meta}
-
-
 class SqsSubscriber:
     max_receive_count = MAX_BATCH
 
@@ -648,15 +635,16 @@ class SqsSubscriber:
             if "StringValue" in attr:
                 attrs[name] = attr["StringValue"]
         extra: dict[str, Any] = {}
-        if not self._raw:
-            body, attrs, extra = _unwrap_sns(body, attrs)
+        unwrapped = None if self._raw else unwrap_sns(body, attrs)
+        if unwrapped is not None:
+            body, attrs, meta = unwrapped
+            extra["sns"] = meta
         system = m.get("Attributes") or {}
         count = system.get("ApproximateReceiveCount")
         return ReceivedMessage(
             body=body.encode("utf-8"),
             attributes=attrs,
             ack_id=m["ReceiptHandle"],
-            content_type=attrs.get(_CONTENT_TYPE),
             delivery_count=int(count) if count else None,
             ordering_key=system.get("MessageGroupId"),
             message_id=m.get("MessageId"),

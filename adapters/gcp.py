@@ -10,10 +10,11 @@ A thin driver over the generated (GAPIC) clients of ``google-cloud-pubsub`` (ext
   against the official emulator 0.8.20 (``benchmarks/bench_pubsub.py``, 10,000 events, 8
   attributes, ~730 B bodies): the raw client's own batching ~10-12k msg/s; batchbridge over
   ``publish()`` futures ~9k msg/s (~80 %); batchbridge over the raw RPC 15-19k msg/s (130-160 %,
-  CloudEvents binding included). With ``ordering=true`` each batch is split into one request per
-  ordering key, as the service requires ("all messages in a PublishRequest must specify the same
-  ordering_key"); the keys' requests go out side by side (up to 8 per batch), each key's own in
-  order, and after a key's request failed nothing later of that key in the batch is sent. There is
+  CloudEvents binding included). With ``ordering=true`` the driver declares ``one_key_per_batch``,
+  as the service requires ("all messages in a PublishRequest must specify the same ordering_key"):
+  the portable layer (``core/keyfanout.py``) splits each batch per ordering key and sends the keys'
+  batches side by side (up to 8), each key's own in order; within one key's batch, after a request
+  failed nothing later of that key is sent. There is
   no client-side paused key to ``resume_publish``: the portable layer's lane for a key is sequential
   and resends the failed messages before anything newer of that key, which is what pausing and
   resuming achieves in the high-level client. Unlike a paused key, once the retries are spent the
@@ -25,9 +26,10 @@ A thin driver over the generated (GAPIC) clients of ``google-cloud-pubsub`` (ext
   nack = ``ModifyAckDeadline`` to 0 (immediate redelivery). A deadline that runs out while the
   server holds no message is an empty result; messages a server hands out just as a deadline
   expires stay leased until the subscription's ack deadline, then come again (Pull's known race).
-* **attributes**: the binding's ``ce-*`` attributes (the CloudEvents Pub/Sub binding) plus
-  ``content-type`` (``application/cloudevents+json`` in structured mode, the event's
-  ``datacontenttype`` in binary mode), read back into ``ReceivedMessage.content_type``.
+* **attributes**: what the binding made (``core/binding.py``: the ``ce-*`` attributes of the
+  CloudEvents Pub/Sub binding and ``content-type``, ``application/cloudevents+json`` in structured
+  mode, the event's ``datacontenttype`` in binary mode, within the 100 ``max_attributes``), sent as
+  they are; names and values are checked against Pub/Sub's byte limits per message.
 * **no hangs**: every call carries ``retry=None`` (the one retry policy, core/retry.py, decides) and an
   explicit deadline (``timeout``, default 10 s), so a missing server fails in seconds instead of the
   client's default 600 s retry budget.
@@ -44,11 +46,8 @@ import contextlib
 import json
 import math
 import os
-import threading
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
@@ -72,7 +71,7 @@ if TYPE_CHECKING:
 #: the service refuses a PublishRequest over 10,000,000 bytes (the client library's own constant)
 SERVER_MAX_REQUEST_BYTES = 10 * 1000 * 1000
 SERVER_MAX_MESSAGES = 1000
-#: room left in a request for the topic name, the ``content-type`` attribute and protobuf framing
+#: room left in a request for the topic name and protobuf framing
 _MESSAGE_MARGIN = 16 * 1024
 MAX_ATTRIBUTES = 100
 MAX_ATTRIBUTE_KEY_BYTES = 256
@@ -81,17 +80,12 @@ MAX_ORDERING_KEY_BYTES = 1024
 #: ack ids per Acknowledge / ModifyAckDeadline request (the streaming client uses 2,500; ids are ~200 B)
 _ACK_CHUNK = 1000
 PUBSUB_SCOPE = "https://www.googleapis.com/auth/pubsub"
-CONTENT_TYPE = "content-type"
 _INSTALL = "pip install 'batchbridge[gcp]'"
 #: UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, ABORTED, INTERNAL (gRPC code names)
 #: gRPC status names that are not also portable code names (ABORTED: a conflict worth trying again)
 _GRPC_CODES = {"CANCELLED": ErrorCode.CANCELED, "ABORTED": ErrorCode.UNAVAILABLE, "UNAUTHENTICATED":
                ErrorCode.PERMISSION_DENIED, "OUT_OF_RANGE": ErrorCode.INVALID_ARGUMENT,
                "UNIMPLEMENTED": ErrorCode.FAILED_PRECONDITION, "DATA_LOSS": ErrorCode.INTERNAL}
-#: after these a batch's other requests would only wait for the same answer
-_UNREACHABLE = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED"})
-#: requests for different ordering keys of one batch sent side by side
-_KEY_FANOUT = 8
 _CHANNEL_OPTIONS = [
     ("grpc.max_send_message_length", -1),
     ("grpc.max_receive_message_length", -1),
@@ -288,14 +282,17 @@ class PubSubPublisher:
     """Publishes each batch with raw ``Publish`` RPCs (see the module docstring for why)."""
 
     attribute_prefix = "ce-"
-    #: one attribute slot is taken by ``content-type``
-    max_attributes = MAX_ATTRIBUTES - 1
+    max_attributes = MAX_ATTRIBUTES
+    #: a PubsubMessage has no content-type field: the binding sends it as an attribute
+    content_type_attribute = True
 
     def __init__(self, uri: BackendURI) -> None:
         self._where = uri.redacted
         self._topic = topic_path(uri)
         self._timeout = float(uri.options["timeout"])
         self._ordering = bool(uri.options["ordering"])
+        #: the service takes one ordering key per request; the portable layer fans out over keys
+        self.one_key_per_batch = self._ordering
         cap = int(uri.options["batch_bytes"] or SERVER_MAX_REQUEST_BYTES)
         self._request_bytes = max(1, min(cap, SERVER_MAX_REQUEST_BYTES))
         self.max_batch_count = SERVER_MAX_MESSAGES
@@ -307,8 +304,6 @@ class PubSubPublisher:
         self._wrap_request = pubsub_v1.PublishRequest.wrap
         self._client = _client("publisher", uri)
         self._closed = False
-        self._lock = threading.Lock()
-        self._pool: ThreadPoolExecutor | None = None
         try:
             if uri.options["create"]:
                 ensure_topic(self._client, self._topic, self._timeout, self._where)
@@ -329,8 +324,8 @@ class PubSubPublisher:
     def _check_message(self, m: Message) -> BackendError | None:
         """Pub/Sub refuses a whole request over one bad attribute; refuse just that message instead."""
         where = f"{self._where} event {m.dedup_id}"
-        if len(m.attributes) + 1 > MAX_ATTRIBUTES:
-            return MessageTooLargeError(f"{len(m.attributes) + 1} attributes; Pub/Sub allows {MAX_ATTRIBUTES}",
+        if len(m.attributes) > MAX_ATTRIBUTES:
+            return MessageTooLargeError(f"{len(m.attributes)} attributes; Pub/Sub allows {MAX_ATTRIBUTES}",
                                         where=where)
         for k, v in m.attributes.items():
             if k.startswith("goog"):
@@ -351,13 +346,15 @@ class PubSubPublisher:
         return None
 
     def send_batch(self, messages: Sequence[Message]) -> list[BaseException | None]:
+        """Publish ``messages`` in order, in as few requests as the limits allow. With ordering, one
+        ordering key per call (``one_key_per_batch``: the portable layer splits per key); a mixed batch
+        handed over directly goes one key after the other."""
         if self._closed:
             raise ClosedError("pubsub publisher is closed", where=self._where)
         results: list[BaseException | None] = [None] * len(messages)
-        # one request per ordering key (the service's rule); without ordering, one group for the batch
         groups: dict[str | None, list[int]] = {}
         pbs: list[Any] = [None] * len(messages)
-        refused = 0
+        refused = sent = 0
         for i, m in enumerate(messages):
             bad = self._check_message(m)
             if bad is not None:
@@ -365,52 +362,21 @@ class PubSubPublisher:
                 refused += 1
                 continue
             key = m.ordering_key if self._ordering else None
-            attributes = dict(m.attributes)
-            attributes[CONTENT_TYPE] = m.content_type
-            pbs[i] = self._pb_message(data=m.body, attributes=attributes, ordering_key=key or "")
+            pbs[i] = self._pb_message(data=m.body, attributes=m.attributes, ordering_key=key or "")
             groups.setdefault(key, []).append(i)
-        state = _BatchState()
-        lists = list(groups.values())
-        if len(lists) > 1:
-            # ordering keys: independent requests, sent side by side (each key's own chunks in order)
-            list(self._fanout().map(lambda g: self._send_group(g, pbs, results, state), lists))
-        elif lists:
-            self._send_group(lists[0], pbs, results, state)
-        if isinstance(state.abort, EntityNotFoundError):
-            raise state.abort
-        first = results[0] if results else None
-        if state.sent == 0 and refused == 0 and first is not None and all(r is first for r in results):
-            raise first  # the whole batch failed with one error (server unreachable): retried as a whole
-        return results
-
-    def _send_group(self, indices: list[int], pbs: list[Any], results: list[BaseException | None],
-                    state: _BatchState) -> None:
-        """Send one ordering key's messages in order; after a failure send nothing more of that key."""
-        for chunk in self._chunks(indices, pbs):
-            err = state.abort
-            if err is None:
+        for indices in groups.values():
+            for chunk in self._chunks(indices, pbs):
                 try:
                     self._publish([pbs[i] for i in chunk])
-                    with state.lock:
-                        state.sent += len(chunk)
-                    continue
+                    sent += len(chunk)
                 except Exception as exc:
                     err = typed(exc, self._where, f"topic {self._topic}")
-                    # the topic is gone or the server is unreachable: the other keys would only wait
-                    # for the same answer (each up to ``timeout``), so the rest of the batch stops here
-                    if isinstance(err, EntityNotFoundError) or _status_name(exc) in _UNREACHABLE:
-                        state.abort = err
-            for i in indices[indices.index(chunk[0]):]:
-                results[i] = err
-            return
-
-    def _fanout(self) -> ThreadPoolExecutor:
-        with self._lock:
-            if self._closed:
-                raise ClosedError("pubsub publisher is closed", where=self._where)
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(_KEY_FANOUT, thread_name_prefix="batchbridge-pubsub-keys")
-            return self._pool
+                    if sent == 0 and refused == 0 and len(groups) == 1:
+                        raise err from None  # the whole batch failed with one error: retried as a whole
+                    for i in indices[indices.index(chunk[0]):]:  # nothing later of this key overtakes
+                        results[i] = err
+                    break
+        return results
 
     def _chunks(self, indices: list[int], pbs: list[Any]) -> list[list[int]]:
         """Split by the service's exact limits (protobuf size, 1,000 messages)."""
@@ -437,21 +403,9 @@ class PubSubPublisher:
         return error_code(exc)
 
     def close(self) -> None:
-        with self._lock:
-            if self._closed:
-                return
+        if not self._closed:
             self._closed = True
-            pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.shutdown(wait=True)
-        _close_client(self._client)
-
-
-@dataclass
-class _BatchState:
-    sent: int = 0
-    abort: BackendError | None = None
-    lock: threading.Lock = field(default_factory=threading.Lock)
+            _close_client(self._client)
 
 
 def ensure_topic(client: Any, topic: str, timeout: float, where: str) -> None:
@@ -565,7 +519,6 @@ class PubSubSubscriber:
             body=m.data,
             attributes=attributes,
             ack_id=r.ack_id,
-            content_type=attributes.get(CONTENT_TYPE),
             delivery_count=r.delivery_attempt or None,  # set only on subscriptions with a dead-letter policy
             ordering_key=m.ordering_key or None,
             message_id=m.message_id or None,

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from batchbridge.core.bridge import Bridge, Payload
-from batchbridge.core.envelopes import parse_sns_notification
+from batchbridge.core.envelopes import unwrap_sns
 from batchbridge.core.errors import BatchBridgeError
 
 from ._common import Runtime, Target, as_bytes, intake, summary
@@ -122,18 +122,12 @@ def _record(record: Mapping[str, Any]) -> tuple[Payload, dict[str, Any]]:
     attributes = {name: str(a["stringValue"]) for name, a in (record.get("messageAttributes") or {}).items()
                   if isinstance(a, Mapping) and a.get("stringValue") is not None}
     meta: dict[str, Any] = {"message_id": record.get("messageId")}
-    body, attributes = _unwrap_sns(body, attributes, meta)
+    unwrapped = unwrap_sns(body, attributes)  # a queue subscribed to SNS without raw delivery
+    if unwrapped is not None:
+        message, attributes, sns = unwrapped
+        body = message.encode("utf-8")
+        meta["sns_message_id"] = sns.get("MessageId")
     return intake(body, attributes, meta=meta)
-
-
-def _unwrap_sns(body: bytes, attributes: dict[str, str], meta: dict[str, Any]) -> tuple[bytes, dict[str, str]]:
-    """A queue subscribed to SNS without raw delivery gets the notification envelope; the CloudEvents
-    binding attributes are inside it."""
-    notification = parse_sns_notification(body)
-    if notification is None:
-        return body, attributes
-    meta["sns_message_id"] = notification.meta.get("MessageId")
-    return notification.message.encode("utf-8"), {**attributes, **notification.attributes}
 
 
 def make_eventbridge_handler(target: Target, *, outbox: str | Path | None = None,

@@ -33,6 +33,9 @@ from .sequence import with_extensions
 
 STRUCTURED_CONTENT_TYPE = "application/cloudevents+json"
 JSON = "application/json"
+#: the attribute that carries the content type on backends without a field of their own (the
+#: CloudEvents Pub/Sub binding's name; SQS/SNS use the same)
+CONTENT_TYPE_ATTRIBUTE = "content-type"
 PREFIXES = ("ce-", "ce_", "cloudEvents_", "cloudEvents:")
 #: the AMQP prefixes by their option name (``?amqp_prefix=`` on an AMQP backend's URI)
 AMQP_PREFIXES = {"underscore": "cloudEvents_", "colon": "cloudEvents:"}
@@ -76,8 +79,17 @@ def to_message(
     mode: str = "structured",
     prefix: str = "ce-",
     max_attributes: int = 64,
+    content_type_attribute: bool = False,
 ) -> Message:
-    """Bind one CloudEvent to a backend message."""
+    """Bind one CloudEvent to a backend message.
+
+    ``max_attributes`` is every attribute the backend carries per message. With
+    ``content_type_attribute`` (a backend without a content-type field of its own) one of them is
+    ``content-type``, claimed before any binding attribute: it is what tells a structured message from
+    a binary one to readers that do not know batchbridge's own messages.
+    """
+    if content_type_attribute:
+        max_attributes -= 1
     if mode == "binary":
         names = [n for n in (*_ROUTING, *_CONTEXT, *_extensions(event)) if event.get(n) is not None]
         for derived in _DROP_ORDER:
@@ -110,6 +122,8 @@ def to_message(
                     attributes[f"{prefix}{n}"] = value if value.__class__ is str else _attr(value)
         body = orjson.dumps(event)
         content_type = STRUCTURED_CONTENT_TYPE
+    if content_type_attribute:
+        attributes[CONTENT_TYPE_ATTRIBUTE] = content_type
     return Message(
         body=body,
         attributes=attributes,
@@ -186,6 +200,11 @@ def _strip_prefix(name: str) -> str | None:
     return None
 
 
+def content_type_of(attributes: Mapping[str, str]) -> str | None:
+    """The content type a backend without its own field carried as an attribute."""
+    return attributes.get(CONTENT_TYPE_ATTRIBUTE) or attributes.get("content_type")
+
+
 def from_message(body: bytes, attributes: Mapping[str, str], content_type: str | None = None) -> dict[str, Any]:
     """Decode a received message, in either mode and with any attribute prefix, to the CloudEvent."""
     ce_attrs = {}
@@ -193,7 +212,7 @@ def from_message(body: bytes, attributes: Mapping[str, str], content_type: str |
         name = _strip_prefix(k)
         if name is not None:
             ce_attrs[name] = v
-    content_type = content_type or attributes.get("content-type") or attributes.get("content_type")
+    content_type = content_type or content_type_of(attributes)
     binary = "specversion" in ce_attrs and not (content_type or "").startswith(STRUCTURED_CONTENT_TYPE)
     if binary and content_type is None:
         # brokers that carry no content type (or dropped it): a structured body is a whole event

@@ -445,6 +445,16 @@ def parse_sns_notification(body: bytes | str) -> SnsNotification | None:
     return sns_notification(doc)
 
 
+def unwrap_sns(body: bytes | str, attributes: Mapping[str, str]) -> tuple[str, dict[str, str], dict[str, Any]] | None:
+    """An SQS message (body and attributes) that holds SNS's notification envelope as the published
+    message, the envelope's attributes over the queue's (a binary-mode CloudEvent keeps its context
+    there), and the envelope's ``meta``; None for any other body."""
+    notification = parse_sns_notification(body)
+    if notification is None:
+        return None
+    return notification.message, {**attributes, **notification.attributes}, notification.meta
+
+
 def _lambda_source(record: Any) -> str | None:
     if not isinstance(record, Mapping):
         return None

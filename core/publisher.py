@@ -4,7 +4,9 @@
 * per-message size checks against the driver's limit, before anything is sent,
 * batching up to the driver's count and byte limits,
 * bounded concurrency in *lanes*: all messages with one ordering key go through one lane, in order,
-  so ordering per job/environment holds while different keys are sent in parallel,
+  so ordering per job/environment holds while different keys are sent in parallel; where a request
+  may carry one key only (``one_key_per_batch``), a lane's batch is split per key and the keys sent
+  side by side (:mod:`batchbridge.core.keyfanout`),
 * retries under the one policy (:mod:`batchbridge.core.retry`) on what failed transiently,
   resending only the messages the backend did not confirm,
 * one :class:`PublishResult` per event, so a partial batch failure is never reported as success.
@@ -25,6 +27,7 @@ from typing import Any
 from . import binding, tracing
 from .driver import AsyncPublisherDriver, Message, PublisherDriver
 from .errors import BackendError, BatchBridgeError, ClosedError, MessageTooLargeError
+from .keyfanout import fanned
 from .outcomes import PublishResult as PublishResult  # re-exported: its home before outcomes.py
 from .registry import BackendURI
 from .retry import ErrorCode, RetryPolicy, code_of, is_transient
@@ -55,6 +58,7 @@ class _Settings:
     policy: RetryPolicy
     prefix: str
     max_attributes: int
+    content_type_attribute: bool
 
     @classmethod
     def of(cls, driver: PublisherDriver | AsyncPublisherDriver, options: Mapping[str, Any]) -> _Settings:
@@ -69,6 +73,7 @@ class _Settings:
             policy=RetryPolicy.from_options(options),
             prefix=driver.attribute_prefix,
             max_attributes=driver.max_attributes,
+            content_type_attribute=bool(getattr(driver, "content_type_attribute", False)),
         )
 
 
@@ -82,7 +87,8 @@ class _Batches:
         spread = 0
         for i, event in enumerate(events):
             try:
-                msg = binding.to_message(event, mode=s.mode, prefix=s.prefix, max_attributes=s.max_attributes)
+                msg = binding.to_message(event, mode=s.mode, prefix=s.prefix, max_attributes=s.max_attributes,
+                                         content_type_attribute=s.content_type_attribute)
             except BatchBridgeError as exc:
                 self.results[i] = PublishResult(self.ids[i], exc)
                 continue
@@ -228,7 +234,7 @@ class Publisher(_Base):
 
     def __init__(self, driver: PublisherDriver, uri: BackendURI | None = None,
                  options: Mapping[str, Any] | None = None) -> None:
-        super().__init__(driver, uri, options)
+        super().__init__(fanned(driver), uri, options)
         self._pool = ThreadPoolExecutor(self._settings.concurrency, thread_name_prefix="batchbridge-pub")
         self._close_lock = threading.Lock()
 
@@ -294,6 +300,7 @@ class _ThreadedAsyncDriver:
         self.max_message_bytes = driver.max_message_bytes
         self.attribute_prefix = driver.attribute_prefix
         self.max_attributes = driver.max_attributes
+        self.content_type_attribute = bool(getattr(driver, "content_type_attribute", False))
 
     async def send_batch(self, messages: Sequence[Message]) -> list[BaseException | None]:
         return await asyncio.to_thread(self._d.send_batch, messages)
@@ -310,6 +317,7 @@ class AsyncPublisher(_Base):
 
     def __init__(self, driver: AsyncPublisherDriver | PublisherDriver, uri: BackendURI | None = None,
                  options: Mapping[str, Any] | None = None) -> None:
+        driver = fanned(driver)
         if not asyncio.iscoroutinefunction(getattr(driver, "send_batch", None)):
             driver = _ThreadedAsyncDriver(driver)  # type: ignore[arg-type]
         super().__init__(driver, uri, options)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +37,8 @@ _MAX_COUNTED = 10_000
 
 
 def decode_message(msg: ReceivedMessage) -> Received:
+    if msg.content_type is None:  # a backend without a content-type field carries it as an attribute
+        msg.content_type = binding.content_type_of(msg.attributes)
     try:
         return Received(msg, binding.from_message(msg.body, msg.attributes, msg.content_type))
     except DecodeMessageError as exc:
@@ -54,6 +56,8 @@ class _SubBase(_Endpoint):
         #: payloads beside CloudEvents (relay), for which "not a CloudEvent" is the normal case
         self.expects_vendor_payloads = False
         self._counted: dict[Any, int] = {}
+        #: messages waiting out their delay on a backend that cannot hide them (released by receive)
+        self._held: list[tuple[float, list[ReceivedMessage]]] = []
 
     def _deliveries(self, m: ReceivedMessage) -> int:
         """How often ``m`` was delivered: the backend's count where it keeps one, else ours."""
@@ -74,6 +78,54 @@ class _SubBase(_Endpoint):
     def _messages(items: Sequence[Received | ReceivedMessage]) -> list[ReceivedMessage]:
         return [i.message if isinstance(i, Received) else i for i in items]
 
+    @property
+    def can_dead_letter(self) -> bool:
+        """True when the backend has a native dead-letter queue (else keep the payload, then ack)."""
+        return hasattr(self._driver, "dead_letter")
+
+    def _can_defer(self) -> bool:
+        return hasattr(self._driver, "defer")
+
+    def _triage(self, items: Sequence[Received]) -> tuple[Rejected, dict[float, list[ReceivedMessage]], list[Received]]:
+        """What :meth:`Subscriber.reject` does, without the I/O: the delays to hide messages for (those
+        below ``max_deliveries``) and the messages at their last delivery."""
+        out = Rejected()
+        due: dict[float, list[ReceivedMessage]] = {}
+        final: list[Received] = []
+        for r in items:
+            n = self._deliveries(r.message)
+            if n >= self.max_deliveries:
+                final.append(r)
+            else:
+                due.setdefault(REDELIVERY_BACKOFF.delay(n), []).append(r.message)
+                out.deferred += 1
+        return out, due, final
+
+    @staticmethod
+    def _description(final: Sequence[Received]) -> str:
+        return "; ".join(sorted({str(r.error) for r in final if r.error is not None}))[:1024]
+
+    def _forget(self, final: Sequence[Received]) -> None:
+        """Messages at their last delivery are settled: their delivery counts are not needed any more."""
+        for r in final:
+            self._counted.pop(r.message.message_id or r.message.body, None)
+
+    def _hold(self, msgs: list[ReceivedMessage], delay: float) -> None:
+        self._held.append((time.monotonic() + delay, msgs))
+
+    def _due_held(self, everything: bool = False) -> list[ReceivedMessage]:
+        """The held messages whose delay is over (all of them with ``everything``), no longer held."""
+        now = time.monotonic()
+        due = [m for when, msgs in self._held if everything or when <= now for m in msgs]
+        if due:
+            self._held = [(when, msgs) for when, msgs in self._held if not everything and when > now]
+        return due
+
+    def _check_dead_letter(self) -> None:
+        if not self.can_dead_letter:
+            raise ConfigError("this backend has no native dead-letter queue; keep the payload, then ack",
+                              where=self._where)
+
 
 @dataclass(slots=True)
 class Rejected:
@@ -90,8 +142,6 @@ class Subscriber(_SubBase):
     def __init__(self, driver: SubscriberDriver, uri: BackendURI | None = None,
                  options: Mapping[str, Any] | None = None) -> None:
         super().__init__(driver, uri, options)
-        #: messages waiting out their delay on a backend that cannot hide them (released by receive)
-        self._held: list[tuple[float, list[ReceivedMessage]]] = []
 
     def receive(self, max_messages: int = 10, timeout: float = 5.0) -> list[Received]:
         """Wait up to ``timeout`` s for at most ``max_messages``; each decoded, or with its error."""
@@ -117,20 +167,11 @@ class Subscriber(_SubBase):
         ``reason``, or to ``dead_letters`` (the bridge's store) and is then acked; with neither, it stays
         on the queue, hidden for the longest delay, and is counted as ``kept``."""
         self._check_open()
-        out = Rejected()
-        due: dict[float, list[ReceivedMessage]] = {}
-        final: list[Received] = []
-        for r in items:
-            n = self._deliveries(r.message)
-            if n >= self.max_deliveries:
-                final.append(r)
-            else:
-                due.setdefault(REDELIVERY_BACKOFF.delay(n), []).append(r.message)
-                out.deferred += 1
+        out, due, final = self._triage(items)
         for delay, msgs in due.items():
             self._defer(msgs, delay)
         if final:
-            description = "; ".join(sorted({str(r.error) for r in final if r.error is not None}))[:1024]
+            description = self._description(final)
             if self.can_dead_letter:
                 self.dead_letter(final, reason, description)
                 out.dead_lettered += len(final)
@@ -141,21 +182,18 @@ class Subscriber(_SubBase):
             else:
                 self._defer(self._messages(final), REDELIVERY_BACKOFF.maximum)
                 out.kept += len(final)
-            for r in final:
-                self._counted.pop(r.message.message_id or r.message.body, None)
+            self._forget(final)
         return out
 
     def _defer(self, msgs: list[ReceivedMessage], delay: float) -> None:
-        if hasattr(self._driver, "defer"):
+        if self._can_defer():
             self._settle("defer", msgs, delay)
         else:
-            self._held.append((time.monotonic() + delay, msgs))
+            self._hold(msgs, delay)
 
     def _release_held(self, everything: bool = False) -> None:
-        now = time.monotonic()
-        due = [m for when, msgs in self._held if everything or when <= now for m in msgs]
+        due = self._due_held(everything)
         if due:
-            self._held = [(when, msgs) for when, msgs in self._held if not everything and when > now]
             try:
                 self._settle("nack", due)
             except BatchBridgeError as exc:
@@ -168,16 +206,9 @@ class Subscriber(_SubBase):
     def nack(self, items: Sequence[Received | ReceivedMessage]) -> None:
         self._settle("nack", items)
 
-    @property
-    def can_dead_letter(self) -> bool:
-        """True when the backend has a native dead-letter queue (else keep the payload, then ack)."""
-        return hasattr(self._driver, "dead_letter")
-
     def dead_letter(self, items: Sequence[Received | ReceivedMessage], reason: str, description: str = "") -> None:
         """Move messages to the backend's own dead-letter queue, with the reason."""
-        if not self.can_dead_letter:
-            raise ConfigError("this backend has no native dead-letter queue; keep the payload, then ack",
-                              where=self._where)
+        self._check_dead_letter()
         self._settle("dead_letter", items, reason, description)
 
     def _settle(self, op: str, items: Sequence[Received | ReceivedMessage], *args: Any) -> None:
@@ -232,6 +263,7 @@ class AsyncSubscriber(_SubBase):
     async def receive(self, max_messages: int = 10, timeout: float = 5.0) -> list[Received]:
         self._check_open()
         msgs = await self._call("receive_batch", self._count(max_messages), timeout)
+        await self._release_held()
         return tracing.consumed(self.uri, self._where, [decode_message(m) for m in msgs or []],
                                 quiet=self.expects_vendor_payloads)
 
@@ -245,22 +277,56 @@ class AsyncSubscriber(_SubBase):
         if items:
             await self._call("nack", self._messages(items))
 
-    @property
-    def can_dead_letter(self) -> bool:
-        return hasattr(self._driver, "dead_letter")
-
     async def dead_letter(self, items: Sequence[Received | ReceivedMessage], reason: str,
                           description: str = "") -> None:
         self._check_open()
-        if not self.can_dead_letter:
-            raise ConfigError("this backend has no native dead-letter queue; keep the payload, then ack",
-                              where=self._where)
+        self._check_dead_letter()
         if items:
             await self._call("dead_letter", self._messages(items), reason, description)
+
+    async def reject(self, items: Sequence[Received], reason: str = "undecodable",
+                     dead_letters: Callable[[Sequence[Received]], Awaitable[None] | None] | None = None) -> Rejected:
+        """:meth:`Subscriber.reject` for asyncio, with the same semantics; ``dead_letters`` may be a
+        coroutine function."""
+        self._check_open()
+        out, due, final = self._triage(items)
+        for delay, msgs in due.items():
+            await self._defer(msgs, delay)
+        if final:
+            description = self._description(final)
+            if self.can_dead_letter:
+                await self.dead_letter(final, reason, description)
+                out.dead_lettered += len(final)
+            elif dead_letters is not None:
+                kept = dead_letters(final)
+                if kept is not None:
+                    await kept
+                await self.ack(final)
+                out.dead_lettered += len(final)
+            else:
+                await self._defer(self._messages(final), REDELIVERY_BACKOFF.maximum)
+                out.kept += len(final)
+            self._forget(final)
+        return out
+
+    async def _defer(self, msgs: list[ReceivedMessage], delay: float) -> None:
+        if self._can_defer():
+            await self._call("defer", msgs, delay)
+        else:
+            self._hold(msgs, delay)
+
+    async def _release_held(self, everything: bool = False) -> None:
+        due = self._due_held(everything)
+        if due:
+            try:
+                await self._call("nack", due)
+            except BatchBridgeError as exc:
+                log.debug("releasing %d held messages failed (%s); the backend redelivers them", len(due), exc)
 
     async def close(self) -> None:
         if self._closed:
             return
+        await self._release_held(everything=True)
         self._closed = True
         if self._native:
             await self._driver.close()

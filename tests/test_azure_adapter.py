@@ -224,6 +224,33 @@ def test_async_driver_is_native_and_settles(sbenv: ServiceBusEnv) -> None:
     assert (dead.dead_letter_reason, dead.dead_letter_error_description) == ("async-reason", "async description")
 
 
+def test_async_reject_backs_off_then_dead_letters_natively(sbenv: ServiceBusEnv) -> None:
+    """``AsyncSubscriber.reject`` on the native driver: Service Bus cannot hide a message, so the
+    subscriber holds it for its delay and abandons it; at ``max_deliveries`` it goes to the entity's
+    own dead-letter queue with the reason and the decode error."""
+    q = sbenv.queue()
+    with ServiceBusClient.from_connection_string(sbenv.connection_string) as client, \
+            client.get_queue_sender(q) as sender:
+        sender.send_messages(ServiceBusMessage(b'{"not": "a CloudEvent"}', content_type="application/json"))
+
+    async def run() -> list[Any]:
+        outcomes: list[Any] = []
+        async with open_async_subscriber(sbenv.uri(q), max_deliveries=2) as sub:
+            assert isinstance(sub._driver, AsyncServiceBusSubscriber) and sub.can_dead_letter
+            end = time.monotonic() + 15
+            while len(outcomes) < 2 and time.monotonic() < end:
+                bad = [r for r in await sub.receive(max_messages=5, timeout=1.0) if r.event is None]
+                if bad:
+                    outcomes.append(await sub.reject(bad, "undecodable"))
+        return outcomes
+
+    outcomes = asyncio.run(run())
+    assert [(o.deferred, o.dead_lettered, o.kept) for o in outcomes] == [(1, 0, 0), (0, 1, 0)]
+    [dead] = plain_receive(sbenv, q, sub_queue="deadletter")
+    assert dead.dead_letter_reason == "undecodable"
+    assert "not a CloudEvent" in (dead.dead_letter_error_description or "")
+
+
 def test_topic_fans_out_to_every_subscription(sbenv: ServiceBusEnv) -> None:
     if sbenv.external:
         pytest.skip("the emulator's topic has subscriptions with filters")

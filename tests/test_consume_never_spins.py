@@ -5,11 +5,12 @@ moto's HTTP server -- receive calls through the real driver, and the log lines w
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,7 +19,7 @@ from batchbridge.adapters import memory
 from batchbridge.core.driver import Message, ReceivedMessage
 from batchbridge.core.outbox import Outbox
 from batchbridge.core.registry import parse_uri
-from batchbridge.core.subscriber import Received, Subscriber
+from batchbridge.core.subscriber import AsyncSubscriber, Received, Subscriber
 from conformance import make_event
 
 if TYPE_CHECKING:
@@ -200,3 +201,76 @@ def test_relay_logs_good_vendor_messages_at_debug(memory_queue: str, tmp_path: P
     vendor = [r for r in caplog.records if "not a CloudEvent" in r.getMessage()]
     assert vendor and all(r.levelno == logging.DEBUG for r in vendor)
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+async def _aconsume(sub: AsyncSubscriber, seconds: float, sink: Any = None) -> tuple[int, int]:
+    """``_consume`` for the asyncio subscriber."""
+    rejected = dead = 0
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        batch = await sub.receive(max_messages=10, timeout=0.2)
+        bad = [r for r in batch if r.event is None]
+        if bad:
+            rejected += len(bad)
+            dead += (await sub.reject(bad, "undecodable", sink)).dead_lettered
+    return rejected, dead
+
+
+def test_asyncio_subscriber_backs_off_then_dead_letters_like_the_sync_one(memory_queue: str) -> None:
+    """The same schedule as ``test_memory_backs_off_then_dead_letters_with_the_reason``, through
+    ``AsyncSubscriber.reject`` with a coroutine as the dead-letter sink."""
+    uri = f"memory://{memory_queue}?max_deliveries=3"
+    _put_raw(uri, BAD)
+    kept: list[Received] = []
+
+    async def keep(items: Sequence[Received]) -> None:
+        kept.extend(items)
+
+    async def run() -> tuple[tuple[int, int], tuple[int, int], int]:
+        backend, parsed = parse_uri(uri)
+        counted = Counting(backend.open_subscriber(parsed))
+        async with AsyncSubscriber(counted, parsed) as sub:
+            first = await _aconsume(sub, 1.2, keep)
+            second = await _aconsume(sub, 3.5, keep)
+        return first, second, counted.delivered
+
+    first, second, delivered = asyncio.run(run())
+    assert first == (2, 0), "redelivered before its back-off ran out"
+    assert second == (1, 1)
+    assert delivered == 3
+    assert [r.body for r in kept] == [BAD] and kept[0].error is not None
+    assert "not a CloudEvent" in kept[0].error.reason
+    assert memory.depth(memory_queue) == 0  # acked once it was kept
+
+
+def test_asyncio_subscriber_without_defer_or_sink_keeps_the_message_held(memory_queue: str) -> None:
+    """No ``defer`` on the driver: the asyncio subscriber holds the message for its delay and
+    releases it on a later receive; at the last delivery with no sink it is kept, not lost."""
+    uri = f"memory://{memory_queue}?max_deliveries=2"
+    _put_raw(uri, BAD)
+
+    class NoDefer:
+        def __init__(self, d: Any) -> None:
+            self._d = d
+
+        def __getattr__(self, name: str) -> Any:
+            if name == "defer":
+                raise AttributeError(name)
+            return getattr(self._d, name)
+
+    async def run() -> tuple[list[Any], int]:
+        backend, parsed = parse_uri(uri)
+        counted = Counting(NoDefer(backend.open_subscriber(parsed)))
+        outcomes: list[Any] = []
+        async with AsyncSubscriber(counted, parsed) as sub:
+            end = time.monotonic() + 4.0
+            while len(outcomes) < 2 and time.monotonic() < end:
+                bad = [r for r in await sub.receive(max_messages=10, timeout=0.2) if r.event is None]
+                if bad:
+                    outcomes.append(await sub.reject(bad))
+        return outcomes, counted.delivered
+
+    outcomes, delivered = asyncio.run(run())
+    assert [(o.deferred, o.dead_lettered, o.kept) for o in outcomes] == [(1, 0, 0), (0, 0, 1)]
+    assert delivered == 2
+    assert memory.depth(memory_queue) == 1  # released when the subscriber closed, still on the queue

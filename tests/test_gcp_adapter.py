@@ -122,7 +122,7 @@ def test_ordering_key_is_the_job_or_environment_id(fresh: Fresh) -> None:
     env_event = make_event("unused", 99)
     env_event["data"]["job"] = None
     env_event["data"]["environment"] = {"id": "env-42"}
-    # concurrency=1: every key in one batch, which the driver splits into one request per key
+    # concurrency=1: every key in one lane's batch, which the portable layer splits into one request per key
     with open_publisher(f"{fresh.pub_uri}&ordering=true", concurrency=1) as pub:
         results = pub.publish([*events, env_event])
         assert all(r.ok for r in results), [r.error for r in results]
