@@ -159,3 +159,25 @@ def test_binary_mode_recomputes_the_extensions_it_had_no_slot_for(slots: int) ->
 def test_binary_mode_still_refuses_what_cannot_be_recomputed() -> None:
     with pytest.raises(MessageTooLargeError, match="attributes"):
         to_message({**make_event(), **_TRACE}, mode="binary", max_attributes=8)
+
+
+@pytest.mark.parametrize("mode", ["structured", "binary"])
+def test_content_type_attribute_takes_one_of_the_backends_slots(mode: str) -> None:
+    """A backend without a content-type field (SQS, SNS, Pub/Sub) states its whole attribute limit; the
+    binding gives ``content-type`` one of the slots, before any binding attribute."""
+    event = {**make_event("job-ct", 3), **_TRACE}
+    msg = to_message(event, mode=mode, max_attributes=12, content_type_attribute=True)
+    assert len(msg.attributes) <= 12
+    assert msg.attributes["content-type"] == msg.content_type
+    assert msg.content_type == (STRUCTURED_CONTENT_TYPE if mode == "structured" else "application/json")
+    without = to_message(event, mode=mode, max_attributes=11)
+    assert {k: v for k, v in msg.attributes.items() if k != "content-type"} == without.attributes
+    # read back by attribute alone, as a driver without a content-type field hands it over
+    assert from_message(msg.body, msg.attributes) == event
+
+
+def test_content_type_attribute_counts_against_a_tight_limit() -> None:
+    msg = to_message(make_event(), max_attributes=5, content_type_attribute=True)
+    assert sorted(msg.attributes) == ["ce-id", "ce-source", "ce-subject", "ce-type", "content-type"]
+    with pytest.raises(MessageTooLargeError, match="at most 3"):
+        to_message(make_event(), mode="binary", max_attributes=4, content_type_attribute=True)
