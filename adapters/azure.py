@@ -389,6 +389,17 @@ class _PublisherBase:
                                       where=f"{self._t.where} event {m.dedup_id}", provider="azure")
             return None
 
+    def _send_failed(self, groups: list[tuple[list[int], Any]], n: int, exc: BaseException,
+                     results: list[BaseException | None]) -> None:
+        """SDK batch ``n`` of ``groups`` failed: it and every later one get the error (a session's or the
+        entity's order must not be overtaken); raised when it was the whole call (retried as a whole)."""
+        err = self._error(exc)
+        if n == 0 and len(groups[0][0]) == len(results):
+            raise err from None
+        for later, _ in groups[n:]:
+            for i in later:
+                results[i] = err
+
     def _too_big(self, m: Message, limit: int) -> MessageTooLargeError:
         return MessageTooLargeError(
             f"message is {m.size} bytes (body and attributes) and does not fit one Service Bus message of "
@@ -490,16 +501,11 @@ class ServiceBusPublisher(_PublisherBase):
         groups = self._pack(messages, results)
         with self._lock:
             self._check()
-            for n, (indices, batch) in enumerate(groups):
+            for n, (_, batch) in enumerate(groups):
                 try:
                     self._sender.send_messages(batch, timeout=self._t.operation_timeout)
                 except Exception as exc:
-                    err = self._error(exc)
-                    if n == 0 and len(indices) == len(messages):
-                        raise err from None
-                    for later, _ in groups[n:]:
-                        for i in later:
-                            results[i] = err
+                    self._send_failed(groups, n, exc, results)
                     break
         return results
 
@@ -558,16 +564,11 @@ class AsyncServiceBusPublisher(_PublisherBase):
         groups = await self._pack(sender, messages, results)  # no I/O once open: overlaps another send
         async with self._lock:
             self._check()
-            for n, (indices, batch) in enumerate(groups):
+            for n, (_, batch) in enumerate(groups):
                 try:
                     await sender.send_messages(batch, timeout=self._t.operation_timeout)
                 except Exception as exc:
-                    err = self._error(exc)
-                    if n == 0 and len(indices) == len(messages):
-                        raise err from None
-                    for later, _ in groups[n:]:
-                        for i in later:
-                            results[i] = err
+                    self._send_failed(groups, n, exc, results)
                     break
         return results
 
@@ -609,10 +610,61 @@ class _SubscriberBase:
     def __init__(self, uri: BackendURI) -> None:
         self._t = _target(uri, subscriber=True)
         self._closed = False
+        self._receiver: Any = None  # the receiver in use (the current session's, with sessions)
+        self._held: dict[Any, int] = {}  # session receivers with unsettled messages -> how many
 
     def _check(self) -> None:
         if self._closed:
             raise ClosedError("Service Bus subscriber is closed", where=self._t.where)
+
+    # What the sync and the asyncio drivers share: everything but the SDK calls themselves.
+
+    def _close_later(self, receiver: Any) -> None:
+        raise NotImplementedError
+
+    def _next_session(self) -> Any:
+        return self._t.session if self._t.session else _sdk().NEXT_AVAILABLE_SESSION
+
+    def _session_wait(self, remaining: float) -> float:
+        """How long to listen on the current session: an idle one is left after ``session_idle``."""
+        return self._wait(remaining if self._t.session else min(remaining, self.session_idle))
+
+    def _locked(self, msgs: Sequence[Any], count: bool) -> list[ReceivedMessage]:
+        """Messages the current receiver locked; with ``count`` (a session's) counted against it, so it
+        stays open until the last of them is settled."""
+        if count and msgs:
+            self._held[self._receiver] = self._held.get(self._receiver, 0) + len(msgs)
+        return [_received(self._receiver, m) for m in msgs]
+
+    def _session_was_idle(self) -> None:
+        """The current session had nothing within the wait: go on to the next one (unless one is named);
+        its receiver closes now, or after its last settlement."""
+        if self._t.session is not None:
+            return
+        receiver, self._receiver = self._receiver, None
+        if not self._held.get(receiver):
+            self._held.pop(receiver, None)
+            self._close_later(receiver)
+
+    def _settle_call(self, h: _Handle, op: str, args: tuple[Any, ...]) -> Any:
+        """The SDK's settlement call for one message (a coroutine on the asyncio receiver)."""
+        if op == "dead_letter":
+            return h.receiver.dead_letter_message(h.message, reason=args[0], error_description=args[1])
+        return getattr(h.receiver, op)(h.message)
+
+    def _settled(self, h: _Handle) -> None:
+        h.settled = True
+        receiver = h.receiver
+        if receiver not in self._held:
+            return
+        self._held[receiver] -= 1
+        if self._held[receiver] <= 0:
+            del self._held[receiver]
+            if receiver is not self._receiver:
+                self._close_later(receiver)
+
+    def _open_receivers(self) -> set[Any]:
+        return {*self._held, self._receiver} - {None}
 
     def _receiver_kwargs(self, wait: float | None = None) -> dict[str, Any]:
         kw: dict[str, Any] = {"max_wait_time": wait or self._t.max_wait_time, "prefetch_count": self._t.prefetch}
@@ -656,8 +708,6 @@ class ServiceBusSubscriber(_SubscriberBase):
         super().__init__(uri)
         self._lock = threading.RLock()
         self._client = _client(self._t)
-        self._receiver: Any = None  # the receiver in use (the current session's, with sessions)
-        self._held: dict[Any, int] = {}  # session receivers with unsettled messages -> how many
         self._closers: list[threading.Thread] = []
         if not self._t.sessions:
             self._receiver = self._get_receiver(self._client)
@@ -677,7 +727,7 @@ class ServiceBusSubscriber(_SubscriberBase):
                 if not self._t.sessions:
                     msgs = self._receiver.receive_messages(max_message_count=max_messages,
                                                            max_wait_time=self._wait(timeout))
-                    return [_received(self._receiver, m) for m in msgs]
+                    return self._locked(msgs, count=False)
                 return self._receive_sessions(max_messages, timeout)
             except BatchBridgeError:
                 raise
@@ -690,24 +740,18 @@ class ServiceBusSubscriber(_SubscriberBase):
         while True:
             remaining = deadline - time.monotonic()
             if self._receiver is None:
-                session = self._t.session if self._t.session else _sdk().NEXT_AVAILABLE_SESSION
-                receiver = self._get_receiver(self._client, session, self._wait(remaining))
+                receiver = self._get_receiver(self._client, self._next_session(), self._wait(remaining))
                 try:
                     receiver.__enter__()
                 except (exc_mod.OperationTimeoutError, exc_mod.SessionCannotBeLockedError):
                     self._close_later(receiver)
                     return []  # no session with messages within the wait
                 self._receiver = receiver
-            wait = self._wait(remaining if self._t.session else min(remaining, self.session_idle))
-            msgs = self._receiver.receive_messages(max_message_count=max_messages, max_wait_time=wait)
+            msgs = self._receiver.receive_messages(max_message_count=max_messages,
+                                                   max_wait_time=self._session_wait(remaining))
             if msgs:
-                self._held[self._receiver] = self._held.get(self._receiver, 0) + len(msgs)
-                return [_received(self._receiver, m) for m in msgs]
-            if self._t.session is None:  # this session is idle: release it unless it still owes settlements
-                if not self._held.get(self._receiver):
-                    self._held.pop(self._receiver, None)
-                    self._close_later(self._receiver)
-                self._receiver = None
+                return self._locked(msgs, count=True)
+            self._session_was_idle()
             if time.monotonic() >= deadline:
                 return []
 
@@ -723,23 +767,10 @@ class ServiceBusSubscriber(_SubscriberBase):
             self._check()
             for h in self._handles(messages):
                 try:
-                    if op == "dead_letter":
-                        h.receiver.dead_letter_message(h.message, reason=args[0], error_description=args[1])
-                    else:
-                        getattr(h.receiver, op)(h.message)
+                    self._settle_call(h, op, args)
                 except Exception as exc:
                     raise self._error(exc) from None
-                h.settled = True
-                self._settled(h.receiver)
-
-    def _settled(self, receiver: Any) -> None:
-        if receiver not in self._held:
-            return
-        self._held[receiver] -= 1
-        if self._held[receiver] <= 0:
-            del self._held[receiver]
-            if receiver is not self._receiver:
-                self._close_later(receiver)
+                self._settled(h)
 
     def ack(self, messages: Sequence[ReceivedMessage]) -> None:
         self._settle(messages, "complete_message")
@@ -755,7 +786,7 @@ class ServiceBusSubscriber(_SubscriberBase):
             return
         self._closed = True
         with self._lock:
-            for receiver in {*self._held, self._receiver} - {None}:
+            for receiver in self._open_receivers():
                 _quiet_close(receiver)
             for closer in self._closers:
                 closer.join(timeout=self._t.operation_timeout)
@@ -782,8 +813,6 @@ class AsyncServiceBusSubscriber(_SubscriberBase):
     def __init__(self, uri: BackendURI) -> None:
         super().__init__(uri)
         self._client: Any = None
-        self._receiver: Any = None
-        self._held: dict[Any, int] = {}
         self._lock: asyncio.Lock | None = None
         self._closing: set[asyncio.Task[None]] = set()
 
@@ -803,7 +832,7 @@ class AsyncServiceBusSubscriber(_SubscriberBase):
                         self._receiver = self._get_receiver(self._client)
                     msgs = await self._receiver.receive_messages(max_message_count=max_messages,
                                                                  max_wait_time=self._wait(timeout))
-                    return [_received(self._receiver, m) for m in msgs]
+                    return self._locked(msgs, count=False)
                 return await self._receive_sessions(max_messages, timeout)
             except BatchBridgeError:
                 raise
@@ -816,24 +845,18 @@ class AsyncServiceBusSubscriber(_SubscriberBase):
         while True:
             remaining = deadline - time.monotonic()
             if self._receiver is None:
-                session = self._t.session if self._t.session else _sdk().NEXT_AVAILABLE_SESSION
-                receiver = self._get_receiver(self._client, session, self._wait(remaining))
+                receiver = self._get_receiver(self._client, self._next_session(), self._wait(remaining))
                 try:
                     await receiver.__aenter__()
                 except (exc_mod.OperationTimeoutError, exc_mod.SessionCannotBeLockedError):
                     self._close_later(receiver)
                     return []
                 self._receiver = receiver
-            wait = self._wait(remaining if self._t.session else min(remaining, self.session_idle))
-            msgs = await self._receiver.receive_messages(max_message_count=max_messages, max_wait_time=wait)
+            msgs = await self._receiver.receive_messages(max_message_count=max_messages,
+                                                         max_wait_time=self._session_wait(remaining))
             if msgs:
-                self._held[self._receiver] = self._held.get(self._receiver, 0) + len(msgs)
-                return [_received(self._receiver, m) for m in msgs]
-            if self._t.session is None:
-                if not self._held.get(self._receiver):
-                    self._held.pop(self._receiver, None)
-                    self._close_later(self._receiver)
-                self._receiver = None
+                return self._locked(msgs, count=True)
+            self._session_was_idle()
             if time.monotonic() >= deadline:
                 return []
 
@@ -847,19 +870,10 @@ class AsyncServiceBusSubscriber(_SubscriberBase):
             self._check()
             for h in self._handles(messages):
                 try:
-                    if op == "dead_letter":
-                        await h.receiver.dead_letter_message(h.message, reason=args[0], error_description=args[1])
-                    else:
-                        await getattr(h.receiver, op)(h.message)
+                    await self._settle_call(h, op, args)
                 except Exception as exc:
                     raise self._error(exc) from None
-                h.settled = True
-                if h.receiver in self._held:
-                    self._held[h.receiver] -= 1
-                    if self._held[h.receiver] <= 0:
-                        del self._held[h.receiver]
-                        if h.receiver is not self._receiver:
-                            self._close_later(h.receiver)
+                self._settled(h)
 
     async def ack(self, messages: Sequence[ReceivedMessage]) -> None:
         await self._settle(messages, "complete_message")
@@ -875,7 +889,7 @@ class AsyncServiceBusSubscriber(_SubscriberBase):
             return
         self._closed = True
         async with self._get_lock():
-            for receiver in {*self._held, self._receiver} - {None}:
+            for receiver in self._open_receivers():
                 await _aquiet_close(receiver)
             if self._closing:
                 await asyncio.gather(*self._closing, return_exceptions=True)
