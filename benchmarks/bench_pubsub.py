@@ -45,8 +45,8 @@ def encode_raw(events: list[dict[str, Any]]) -> list[tuple[bytes, dict[str, str]
     """Exactly what batchbridge puts on the wire: the structured binding plus ``content-type``."""
     out = []
     for e in events:
-        m = binding.to_message(e, mode="structured", prefix="ce-", max_attributes=99)
-        out.append((m.body, {**m.attributes, "content-type": m.content_type}))
+        m = binding.to_message(e, mode="structured", prefix="ce-", max_attributes=100, content_type_attribute=True)
+        out.append((m.body, m.attributes))
     return out
 
 

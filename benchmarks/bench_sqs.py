@@ -53,9 +53,8 @@ def wire(events: list[dict[str, Any]]) -> list[tuple[str, dict[str, dict[str, st
     """The body and message attributes batchbridge sends for each event, for the raw boto3 ways."""
     out = []
     for event in events:
-        msg = binding.to_message(event, max_attributes=9)
+        msg = binding.to_message(event, max_attributes=10, content_type_attribute=True)
         attrs = {k: {"DataType": "String", "StringValue": v} for k, v in msg.attributes.items()}
-        attrs["content-type"] = {"DataType": "String", "StringValue": msg.content_type}
         out.append((msg.body.decode(), attrs))
     return out
 

@@ -1,9 +1,20 @@
 """The small interface each backend adapter implements (as in Go CDK's ``pubsub/driver``).
 
-A driver only moves bytes. Its obligations, all of them (``tests/conformance.py`` checks each):
+A new backend is one module with a ``BACKEND`` object (``core/registry.py``) whose drivers pass
+``tests/conformance.py``. A driver only moves bytes. Its obligations, all of them (the conformance
+suite checks each):
 
+* **state its limits**: ``max_batch_count``, ``max_batch_bytes`` and ``max_message_bytes`` (bytes as
+  ``Message.size`` counts them: body plus attribute names and values); ``attribute_prefix`` and
+  ``max_attributes``, every attribute one message may carry; ``content_type_attribute = True`` when
+  the backend has no content-type field of its own (the binding then sends ``content-type`` as one of
+  the ``max_attributes``); ``one_key_per_batch = True`` when one request may carry one ordering key
+  only (the portable layer then splits batches per key and sends the keys side by side). The last
+  two are optional (default ``False``);
 * **send** one batch of at most ``max_batch_count`` messages and ``max_batch_bytes`` bytes, and say
-  per message whether the backend confirmed it (a partial failure is never a success);
+  per message whether the backend confirmed it (a partial failure is never a success); send
+  ``Message.attributes`` as they are, and refuse per message (a typed error in its slot) what the
+  backend would refuse for the whole request (an attribute value too long, a body it cannot carry);
 * **receive** at most the number asked for, waiting at most ``timeout``; **ack**, **nack** (available
   again at once) and, where the backend can, **defer** (available again after a delay: visibility
   timeout, ack deadline) and **dead_letter** (the backend's own dead-letter queue);
@@ -15,10 +26,12 @@ A driver only moves bytes. Its obligations, all of them (``tests/conformance.py`
   timeout (no hangs);
 * **close** idempotently, and raise :class:`~batchbridge.core.errors.ClosedError` after it.
 
-What a driver does *not* do: batching, lanes per ordering key, retries, the CloudEvents binding
-(``content-type``, attribute names, the attribute budget), tracing, logging -- those live once, in
-:mod:`batchbridge.core.publisher`, :mod:`batchbridge.core.subscriber` and
-:mod:`batchbridge.core.binding`, for every backend.
+What a driver does *not* do: batching, lanes and fan-out per ordering key, retries, back-off and
+dead-lettering of what cannot be processed (``Subscriber.reject``), the CloudEvents binding
+(``content-type``, attribute names, the attribute budget), envelopes of other services (SNS:
+:func:`batchbridge.core.envelopes.unwrap_sns`), tracing, logging -- those live once, in
+:mod:`batchbridge.core.publisher`, :mod:`batchbridge.core.keyfanout`,
+:mod:`batchbridge.core.subscriber` and :mod:`batchbridge.core.binding`, for every backend.
 """
 
 from __future__ import annotations
@@ -44,6 +57,8 @@ class Message:
     dedup_id: str | None = None
     #: the CloudEvent type (Service Bus puts it in ``subject``)
     event_type: str | None = None
+    # ``content_type`` is also in ``attributes`` (as ``content-type``) for a driver that declares
+    # ``content_type_attribute``; a driver with a content-type field of its own maps this one to it
     #: bytes the message occupies against a backend limit: body plus attribute names and values
     #: (computed once: the portable layer consults it several times per message)
     size: int = field(init=False, compare=False)
@@ -64,6 +79,8 @@ class ReceivedMessage:
     attributes: dict[str, str]
     #: opaque handle the driver needs to ack/nack (receipt handle, ack id, lock token, ...)
     ack_id: Any
+    #: the backend's own content-type field; None where it has none (the subscriber then reads the
+    #: ``content-type`` attribute)
     content_type: str | None = None
     delivery_count: int | None = None
     ordering_key: str | None = None
@@ -82,8 +99,11 @@ class PublisherDriver(Protocol):
     max_message_bytes: int
     #: how binding attributes are named on this backend: ``"ce-"`` or ``"cloudEvents_"``
     attribute_prefix: str
-    #: the most binding attributes one message may carry (SQS/SNS: 10)
+    #: the most attributes one message may carry, ``content-type`` included where it is one (SQS/SNS: 10)
     max_attributes: int
+    # optional (read with getattr, default False):
+    #   content_type_attribute: bool -- no content-type field: the binding sends ``content-type`` as an attribute
+    #   one_key_per_batch: bool -- a request carries one ordering key only: core/keyfanout.py splits per key
 
     def send_batch(self, messages: Sequence[Message]) -> list[BaseException | None]:
         """Send ``messages`` as one batch.
