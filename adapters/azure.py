@@ -353,6 +353,21 @@ def _received(receiver: Any, msg: Any) -> ReceivedMessage:
 # -------------------------------------------------------------------------------------- publishing
 
 
+def _quiet_close(obj: Any) -> None:
+    """Close an SDK handler; a failure is logged, never raised (it must not hide the caller's error)."""
+    try:
+        obj.close()
+    except Exception as exc:
+        log.debug("closing a Service Bus handler: %s", redact(str(exc)))
+
+
+async def _aquiet_close(obj: Any) -> None:
+    try:
+        await obj.close()
+    except Exception as exc:
+        log.debug("closing a Service Bus handler: %s", redact(str(exc)))
+
+
 class _PublisherBase:
     attribute_prefix = "cloudEvents_"
     #: Service Bus caps the whole header (properties) at 64 KB, not the count; the binding uses < 20
@@ -526,11 +541,8 @@ class ServiceBusPublisher(_PublisherBase):
             return
         self._closed = True
         with self._lock:
-            for closer in (self._sender.close, self._client.close):
-                try:
-                    closer()
-                except Exception as exc:  # closing must not hide the caller's own error
-                    log.debug("closing the Service Bus sender: %s", redact(str(exc)))
+            for handler in (self._sender, self._client):
+                _quiet_close(handler)
 
 
 class AsyncServiceBusPublisher(_PublisherBase):
@@ -589,13 +601,9 @@ class AsyncServiceBusPublisher(_PublisherBase):
         if self._closed:
             return
         self._closed = True
-        for closer in (self._sender, self._client):
-            if closer is None:
-                continue
-            try:
-                await closer.close()
-            except Exception as exc:
-                log.debug("closing the Service Bus sender: %s", redact(str(exc)))
+        for handler in (self._sender, self._client):
+            if handler is not None:
+                await _aquiet_close(handler)
 
 
 # -------------------------------------------------------------------------------------- receiving
@@ -791,20 +799,6 @@ class ServiceBusSubscriber(_SubscriberBase):
             for closer in self._closers:
                 closer.join(timeout=self._t.operation_timeout)
             _quiet_close(self._client)
-
-
-def _quiet_close(obj: Any) -> None:
-    try:
-        obj.close()
-    except Exception as exc:
-        log.debug("closing a Service Bus handler: %s", redact(str(exc)))
-
-
-async def _aquiet_close(obj: Any) -> None:
-    try:
-        await obj.close()
-    except Exception as exc:
-        log.debug("closing a Service Bus handler: %s", redact(str(exc)))
 
 
 class AsyncServiceBusSubscriber(_SubscriberBase):

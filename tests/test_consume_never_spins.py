@@ -49,6 +49,18 @@ class Counting:
         return got
 
 
+class NoDefer:
+    """A driver that cannot hide a message: its ``defer`` taken away."""
+
+    def __init__(self, d: Any) -> None:
+        self._d = d
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "defer":
+            raise AttributeError(name)
+        return getattr(self._d, name)
+
+
 def _subscriber(uri: str) -> tuple[Subscriber, Counting]:
     backend, parsed = parse_uri(uri)
     driver = Counting(backend.open_subscriber(parsed))
@@ -164,15 +176,6 @@ def test_backends_without_defer_are_held_then_released(memory_queue: str) -> Non
     _put_raw(uri, BAD)
     backend, parsed = parse_uri(uri)
 
-    class NoDefer:
-        def __init__(self, d: Any) -> None:
-            self._d = d
-
-        def __getattr__(self, name: str) -> Any:
-            if name == "defer":
-                raise AttributeError(name)
-            return getattr(self._d, name)
-
     counted = Counting(NoDefer(backend.open_subscriber(parsed)))
     with Subscriber(counted, parsed) as sub:
         rejected, _ = _consume(sub, 0.4)
@@ -248,15 +251,6 @@ def test_asyncio_subscriber_without_defer_or_sink_keeps_the_message_held(memory_
     releases it on a later receive; at the last delivery with no sink it is kept, not lost."""
     uri = f"memory://{memory_queue}?max_deliveries=2"
     _put_raw(uri, BAD)
-
-    class NoDefer:
-        def __init__(self, d: Any) -> None:
-            self._d = d
-
-        def __getattr__(self, name: str) -> Any:
-            if name == "defer":
-                raise AttributeError(name)
-            return getattr(self._d, name)
 
     async def run() -> tuple[list[Any], int]:
         backend, parsed = parse_uri(uri)
