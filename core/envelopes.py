@@ -552,12 +552,7 @@ def unwrap(
         # The common case, a JSON object that is itself a native event, taken without the general
         # machinery; it is exactly what _Unwrapper.text and .obj would do with it at depth 0.
         obj = load_json(payload.strip(), "$")
-        claim = is_native(obj)
-        if claim:
-            return [Leaf(obj, "$", claim)]
-        unwrapper = _Unwrapper(is_native, keep_unknown)
-        unwrapper.envelope(obj, "$", 0)
-        return unwrapper.leaves
+        return unwrap_object(obj, is_native(obj), is_native=is_native, keep_unknown=keep_unknown)
     unwrapper = _Unwrapper(is_native, keep_unknown)
     if isinstance(payload, Mapping):
         unwrapper.obj(mapping_to_json(payload), "$", 0)
@@ -565,4 +560,16 @@ def unwrap(
         unwrapper.text(as_bytes(payload, "$"), "$", 0)
     else:
         raise UnrecognizedFormatError(f"cannot decode a {type(payload).__name__}; pass bytes, str or a mapping")
+    return unwrapper.leaves
+
+
+def unwrap_object(
+    obj: dict[str, Any], claim: Any, *, is_native: Callable[[Mapping[str, Any]], Any], keep_unknown: bool = False
+) -> list[Leaf]:
+    """:func:`unwrap` of a top-level JSON object already parsed (with :func:`load_json`) and already
+    tested: ``claim`` is what ``is_native(obj)`` returned."""
+    if claim:
+        return [Leaf(obj, "$", claim)]
+    unwrapper = _Unwrapper(is_native, keep_unknown)
+    unwrapper.envelope(obj, "$", 0)
     return unwrapper.leaves
