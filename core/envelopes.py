@@ -81,12 +81,6 @@ def _depth_ok(value: Any) -> bool:
     return True
 
 
-def _openings(data: bytes | str) -> int:
-    if isinstance(data, str):
-        return data.count("{") + data.count("[")
-    return data.count(b"{") + data.count(b"[")
-
-
 def load_json(data: bytes | str, where: str) -> Any:
     """Parse JSON strictly: UTF-8 only, no NaN or Infinity, nesting bounded by MAX_JSON_DEPTH, and no
     object with a key twice (read last-key-wins, ``{"EventName": "JOB_FAILED", ..., "EventName":
@@ -95,12 +89,14 @@ def load_json(data: bytes | str, where: str) -> Any:
         value = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
         raise MalformedPayloadError(f"invalid JSON: {exc}", where=where) from None
-    # nesting cannot exceed the number of opening brackets in the text (those inside strings only
-    # raise the bound), so the walk is needed only for the rare document with many of them
-    if _openings(data) > MAX_JSON_DEPTH and not _depth_ok(value):
-        raise MalformedPayloadError(f"JSON nested deeper than {MAX_JSON_DEPTH} levels", where=where)
-    if (value.__class__ is dict or value.__class__ is list) and _may_repeat_keys(data, value):
-        _check_duplicate_keys(data, value, where)
+    if value.__class__ is dict or value.__class__ is list:  # a scalar has neither depth nor keys
+        raw = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else data
+        # nesting cannot exceed the number of opening brackets in the text (those inside strings only
+        # raise the bound), so the walk is needed only for the rare document with many of them
+        if raw.count(b"{") + raw.count(b"[") > MAX_JSON_DEPTH and not _depth_ok(value):
+            raise MalformedPayloadError(f"JSON nested deeper than {MAX_JSON_DEPTH} levels", where=where)
+        if _may_repeat_keys(raw, value):
+            _check_duplicate_keys(data, value, where)
     return value
 
 
