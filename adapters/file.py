@@ -30,9 +30,19 @@ from batchbridge.core.secrets import redact
 
 #: a bad path (missing, not a directory, a directory) is the event's route, not an outage: it is
 #: never retried; other OS errors (a full disk, a vanished mount) may heal
+#: (EEXIST: a directory of the path is a file, as mkdir finds it)
 _ERRNO_CODES = {errno.ENOENT: ErrorCode.INVALID_ARGUMENT, errno.ENOTDIR: ErrorCode.INVALID_ARGUMENT,
+                errno.EEXIST: ErrorCode.INVALID_ARGUMENT,
                 errno.EISDIR: ErrorCode.INVALID_ARGUMENT, errno.EACCES: ErrorCode.PERMISSION_DENIED,
                 errno.EROFS: ErrorCode.PERMISSION_DENIED, errno.ENOSPC: ErrorCode.RESOURCE_EXHAUSTED}
+
+
+def error_code(exc: BaseException) -> ErrorCode:
+    """The portable code of an OS error on the file (and of anything else, the generic one)."""
+    # a full disk or a vanished mount may come back; a bad path will not
+    if isinstance(exc, OSError):
+        return _ERRNO_CODES.get(exc.errno or 0, ErrorCode.UNAVAILABLE)
+    return code_of(exc)
 
 
 def _path(uri: BackendURI) -> Path:
@@ -182,10 +192,7 @@ class FilePublisher:
         return list(errors)
 
     def error_code(self, exc: BaseException) -> ErrorCode:
-        # a full disk or a vanished mount may come back; a bad path will not
-        if isinstance(exc, OSError):
-            return _ERRNO_CODES.get(exc.errno or 0, ErrorCode.UNAVAILABLE)
-        return code_of(exc)
+        return error_code(exc)
 
     def close(self) -> None:
         if self._fd is not None:
@@ -333,6 +340,10 @@ class _FileBackend:
 
     def open_publisher(self, uri: BackendURI) -> FilePublisher:
         return FilePublisher(uri)
+
+    def error_code(self, exc: BaseException) -> ErrorCode:
+        """What an exception opening a driver stands for (``batchbridge check`` reports it)."""
+        return error_code(exc)
 
     def open_subscriber(self, uri: BackendURI) -> FileSubscriber:
         return FileSubscriber(uri)

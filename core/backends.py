@@ -20,8 +20,17 @@ def _open(uri: str, method: str, what: str) -> tuple[Any, Any]:
         return opener(parsed), parsed
     except BatchBridgeError:
         raise
-    except Exception as exc:  # an SDK refusing its arguments; its text may hold a secret
-        raise wrap_error(exc, ErrorCode.INVALID_ARGUMENT, parsed.redacted) from None
+    except Exception as exc:  # its text may hold a secret
+        raise wrap_error(exc, _open_code(backend, exc), parsed.redacted) from None
+
+
+def _open_code(backend: Any, exc: Exception) -> ErrorCode:
+    """The code of an exception a backend's opener let out: the backend's own mapping where it has one
+    (``error_code(exc)``: a read-only directory is ``permission_denied``), else -- and where that
+    mapping knows nothing better -- an SDK refusing its arguments."""
+    mapper = getattr(backend, "error_code", None)
+    code = ErrorCode(mapper(exc)) if mapper is not None else ErrorCode.UNKNOWN
+    return ErrorCode.INVALID_ARGUMENT if code is ErrorCode.UNKNOWN else code
 
 
 def open_driver(uri: str, role: str = "publisher") -> Any:

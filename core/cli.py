@@ -37,13 +37,26 @@ def _version() -> str:
         return "unknown"
 
 
+class _Version(argparse.Action):
+    """``--version``, the installed metadata read only when asked (not on every command's start-up)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS, **kwargs: object) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS,
+                         help="show program's version number and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: object,
+                 option_string: str | None = None) -> None:
+        print(f"batchbridge {_version()}")  # on stdout, as argparse's own version action prints it
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="batchbridge",
         description="Decode, normalise and publish cloud batch-compute lifecycle events as CloudEvents.",
         formatter_class=_Defaults,
     )
-    parser.add_argument("--version", action="version", version=f"batchbridge {_version()}")
+    parser.add_argument("--version", action=_Version)
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
     parser.add_argument("--log-format", choices=("text", "json"), default="text",
                         help="log records as text lines (default) or one JSON object per line, with the event id, "

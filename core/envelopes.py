@@ -81,12 +81,6 @@ def _depth_ok(value: Any) -> bool:
     return True
 
 
-def _openings(data: bytes | str) -> int:
-    if isinstance(data, str):
-        return data.count("{") + data.count("[")
-    return data.count(b"{") + data.count(b"[")
-
-
 def load_json(data: bytes | str, where: str) -> Any:
     """Parse JSON strictly: UTF-8 only, no NaN or Infinity, nesting bounded by MAX_JSON_DEPTH, and no
     object with a key twice (read last-key-wins, ``{"EventName": "JOB_FAILED", ..., "EventName":
@@ -95,27 +89,27 @@ def load_json(data: bytes | str, where: str) -> Any:
         value = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
         raise MalformedPayloadError(f"invalid JSON: {exc}", where=where) from None
-    # nesting cannot exceed the number of opening brackets in the text (those inside strings only
-    # raise the bound), so the walk is needed only for the rare document with many of them
-    if _openings(data) > MAX_JSON_DEPTH and not _depth_ok(value):
-        raise MalformedPayloadError(f"JSON nested deeper than {MAX_JSON_DEPTH} levels", where=where)
-    if (value.__class__ is dict or value.__class__ is list) and _may_repeat_keys(data, value):
-        _check_duplicate_keys(data, value, where)
+    if value.__class__ is dict or value.__class__ is list:  # a scalar has neither depth nor keys
+        raw = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else data
+        # nesting cannot exceed the number of opening brackets in the text (those inside strings only
+        # raise the bound), so the walk is needed only for the rare document with many of them
+        if raw.count(b"{") + raw.count(b"[") > MAX_JSON_DEPTH and not _depth_ok(value):
+            raise MalformedPayloadError(f"JSON nested deeper than {MAX_JSON_DEPTH} levels", where=where)
+        if _may_repeat_keys(raw, value):
+            _check_duplicate_keys(data, value, where)
     return value
 
 
-_KEY_END = re.compile(rb'"\s*:')
-
-
 def _may_repeat_keys(data: bytes | str, value: Any) -> bool:
-    """A cheap test that clears nearly every document: orjson keeps the last of repeated keys, so its
-    re-serialisation has fewer key endings (a quote, then a colon) than the text whenever a key was
-    repeated. Quote-colon pairs inside strings are escaped alike in both -- except those written with
-    ``\\u`` escapes, so a text holding any of those takes the exact test."""
+    """A cheap test that clears nearly every document: every key is followed by exactly one structural
+    colon, and a colon inside a string is written as itself both in the text and in orjson's
+    re-serialisation (which keeps the last of repeated keys and never escapes ``:``). So a text with
+    more colons than that re-serialisation lost a repeated key -- whatever its whitespace. Only a colon
+    written as a ``\\u003a`` escape would hide one, so a text with such an escape takes the exact test."""
     raw = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else data
-    if b"\\u" in raw:
+    if b"\\u003" in raw:
         return True
-    return len(_KEY_END.findall(raw)) != orjson.dumps(value).count(b'":')
+    return raw.count(b":") != orjson.dumps(value).count(b":")
 
 
 class _Repeated(Exception):
@@ -564,12 +558,7 @@ def unwrap(
         # The common case, a JSON object that is itself a native event, taken without the general
         # machinery; it is exactly what _Unwrapper.text and .obj would do with it at depth 0.
         obj = load_json(payload.strip(), "$")
-        claim = is_native(obj)
-        if claim:
-            return [Leaf(obj, "$", claim)]
-        unwrapper = _Unwrapper(is_native, keep_unknown)
-        unwrapper.envelope(obj, "$", 0)
-        return unwrapper.leaves
+        return unwrap_object(obj, is_native(obj), is_native=is_native, keep_unknown=keep_unknown)
     unwrapper = _Unwrapper(is_native, keep_unknown)
     if isinstance(payload, Mapping):
         unwrapper.obj(mapping_to_json(payload), "$", 0)
@@ -577,4 +566,16 @@ def unwrap(
         unwrapper.text(as_bytes(payload, "$"), "$", 0)
     else:
         raise UnrecognizedFormatError(f"cannot decode a {type(payload).__name__}; pass bytes, str or a mapping")
+    return unwrapper.leaves
+
+
+def unwrap_object(
+    obj: dict[str, Any], claim: Any, *, is_native: Callable[[Mapping[str, Any]], Any], keep_unknown: bool = False
+) -> list[Leaf]:
+    """:func:`unwrap` of a top-level JSON object already parsed (with :func:`load_json`) and already
+    tested: ``claim`` is what ``is_native(obj)`` returned."""
+    if claim:
+        return [Leaf(obj, "$", claim)]
+    unwrapper = _Unwrapper(is_native, keep_unknown)
+    unwrapper.envelope(obj, "$", 0)
     return unwrapper.leaves

@@ -10,25 +10,30 @@ backend whether the entity exists (Pub/Sub, a Service Bus link that failed retry
 from __future__ import annotations
 
 import contextlib
-import re
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 from .config import BridgeConfig
-from .errors import BackendError, BatchBridgeError, ConfigError, EntityNotFoundError
+from .errors import BatchBridgeError
+from .retry import ErrorCode, code_of
 from .secrets import redact, redact_uri
 
 REACHABLE, MISSING, REFUSED, UNREACHABLE, INVALID = (
     "reachable", "entity missing", "permission refused", "unreachable", "invalid")
 STATUSES = (REACHABLE, MISSING, REFUSED, UNREACHABLE, INVALID)
 
-#: how the SDKs word a refused credential or role (AWS codes, gRPC PERMISSION_DENIED/UNAUTHENTICATED,
-#: the Service Bus SDK's exception names, an OS ``EACCES``)
-_REFUSED = re.compile(r"access.?denied|authori[sz]ation|unauthori[sz]ed|unauthenticated|permission|forbidden|"
-                      r"invalidclienttokenid|signaturedoesnotmatch|expiredtoken|unrecognizedclient|"
-                      r"authentication|not authorized", re.IGNORECASE)
+#: the status each portable code stands for. The drivers already turn every SDK's exceptions into these
+#: codes (each adapter's ``error_code``), so the preflight reads no SDK's wording. A credential that is
+#: missing or a certificate that fails (``failed_precondition``) refuses the writes as surely as a role;
+#: what is transient, cancelled or of no known kind cannot be reached now.
+_STATUS_OF_CODE: dict[ErrorCode, str] = {
+    ErrorCode.NOT_FOUND: MISSING,
+    ErrorCode.PERMISSION_DENIED: REFUSED,
+    ErrorCode.FAILED_PRECONDITION: REFUSED,
+    ErrorCode.INVALID_ARGUMENT: INVALID,
+}
 
 
 @dataclass(frozen=True)
@@ -51,21 +56,8 @@ class Check:
 
 
 def classify(exc: BatchBridgeError) -> str:
-    """The preflight status an error opening or probing a URI stands for."""
-    if isinstance(exc, EntityNotFoundError):
-        return MISSING
-    text = f"{type(getattr(exc, 'cause', None)).__name__} {exc.reason}"
-    if _REFUSED.search(text):
-        return REFUSED
-    if isinstance(exc, BackendError):
-        # what is neither a credential nor the network (a read-only disk, say) refuses the writes as surely
-        return UNREACHABLE if exc.retryable or _network(exc) else REFUSED
-    return INVALID if isinstance(exc, ConfigError) else UNREACHABLE
-
-
-def _network(exc: BackendError) -> bool:
-    return bool(re.search(r"connect|timeout|timed out|unavailable|refused|resolve|endpoint|deadline|network",
-                          f"{type(exc.cause).__name__} {exc.reason}", re.IGNORECASE))
+    """The preflight status an error opening or probing a URI stands for, from its portable code."""
+    return _STATUS_OF_CODE.get(exc.error_code, UNREACHABLE)
 
 
 def check_uri(uri: str, role: str = "publisher", where: str | None = None) -> Check:
@@ -83,8 +75,9 @@ def check_uri(uri: str, role: str = "publisher", where: str | None = None) -> Ch
             probe()
     except BatchBridgeError as exc:
         return Check(label, role, classify(exc), redact(exc.reason), where)
-    except Exception as exc:  # a driver bug: say so rather than crash the preflight
-        return Check(label, role, UNREACHABLE, redact(f"{type(exc).__name__}: {exc}"), where)
+    except Exception as exc:  # an SDK exception the probe let out: the driver's own mapping names it
+        status = _STATUS_OF_CODE.get(code_of(exc, driver), UNREACHABLE)
+        return Check(label, role, status, redact(f"{type(exc).__name__}: {exc}"), where)
     finally:
         with contextlib.suppress(Exception):
             driver.close()

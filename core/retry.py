@@ -20,7 +20,6 @@ This module imports nothing from batchbridge: :mod:`batchbridge.core.errors` bui
 
 from __future__ import annotations
 
-import asyncio
 import enum
 import random
 import time
@@ -131,6 +130,8 @@ class RetryPolicy:
             attempt += 1
 
     async def acall(self, fn: Callable[..., Awaitable[T]], *args: Any, driver: Any = None) -> T:
+        import asyncio  # here: every command imports this module, and asyncio costs a CLI's start-up
+
         attempt = 1
         while True:
             try:

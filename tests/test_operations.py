@@ -24,8 +24,10 @@ import pytest
 from aws_servers import AwsServer
 from batchbridge.core.bridge import Bridge
 from batchbridge.core.config import config_from_dict
-from batchbridge.core.errors import ConfigError
+from batchbridge.core.errors import BackendError, ConfigError
 from batchbridge.core.outbox import Outbox
+from batchbridge.core.preflight import classify
+from batchbridge.core.retry import ErrorCode
 from pubsub_servers import PubSubServer, admin
 from vendor_payloads import aws_event
 
@@ -176,6 +178,28 @@ def test_check_says_permission_refused_for_a_read_only_place(tmp_path: Path) -> 
             subprocess.run(["umount", "-l", str(ro)], capture_output=True, check=False)
         else:
             ro.chmod(0o700)
+
+
+def test_check_says_invalid_for_a_path_through_a_file(tmp_path: Path) -> None:
+    (tmp_path / "plain").write_text("not a directory")
+    for uri in (f"file://{tmp_path}/plain/events.jsonl", f"file://{tmp_path}/plain/sub/events.jsonl"):
+        done = cli("check", "--to", uri, "--json")
+        assert done.returncode == 1
+        row = json.loads(done.stdout)
+        assert row["status"] == "invalid", row
+
+
+@pytest.mark.parametrize(("code", "status"), [
+    (ErrorCode.NOT_FOUND, "entity missing"), (ErrorCode.PERMISSION_DENIED, "permission refused"),
+    (ErrorCode.FAILED_PRECONDITION, "permission refused"), (ErrorCode.INVALID_ARGUMENT, "invalid"),
+    (ErrorCode.UNAVAILABLE, "unreachable"), (ErrorCode.DEADLINE_EXCEEDED, "unreachable"),
+    (ErrorCode.RESOURCE_EXHAUSTED, "unreachable"), (ErrorCode.INTERNAL, "unreachable"),
+    (ErrorCode.CANCELED, "unreachable"), (ErrorCode.UNKNOWN, "unreachable"),
+])
+def test_check_status_follows_the_portable_code_not_the_wording(code: ErrorCode, status: str) -> None:
+    # wording that a match on SDK text would read as refused, missing and unreachable at once
+    reason = "AccessDeniedException: not authorized; queue does not exist; connection refused; timed out"
+    assert classify(BackendError(reason, error_code=code, cause=OSError(reason))) == status
 
 
 def test_check_of_a_relay_source(tmp_path: Path, moto_server: AwsServer) -> None:

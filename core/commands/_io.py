@@ -19,6 +19,9 @@ import orjson
 
 from ..errors import ConfigError, InputError
 
+#: the read buffer of an input file: JSON Lines are read a line at a time, and a buffer this size
+#: turns a long file into a few hundred reads instead of one per 8 KiB
+_READ_BUFFER = 1 << 20
 #: most lines read ahead to tell JSON Lines from one multi-line document (only the first two non-blank
 #: ones decide; blank lines before them are what this bounds)
 _LOOKAHEAD = 1000
@@ -51,10 +54,10 @@ def open_inputs(source: str | None) -> Iterator[tuple[str, IO[bytes]]]:
         if not regular:
             note(f"{path} holds no files to read")
         for child in regular:
-            with open(child, "rb") as fh:
+            with open(child, "rb", buffering=_READ_BUFFER) as fh:
                 yield child.name, fh
     elif path.is_file():
-        with open(path, "rb") as fh:
+        with open(path, "rb", buffering=_READ_BUFFER) as fh:
             yield path.name, fh
     else:
         raise ConfigError(f"no such file or directory: {source}", where="input")

@@ -13,15 +13,17 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from ..config import BridgeConfig, catch_all, load_config
 from ..errors import BatchBridgeError, ConfigError
 from ..secrets import redact, redact_uri
 from ..vendors import providers
 from ._io import read_inputs, samples_dir
+
+if TYPE_CHECKING:  # the config module is imported when a command runs: `normalize` starts without it
+    from ..config import BridgeConfig
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -69,6 +71,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def _config(args: argparse.Namespace, *, to: list[str] | None = None, secrets: bool = True) -> BridgeConfig:
+    from ..config import BridgeConfig, catch_all, load_config
+
     config = load_config(args.config, secrets=secrets) if getattr(args, "config", None) \
         else BridgeConfig(source="<command line>")
     if to:
@@ -257,6 +261,7 @@ def _publish_if_free(bridge: Any) -> str:
 
 def run_demo(args: argparse.Namespace) -> int:
     from ..bridge import Bridge
+    from ..config import BridgeConfig, catch_all
     from ..normalizing import iter_payloads
 
     out = Path(args.out).expanduser().resolve()

@@ -35,15 +35,25 @@ def normalized(source: str | None, provider: str | None) -> Iterator[tuple[str, 
             note(f"{name} holds no payloads (it is empty or blank)")
 
 
+#: events serialised before one write: big writes (not one per event) at a bounded memory cost
+_WRITE_EVERY = 256
+
+
 def run(args: argparse.Namespace) -> int:
     out = sys.stdout.buffer
+    dumps, newline = orjson.dumps, orjson.OPT_APPEND_NEWLINE  # no copy to append b"\n"
     bad = 0
+    chunk: list[bytes] = []
     for _, outcome in normalized(args.source, args.provider):
         if isinstance(outcome, InputError):
             bad += 1
             print(f"batchbridge: {outcome.code}: {outcome}", file=sys.stderr)
             continue
         for event in outcome:
-            out.write(orjson.dumps(event, option=orjson.OPT_APPEND_NEWLINE))  # no copy to append b"\n"
+            chunk.append(dumps(event, option=newline))
+        if len(chunk) >= _WRITE_EVERY:
+            out.write(b"".join(chunk))
+            chunk.clear()
+    out.write(b"".join(chunk))
     out.flush()
     return 1 if bad else 0

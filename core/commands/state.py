@@ -7,7 +7,6 @@ import sys
 
 import orjson
 
-from ..config import BridgeConfig, load_config
 from ..errors import ConfigError
 
 #: rows printed at most unless ``--limit`` says otherwise
@@ -27,6 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def run_state(args: argparse.Namespace) -> int:
+    from ..config import BridgeConfig, load_config
     from ..outbox import Outbox
 
     config = load_config(args.config) if args.config else BridgeConfig(source="<command line>")
