@@ -212,20 +212,24 @@ def main() -> int:
     for i in range(repeat):
         with tempfile.TemporaryDirectory() as workdir:
             r = one_run(Path(workdir), bodies, args.route)
+        r["load"] = os.getloadavg()[0]
         runs.append(r)
-        print(f"  run {i + 1}: {r['n']:.0f} small pushes, p50 {r['p50']:.0f} ms, p99 {r['p99']:.0f} ms (idle floor "
-              f"{r['idle_p99']:.1f} ms); RSS {r['baseline']:.0f} -> {r['after']:.0f} MiB = {r['rss_ratio']:.2f}x; "
+        print(f"  run {i + 1} (load average {r['load']:.1f}): {r['n']:.0f} small pushes, p50 {r['p50']:.0f} ms, "
+              f"p99 {r['p99']:.0f} ms (idle floor {r['idle_p99']:.1f} ms); "
+              f"RSS {r['baseline']:.0f} -> {r['after']:.0f} MiB = {r['rss_ratio']:.2f}x; "
               f"decoding process {r['decoder']:.0f} MiB", flush=True)
     p99 = statistics.median(r["p99"] for r in runs)
     ratio = statistics.median(r["rss_ratio"] for r in runs)
     floor = statistics.median(r["idle_p99"] for r in runs)
     passed_p99, passed_rss = p99 < P99_TARGET_MS, ratio <= RSS_TARGET
     print(f"median p99 of small pushes during the burst: {p99:.0f} ms (target < {P99_TARGET_MS:.0f} ms): "
-          f"{'PASS' if passed_p99 else 'FAIL'}; the prober's idle floor {floor:.1f} ms")
+          f"{'PASS' if passed_p99 else 'FAIL'}; the prober's idle floor {floor:.1f} ms; machine load average "
+          f"{statistics.median(r['load'] for r in runs):.1f} on {os.cpu_count()} CPUs (other work skews latency)")
     print(f"median RSS after / baseline: {ratio:.2f}x (target <= {RSS_TARGET:.2f}x): "
           f"{'PASS' if passed_rss else 'FAIL'}")
+    load = statistics.median(r["load"] for r in runs)
     note = f"{repeat} runs, {SENDERS}x{bodies} bodies of {BIG_EVENTS} events, " + \
-        ("file route" if args.route else "no route")
+        ("file route" if args.route else "no route") + f", load average {load:.1f}"
     emit_result("serve: p99 of small pushes while big bodies are decoded", round(p99, 1), "ms",
                 baseline=round(floor, 2), ratio=round(p99 / P99_TARGET_MS, 3), target=f"< {P99_TARGET_MS:.0f} ms",
                 passed=passed_p99, note=note + "; baseline = the prober's p99 against the idle server")

@@ -37,6 +37,8 @@ log = logging.getLogger("batchbridge.serve")
 
 #: what a decoder answers: the plan, the typed error for bad input, or None (decode it here instead)
 Planned = _Intake | InputError | None
+#: events per piece of a plan sent back (see ``_send``)
+PIECE = 200
 #: how long the process may take to start (import, router) before bodies go to a thread
 START_TIMEOUT = 60.0
 
@@ -67,8 +69,34 @@ def _child(inp: IO[bytes], out: IO[bytes]) -> None:
             request = pickle.load(inp)
         except EOFError:
             return  # the server closed the pipe: it is stopping
-        pickle.dump(_plan(router, request), out, protocol=pickle.HIGHEST_PROTOCOL)
+        _send(_plan(router, request), out)
         out.flush()
+
+
+def _send(planned: Planned, out: IO[bytes]) -> None:
+    """The plan, its events in pieces of PIECE: one ``pickle.load`` holds the GIL from start to end, so
+    the server unpickles a body of thousands of events piece by piece, letting its event loop in
+    between (measured: one load of 2,800 events, 10-30 ms; a piece, well under 1 ms)."""
+    gated = planned.gated if isinstance(planned, _Intake) else None
+    if not gated or len(gated) <= PIECE:
+        pickle.dump((planned, 0), out, protocol=pickle.HIGHEST_PROTOCOL)
+        return
+    assert isinstance(planned, _Intake)
+    planned.gated = None
+    pieces = range(0, len(gated), PIECE)
+    pickle.dump((planned, len(pieces)), out, protocol=pickle.HIGHEST_PROTOCOL)
+    for start in pieces:
+        pickle.dump(gated[start:start + PIECE], out, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def _receive(inp: IO[bytes]) -> Planned:
+    planned, pieces = pickle.load(inp)
+    if pieces:
+        gated: list[Any] = []
+        for _ in range(pieces):
+            gated += pickle.load(inp)
+        planned.gated = gated
+    return planned  # type: ignore[no-any-return]
 
 
 class DecodingProcess:
@@ -144,8 +172,7 @@ class DecodingProcess:
             try:
                 pickle.dump(request, proc.stdin, protocol=pickle.HIGHEST_PROTOCOL)
                 proc.stdin.flush()
-                answer: Planned = pickle.load(proc.stdout)
-                return answer
+                return _receive(proc.stdout)
             except (OSError, EOFError, pickle.UnpicklingError) as exc:
                 log.warning("the decoding process is gone (%s); this body is decoded on a thread", type(exc).__name__)
                 self._proc = None
