@@ -4,6 +4,7 @@
     .venv/bin/python benchmarks/run.py --quick             # small runs, targets informative only (CI)
     .venv/bin/python benchmarks/run.py --only normalize scale
     .venv/bin/python benchmarks/run.py --only cli_normalize  # whole-process CLI vs the stdlib floor, peak RSS
+    .venv/bin/python benchmarks/run.py --only serve_limits   # small-push p99 and RSS while serve decodes big bodies
 
 Each benchmark runs as its own subprocess (``--quick`` passed through), its output shown as it
 comes. A benchmark reports each figure on a line ``RESULT {json}`` (the contract is in

@@ -26,7 +26,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 
@@ -54,7 +54,11 @@ from .state import Observation
 from .supersede import Candidate, IntakeGate
 from .trust import claims_canonical, trusted_event
 
+if TYPE_CHECKING:
+    from .intake_process import Decoder
+
 log = logging.getLogger("batchbridge.bridge")
+_T = TypeVar("_T")
 
 #: how often an idle publisher thread looks at the outbox even without being woken (rows written by
 #: another process, e.g. ``dlq replay``)
@@ -197,6 +201,54 @@ def decode_payload(payload: bytes | Mapping[str, Any], *, provider: str | None =
         raise
 
 
+def _carried(meta: Mapping[str, Any] | None) -> Mapping[str, str] | None:
+    attributes = (meta or {}).get("attributes")
+    return attributes if isinstance(attributes, Mapping) else None
+
+
+def plan_intake(router: Router, raw: bytes | Mapping[str, Any], *, source: str, provider: str | None,
+                attributes: Mapping[str, str] | None, max_events: int | None) -> _Intake:
+    """Decode and route one payload: the work of intake before the commit, which needs only the router
+    (so a decoding process can do it, see :mod:`.intake_process`). Raises InputError subclasses for bad
+    input (and whatever a buggy decoder raises)."""
+    events = decode_payload(raw, provider=provider, attributes=attributes)
+    if max_events is not None and len(events) > max_events:
+        # refused like an oversized body: the sender must split it; nothing is kept
+        too_many = TooManyEventsError(f"the payload holds {len(events)} events; at most {max_events} are "
+                                      "taken per request (serve.max_events)", where="$")
+        return _Intake([], [], IntakeResult(error=too_many), [])
+    return _route(router, events, source)
+
+
+def _route(router: Router, events: list[dict[str, Any]], source: str) -> _Intake:
+    dead: list[DeadLetter] = []
+    result = IntakeResult(event_ids=[str(e.get("id")) for e in events])
+    dropped = 0
+    gated: list[tuple[Observation | None, list[Candidate]]] = []
+    events = tracing.committing(events, source)  # the context goes in before the commit, never after
+    for event in events:
+        decision = router.route(event)
+        candidates = []
+        for d in decision.deliveries:
+            row = OutboxRow.of(d.destination, d.event)
+            r = d.supersede
+            candidates.append(Candidate(row) if r is None else
+                              Candidate(row, r.label, r.stale_to, r.state_retention))
+        gated.append((Observation.of(event), candidates))
+        if decision.unrouted:
+            result.unrouted += 1
+            if decision.dead_letter:
+                err = UnroutedError(f"no route matches {event.get('type')} from "
+                                    f"{(event.get('data') or {}).get('provider')}", where=str(event.get("id")))
+                dead.append(DeadLetter.of(UNROUTED, source, orjson.dumps(event), err,
+                                          event_id=str(event.get("id"))))
+            elif not decision.deliveries:
+                dropped += 1
+    # every event is observed by the state store; the rows are picked at commit (``IntakeGate``)
+    result.deliveries = sum(len(c) for _, c in gated)
+    return _Intake([], dead, result, [str(e.get("type")) for e in events], dropped, gated)
+
+
 class Bridge:
     """Intake, routing, the outbox and its publisher threads. Use as a context manager, or call
     :meth:`start` / :meth:`stop`; :meth:`handle` works before :meth:`start` (rows just wait)."""
@@ -220,6 +272,8 @@ class Bridge:
         #: per event loop (a bridge may serve several, one after another in tests)
         self._off_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = \
             weakref.WeakKeyDictionary()
+        #: where :meth:`ahandle` has big payloads decoded and routed (``serve`` sets a process); None: a thread
+        self.decoder: Decoder | None = None
         self.outbox.on_commit(self._committed)
 
     def __repr__(self) -> str:
@@ -245,7 +299,8 @@ class Bridge:
                       meta: Mapping[str, Any] | None = None, max_events: int | None = None) -> IntakeResult:
         """:meth:`handle` for asyncio: the commit is awaited, never blocking the event loop, and joins
         the same group commit as every other request waiting at that moment. A payload larger than
-        ``OFF_LOOP_BYTES`` is decoded on a worker thread, so one big body cannot stall other requests.
+        ``OFF_LOOP_BYTES`` is decoded off the event loop -- in :attr:`decoder`'s process when one is set
+        (``serve`` sets it), else on a worker thread -- so one big body cannot stall other requests.
         Over ``max_events`` events, ``result.error`` is TooManyEventsError and nothing is kept."""
         Plan = tuple[list[_Intake], IntakeGate | None, list[int | None]]
 
@@ -254,23 +309,47 @@ class Bridge:
             return (plans, *self._gate(plans))
 
         if isinstance(payload, (bytes, bytearray, memoryview, str)) and len(payload) > OFF_LOOP_BYTES:
-            def off_loop() -> Plan:
-                try:
-                    return plan()
-                finally:
-                    _release_memory()
-
-            # one big decode at a time: they hold the GIL, and each more would slow every small request
-            loop = asyncio.get_running_loop()
-            one_at_a_time = self._off_loop.get(loop)
-            if one_at_a_time is None:
-                one_at_a_time = self._off_loop[loop] = asyncio.Semaphore(1)
-            async with one_at_a_time:
-                plans, gate, indexes = await asyncio.to_thread(off_loop)
+            planned = await self._plan_elsewhere(payload, source=source, provider=provider, meta=meta,
+                                                 max_events=max_events)
+            if planned is not None:
+                plans = [planned]
+                # a step per event: off the loop too
+                gate, indexes = await asyncio.to_thread(self._gate, plans)
+            else:
+                plans, gate, indexes = await self._on_thread(plan)
         else:
             plans, gate, indexes = plan()
         inserted = await self.outbox.asubmit(*self._collect(plans), gate)
         return self._finish(plans, inserted.dead_ids, gate, indexes)[0]
+
+    async def _plan_elsewhere(self, payload: Payload, *, source: str, provider: str | None,
+                              meta: Mapping[str, Any] | None, max_events: int | None) -> _Intake | None:
+        """The plan made by :attr:`decoder`'s process; None when there is none (or it could not say)."""
+        decoder = self.decoder
+        # with tracing on, the intake span belongs to this process (its exporter, its context)
+        if decoder is None or tracing.is_enabled():
+            return None
+        raw = _as_bytes(payload)
+        planned = await decoder.plan(raw, source=source, provider=provider, attributes=_carried(meta),
+                                     max_events=max_events)
+        if isinstance(planned, InputError):
+            return self._refused(raw, planned, source=source, provider=provider, meta=meta)
+        return planned
+
+    async def _on_thread(self, work: Callable[[], _T]) -> _T:
+        def off_loop() -> _T:
+            try:
+                return work()
+            finally:
+                _release_memory()
+
+        # one big decode at a time: they hold the GIL, and each more would slow every small request
+        loop = asyncio.get_running_loop()
+        one_at_a_time = self._off_loop.get(loop)
+        if one_at_a_time is None:
+            one_at_a_time = self._off_loop[loop] = asyncio.Semaphore(1)
+        async with one_at_a_time:
+            return await asyncio.to_thread(off_loop)
 
     @staticmethod
     def _collect(plans: Sequence[_Intake]) -> tuple[list[OutboxRow], list[DeadLetter]]:
@@ -305,16 +384,9 @@ class Bridge:
     def _plan(self, payload: Payload, *, source: str, provider: str | None,
               meta: Mapping[str, Any] | None, max_events: int | None = None) -> _Intake:
         raw = payload if isinstance(payload, Mapping) else _as_bytes(payload)
-        attributes = (meta or {}).get("attributes")
-        carried = attributes if isinstance(attributes, Mapping) else None
         try:
-            events = decode_payload(raw, provider=provider, attributes=carried)
-            if max_events is not None and len(events) > max_events:
-                # refused like an oversized body: the sender must split it; nothing is kept
-                too_many = TooManyEventsError(f"the payload holds {len(events)} events; at most {max_events} are "
-                                              "taken per request (serve.max_events)", where="$")
-                return _Intake([], [], IntakeResult(error=too_many), [])
-            return self._route(events, source)
+            return plan_intake(self.router, raw, source=source, provider=provider, attributes=_carried(meta),
+                               max_events=max_events)
         except InputError as exc:
             error: InputError = exc
         except Exception as exc:
@@ -324,6 +396,11 @@ class Bridge:
             log.error("decoding or routing a payload failed unexpectedly (%s: %s); it is kept in the dead-letter "
                       "store", type(exc).__name__, redact(str(exc)), exc_info=True)
             error = DecoderFailure(redact(f"the decoder failed unexpectedly: {type(exc).__name__}: {exc}"), where="$")
+        return self._refused(raw, error, source=source, provider=provider, meta=meta)
+
+    def _refused(self, raw: bytes | Mapping[str, Any], error: InputError, *, source: str, provider: str | None,
+                 meta: Mapping[str, Any] | None) -> _Intake:
+        """The plan for a payload that failed: kept as a dead letter with its reason, within the bound."""
         info = dict(meta or {})
         if provider:
             info["provider"] = provider
@@ -337,39 +414,11 @@ class Bridge:
         dead = DeadLetter.of(INTAKE, source, kept, error, meta=info or None)
         return _Intake([], [dead], IntakeResult(error=error), [])
 
-    def _route(self, events: list[dict[str, Any]], source: str) -> _Intake:
-        dead: list[DeadLetter] = []
-        result = IntakeResult(event_ids=[str(e.get("id")) for e in events])
-        dropped = 0
-        gated: list[tuple[Observation | None, list[Candidate]]] = []
-        events = tracing.committing(events, source)  # the context goes in before the commit, never after
-        for event in events:
-            decision = self.router.route(event)
-            candidates = []
-            for d in decision.deliveries:
-                row = OutboxRow.of(d.destination, d.event)
-                r = d.supersede
-                candidates.append(Candidate(row) if r is None else
-                                  Candidate(row, r.label, r.stale_to, r.state_retention))
-            gated.append((Observation.of(event), candidates))
-            if decision.unrouted:
-                result.unrouted += 1
-                if decision.dead_letter:
-                    err = UnroutedError(f"no route matches {event.get('type')} from "
-                                        f"{(event.get('data') or {}).get('provider')}", where=str(event.get("id")))
-                    dead.append(DeadLetter.of(UNROUTED, source, orjson.dumps(event), err,
-                                              event_id=str(event.get("id"))))
-                elif not decision.deliveries:
-                    dropped += 1
-        # every event is observed by the state store; the rows are picked at commit (``IntakeGate``)
-        result.deliveries = sum(len(c) for _, c in gated)
-        return _Intake([], dead, result, [str(e.get("type")) for e in events], dropped, gated)
-
     def _done(self, plan: _Intake, dead_ids: list[int]) -> IntakeResult:
         plan.result.dead_letter_ids = dead_ids
         s = self.stats
-        for t in plan.types:
-            s.add(s.received, t)
+        for t, n in Counter(plan.types).items():  # one step per type, not per event (thousands in a body)
+            s.add(s.received, t, n)
         if plan.result.error is not None:
             s.add(s.rejected, plan.result.error.code)
             if plan.dead:

@@ -6,7 +6,9 @@ are decoded off the event loop (small pushes keep a p99 under 200 ms) and RSS co
 from __future__ import annotations
 
 import contextlib
+import os
 import resource
+import signal
 import socket
 import statistics
 import subprocess
@@ -155,19 +157,43 @@ def test_events_cap_413_names_count_and_cap(tmp_path: Path) -> None:
         s.stop()
 
 
+def _children(pid: int) -> list[int]:
+    """The processes ``pid`` started (from any of its threads)."""
+    out: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            out += [int(c) for c in (task / "children").read_text().split()]
+    return out
+
+
+def _decoder(served: Served) -> int:
+    """The pid of serve's decoding process (started before serve answers)."""
+    children = _children(served.proc.pid)
+    assert len(children) == 1 and b"intake_process" in Path(f"/proc/{children[0]}/cmdline").read_bytes(), children
+    return children[0]
+
+
+def _new_decoder(served: Served, old: int) -> int:
+    end = time.monotonic() + 30
+    while _children(served.proc.pid) in ([], [old]):
+        assert time.monotonic() < end, "no new decoding process"
+        time.sleep(0.05)
+    return _decoder(served)
+
+
 def test_big_bodies_do_not_stall_small_pushes_and_memory_comes_back(served: Served) -> None:
     big = payload(2800, "big")  # ~0.95 MB: just under the default body limit of 1 MiB
     assert len(big) < 1024 * 1024
     small = payload(1, "small")
+    decoder = _decoder(served)
     with httpx.Client(base_url=served.url, timeout=30) as client:
-        # warm up: the baseline is a process that has served both kinds once (its worker thread, its
-        # caches and the code it runs are then in memory; what a burst adds on top must go again)
+        # warm up: the baseline is a process that has served both kinds once (its threads, its caches,
+        # the code it runs and its connection to the decoding process are then in memory)
         assert client.post("/events", content=big).status_code == 204
         for _ in range(20):
             assert client.post("/events", content=small).status_code == 204
     baseline = rss_kib(served.proc.pid)
     latencies: list[float] = []
-    stop = threading.Event()
     big_statuses: list[int] = []
 
     def big_sender() -> None:
@@ -186,23 +212,45 @@ def test_big_bodies_do_not_stall_small_pushes_and_memory_comes_back(served: Serv
             time.sleep(0.01)
     for t in senders:
         t.join()
-    stop.set()
     assert big_statuses == [204] * 12
+    assert _children(served.proc.pid) == [decoder]  # the same process decoded them all
     p99 = statistics.quantiles(latencies, n=100)[98] if len(latencies) >= 2 else latencies[0]
-    peak = rss_kib(served.proc.pid)
     end = time.monotonic() + 10
-    # a burst leaves pymalloc arenas fragmented (what glibc held is trimmed): within 20 % or 16 MiB
-    bound = max(baseline * 1.2, baseline + 16 * 1024)
+    bound = baseline * 1.2
     while (after := rss_kib(served.proc.pid)) > bound and time.monotonic() < end:
         time.sleep(0.2)
     print(f"\n[limits] 4 x 3 bodies of 2,800 events ({len(big) // 1024} KiB): {len(latencies)} small pushes, "
           f"p99 {p99 * 1000:.0f} ms; RSS baseline {baseline // 1024} MiB, after {after // 1024} MiB "
-          f"(peak seen {peak // 1024} MiB)")
+          f"({after / baseline:.2f}x); decoding process {rss_kib(decoder) // 1024} MiB")
     # a stall guard, not the latency target: before big bodies went off the loop one stalled every
-    # request for 0.6-0.8 s and four stalled /healthz for 12 s. The 200 ms p99 target is a speed goal,
-    # judged in a benchmark on a quiet machine (issue 13): here, after the rest of the suite, 153-346 ms
+    # request for 0.6-0.8 s and four stalled /healthz for 12 s. The 200 ms p99 target is judged by
+    # benchmarks/bench_serve_limits.py on a quiet machine, not by a timed unit test after the rest of the suite
     assert p99 < 1.0, p99
     assert after <= bound, (baseline, after)
+
+
+def test_big_bodies_still_decode_when_the_decoding_process_dies(tmp_path: Path) -> None:
+    s = Served(tmp_path, max_events=1000)
+    try:
+        first = _decoder(s)
+        with httpx.Client(base_url=s.url, timeout=30) as client:
+            assert client.post("/events", content=payload(1500, "over")).status_code == 413  # planned there
+            os.kill(first, signal.SIGKILL)
+            # the next big bodies are decoded on a thread of the server, and a new process is started
+            r = client.post("/events", content=payload(1500, "over"))
+            assert r.status_code == 413 and "1500 events" in r.json()["reason"], r.text
+            assert client.post("/events", content=payload(900, "fits")).status_code == 204
+            second = _new_decoder(s, first)
+            assert second != first
+            garbage = b'{"not": "an envelope", "pad": "' + b"x" * 200_000 + b'"}'
+            r = client.post("/events", content=garbage)
+            assert r.status_code == 400 and r.json()["error"] == "unrecognized_format", r.text
+            assert client.post("/events", content=payload(900, "again")).status_code == 204
+        assert _children(s.proc.pid) == [second]
+    finally:
+        s.stop()
+    assert "the decoding process is gone" in s.log()
+    assert not Path(f"/proc/{second}").exists()  # ended with serve (its pipe closed), not left behind
 
 
 def test_a_full_dead_letter_store_refuses_bad_input_unkept_and_takes_good(tmp_path: Path) -> None:
