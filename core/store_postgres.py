@@ -48,6 +48,7 @@ from .outbox import (
     _DL_COLUMNS,
     DeadLetter,
     DeadLetterRecord,
+    Gate,
     Inserted,
     OutboxError,
     OutboxRow,
@@ -56,6 +57,8 @@ from .outbox import (
     _record,
 )
 from .secrets import redact, redact_uri, remember
+from .state import StateStore
+from .state_postgres import PostgresStateStore, _t
 from .store import IDLE_WAIT, LEASE, NO_KEY, Backlog, StoreUnavailableError
 
 if TYPE_CHECKING:
@@ -220,14 +223,31 @@ class _Link:
 
 
 class _PgInsert:
-    """One intake request: rows and dead letters, and the dead letter they replace (a replay)."""
+    """One intake request: rows and dead letters, and the dead letter they replace (a replay). With a
+    ``gate``, the rows are the gate's, decided once ``state`` has observed the request's events in the
+    same transaction (the SQLite outbox's ``_Insert``)."""
 
-    __slots__ = ("dead", "replaces", "rows")
+    __slots__ = ("dead", "gate", "replaces", "rows", "state")
 
-    def __init__(self, rows: Sequence[OutboxRow], dead: Sequence[DeadLetter], replaces: int | None = None) -> None:
+    def __init__(self, rows: Sequence[OutboxRow], dead: Sequence[DeadLetter], replaces: int | None = None,
+                 gate: Gate | None = None, state: StateStore | None = None) -> None:
         self.rows = rows
         self.dead = dead
         self.replaces = replaces
+        self.gate = gate
+        self.state = state
+
+    @staticmethod
+    def decide(cur: psycopg.Cursor[Any], run: Sequence[_PgInsert]) -> None:
+        """Observe the events of every gated request of ``run`` at once, then let each gate pick its rows."""
+        gated = [w for w in run if w.gate is not None and w.state is not None]
+        if not gated:
+            return
+        priors = iter(gated[0].state.observe(  # type: ignore[union-attr]
+            cur, [o for w in gated for o in w.gate.observations]))  # type: ignore[union-attr]
+        for w in gated:
+            assert w.gate is not None
+            w.rows = w.gate.rows([next(priors) for _ in w.gate.observations])
 
 
 def _key(row: OutboxRow) -> str:
@@ -277,6 +297,7 @@ def _apply(cur: psycopg.Cursor[Any], work: _PgInsert, where: str) -> Inserted:
         cur.execute("DELETE FROM dead_letter WHERE id = %s", (work.replaces,))
         if cur.rowcount != 1:
             raise OutboxError(f"no dead letter with id {work.replaces}", where=where)
+    _PgInsert.decide(cur, [work])
     return Inserted(_insert_rows(cur, work.rows), _insert_dead(cur, work.dead))
 
 
@@ -329,6 +350,7 @@ class _PgCommitter(_Committer):
             for w in works:
                 if w.replaces is not None:
                     _apply(cur, _PgInsert((), (), w.replaces), self._where)
+            _PgInsert.decide(cur, works)
             seqs = iter(_insert_rows(cur, [r for w in works for r in w.rows]))
             outcomes: list[tuple[Inserted, BaseException | None]] = [
                 (Inserted([next(seqs) for _ in w.rows], _insert_dead(cur, w.dead)), None) for w in works]
@@ -361,11 +383,6 @@ def _store_error(what: str, exc: Exception, where: str) -> OutboxError:
     if _unavailable(exc):
         return StoreUnavailableError(f"{what}: PostgreSQL is unavailable ({text})", where=where, cause=exc)
     return OutboxError(f"{what}: {text}", where=where, retryable=True, cause=exc)
-
-
-def _t(value: str | None) -> str | None:
-    """PostgreSQL text holds no NUL character; a reason quoting hostile input may (it must still be kept)."""
-    return value.replace("\x00", "\ufffd") if value is not None and "\x00" in value else value
 
 
 class _Listener:
@@ -456,6 +473,9 @@ class PostgresStore:
         self._closed = False
         self._committer = _PgCommitter(self._connect, self.where)
         self._listener = _Listener(lambda: self._connect(autocommit=True))
+        #: the latest event per subject, in this database, shared by every replica (``core/state_postgres.py``)
+        self.state: StateStore = PostgresStateStore(
+            self._read, lambda work: self._tx(work, "cannot write the subject state"))
         if connect:
             self.ensure_schema()
 
@@ -482,6 +502,7 @@ class PostgresStore:
                 cur.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
                 for statement in _SCHEMA:
                     cur.execute(statement)
+                PostgresStateStore.create(cur)
                 cur.execute("SELECT max(version) FROM schema_version")
                 row = cur.fetchone()
                 version = row[0] if row else None
@@ -551,16 +572,21 @@ class PostgresStore:
 
     # --- intake --------------------------------------------------------------------------------------
 
-    def submit(self, rows: Sequence[OutboxRow], dead: Sequence[DeadLetter] = ()) -> Future[Inserted]:
+    def submit(self, rows: Sequence[OutboxRow], dead: Sequence[DeadLetter] = (),
+               gate: Gate | None = None) -> Future[Inserted]:
+        """Queue for the next group commit. With a ``gate`` the rows inserted are those the gate picks
+        once :attr:`state` has observed its events, in the same transaction."""
         self._ready_for_intake()
-        return self._committer.submit(_PgInsert(rows, dead))  # type: ignore[arg-type]
+        return self._committer.submit(_PgInsert(rows, dead, gate=gate, state=self.state))  # type: ignore[arg-type]
 
-    def asubmit(self, rows: Sequence[OutboxRow], dead: Sequence[DeadLetter] = ()) -> asyncio.Future[Inserted]:
+    def asubmit(self, rows: Sequence[OutboxRow], dead: Sequence[DeadLetter] = (),
+                gate: Gate | None = None) -> asyncio.Future[Inserted]:
         self._ready_for_intake()
-        return self._committer.submit_async(_PgInsert(rows, dead), asyncio.get_running_loop())  # type: ignore[arg-type]
+        work = _PgInsert(rows, dead, gate=gate, state=self.state)
+        return self._committer.submit_async(work, asyncio.get_running_loop())  # type: ignore[arg-type]
 
-    def put(self, rows: Sequence[OutboxRow], dead: Sequence[DeadLetter] = ()) -> Inserted:
-        return self.submit(rows, dead).result()
+    def put(self, rows: Sequence[OutboxRow], dead: Sequence[DeadLetter] = (), gate: Gate | None = None) -> Inserted:
+        return self.submit(rows, dead, gate).result()
 
     def _ready_for_intake(self) -> None:
         if self._closed:
@@ -723,9 +749,11 @@ class PostgresStore:
 
         return self._tx(work, "cannot purge dead letters")
 
-    def resolve(self, dl_id: int, rows: Sequence[OutboxRow], dead: Sequence[DeadLetter] = ()) -> None:
+    def resolve(self, dl_id: int, rows: Sequence[OutboxRow], dead: Sequence[DeadLetter] = (),
+                gate: Gate | None = None) -> None:
         self._ready_for_intake()
-        self._committer.submit(_PgInsert(rows, dead, replaces=dl_id)).result()  # type: ignore[arg-type]
+        work = _PgInsert(rows, dead, replaces=dl_id, gate=gate, state=self.state)
+        self._committer.submit(work).result()  # type: ignore[arg-type]
 
     def failed_again(self, dl_id: int, error: BatchBridgeError) -> None:
         self._tx(lambda cur: cur.execute(
