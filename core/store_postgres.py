@@ -33,6 +33,7 @@ import logging
 import os
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future
@@ -46,6 +47,9 @@ from .errors import BatchBridgeError, ConfigError, MissingDependencyError
 from .event import ordering_key
 from .outbox import (
     _DL_COLUMNS,
+    DEAD_LETTER_MAX_BYTES,
+    DEAD_LETTER_MAX_ROWS,
+    PUBLISH,
     DeadLetter,
     DeadLetterRecord,
     Gate,
@@ -53,6 +57,7 @@ from .outbox import (
     OutboxError,
     OutboxRow,
     Pending,
+    PendingTooLongError,
     _Committer,
     _record,
 )
@@ -471,6 +476,13 @@ class PostgresStore:
         self._inflight: dict[int, tuple[str, str]] = {}  # seq -> (destination, key), handed out, unsettled
         self._inflight_lock = threading.Lock()
         self._closed = False
+        #: bounds of the shared dead-letter table (``outbox.dead_letter_max_rows`` / ``_max_bytes``),
+        #: counted over every replica's dead letters
+        self.dead_letter_max_rows = DEAD_LETTER_MAX_ROWS
+        self.dead_letter_max_bytes = DEAD_LETTER_MAX_BYTES
+        self._dl_lock = threading.Lock()
+        self._dl_usage = [0, 0]
+        self._dl_usage_until = 0.0
         self._committer = _PgCommitter(self._connect, self.where)
         self._listener = _Listener(lambda: self._connect(autocommit=True))
         #: the latest event per subject, in this database, shared by every replica (``core/state_postgres.py``)
@@ -726,7 +738,54 @@ class PostgresStore:
 
         return self._tx(work, "outbox read failed")
 
+    def unwritable(self) -> str | None:
+        """Why intake cannot be written now (PostgreSQL unreachable), None when it can (``/readyz``)."""
+        try:
+            self._read("SELECT 1")
+        except OutboxError as exc:
+            return exc.reason
+        return None
+
+    def expire(self, max_age: float, reason: str) -> list[DeadLetter]:
+        """Move every row older than ``max_age`` seconds to the dead letters, with its destination, its
+        last error and ``reason``; what was moved. Replicas expiring at once move each row once (the
+        DELETE takes it); a row in flight elsewhere settles as a no-op."""
+        def work(cur: psycopg.Cursor[Any]) -> list[DeadLetter]:
+            cur.execute(
+                "DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox WHERE created < %s ORDER BY seq "
+                "LIMIT 10000 FOR UPDATE SKIP LOCKED) RETURNING seq, destination, event_id, body, attempts, last_error",
+                (time.time() - max_age,))
+            moved = [DeadLetter(PUBLISH, "outbox", PendingTooLongError.code,
+                                f"{reason}; last error: {last}" if last else reason, bytes(body),
+                                f"outbox row {seq}", dest, eid, {"attempts": int(attempts)})
+                     for seq, dest, eid, body, attempts, last in sorted(cur.fetchall())]
+            _insert_dead(cur, moved)
+            return moved
+
+        return self._tx(work, "cannot expire outbox rows")
+
     # --- dead letters ---------------------------------------------------------------------------------
+
+    def dead_letter_refusal(self, nbytes: int) -> str | None:
+        """Why a new dead letter of ``nbytes`` may not be stored (None when it may, and then it is counted
+        against the bounds), over the dead letters of every replica; read again at most once a second."""
+        with self._dl_lock:
+            now = time.monotonic()
+            if now >= self._dl_usage_until:
+                rows, size = self._read(
+                    "SELECT count(*), coalesce(sum(octet_length(payload)), 0) FROM dead_letter")[0]
+                self._dl_usage = [int(rows), int(size)]
+                self._dl_usage_until = now + 1.0
+            rows, size = self._dl_usage
+            if rows + 1 > self.dead_letter_max_rows:
+                return (f"the dead-letter store is full ({rows} of {self.dead_letter_max_rows} rows, "
+                        "outbox.dead_letter_max_rows); `batchbridge dlq` replay or purge makes room")
+            if size + nbytes > self.dead_letter_max_bytes:
+                return (f"the dead-letter store is full ({size // 1024} KiB of {self.dead_letter_max_bytes // 1024} "
+                        "KiB, outbox.dead_letter_max_bytes); `batchbridge dlq` replay or purge makes room")
+            self._dl_usage[0] += 1
+            self._dl_usage[1] += nbytes
+            return None
 
     def dead_letters(self, *, limit: int = 100, after: int = 0) -> list[DeadLetterRecord]:
         return [_record(r) for r in self._read(
