@@ -27,26 +27,68 @@ import fcntl
 import functools
 import logging
 import os
+import socket
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import uuid
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import orjson
 
-from .errors import BackendError, BatchBridgeError, ConfigError
+from .errors import BatchBridgeError, ConfigError
+from .outbox_rows import (
+    _DL_COLUMNS,
+    INTAKE,
+    PUBLISH,
+    UNROUTED,
+    DeadLetter,
+    DeadLetterRecord,
+    Inserted,
+    OutboxError,
+    OutboxRow,
+    Pending,
+    PendingTooLongError,
+    _record,
+    row_key,
+)
 from .secrets import redact, redact_uri
 from .state import Observation, Prior, SqliteStateStore, StateStore
+from .store import IDLE_WAIT, LEASE
+from .store import Backlog as StoreBacklog
 
 log = logging.getLogger("batchbridge.outbox")
 
+# the row types moved to ``outbox_rows``; importing them from here keeps working
+__all__ = [
+    "DEAD_LETTER_MAX_BYTES",
+    "DEAD_LETTER_MAX_ROWS",
+    "DISK_RESERVE",
+    "INTAKE",
+    "PUBLISH",
+    "SYNC_LEVELS",
+    "UNROUTED",
+    "_DL_COLUMNS",
+    "DeadLetter",
+    "DeadLetterRecord",
+    "Gate",
+    "Inserted",
+    "Outbox",
+    "OutboxError",
+    "OutboxRow",
+    "Pending",
+    "PendingTooLongError",
+    "_record",
+]
+
 T = TypeVar("T")
 
-SCHEMA_VERSION = 1
+#: 2: rows carry their ordering key (``okey``) and ``key_lease`` holds the claims on keys
+SCHEMA_VERSION = 2
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
     seq         INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -56,9 +98,17 @@ CREATE TABLE IF NOT EXISTS outbox (
     body        BLOB    NOT NULL,
     created     REAL    NOT NULL,
     attempts    INTEGER NOT NULL DEFAULT 0,
-    last_error  TEXT
+    last_error  TEXT,
+    okey        TEXT    NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS outbox_by_destination ON outbox (destination, seq);
+CREATE TABLE IF NOT EXISTS key_lease (
+    destination TEXT NOT NULL,
+    okey        TEXT NOT NULL,
+    owner       TEXT NOT NULL,
+    expires     REAL NOT NULL,
+    PRIMARY KEY (destination, okey)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS dead_letter (
     id          INTEGER PRIMARY KEY AUTOINCREMENT,
     created     REAL    NOT NULL,
@@ -75,9 +125,6 @@ CREATE TABLE IF NOT EXISTS dead_letter (
 );
 """
 
-#: dead-letter stages: where in the pipeline the item stopped
-INTAKE, UNROUTED, PUBLISH = "intake", "unrouted", "publish"
-
 #: most requests folded into one group commit (bounds the time one commit holds the write lock)
 _MAX_GROUP = 2048
 #: intake is refused (503 / nack) while less than this is left for the outbox (``Outbox._room``): the
@@ -91,6 +138,9 @@ DEAD_LETTER_MAX_BYTES = 64 * 1024 * 1024
 #: must not keep its disk space once the outbox has drained
 WAL_SIZE_LIMIT = 64 * 1024 * 1024
 _SQLITE_FULL = 13
+#: how often an idle claimant looks whether another connection committed (``Outbox.wait``): one
+#: ``PRAGMA`` read, no lock
+WAKE_POLL = 0.05
 #: how often the outbox file and its WAL are checked for deletion, replacement or truncation, seconds
 WATCH_INTERVAL = 0.5
 #: WAL truncations this process made itself (a checkpoint that gives disk space back)
@@ -129,18 +179,6 @@ def _make_room(conn: sqlite3.Connection) -> None:
     with contextlib.suppress(sqlite3.Error):
         _wal_truncations += 1  # counted first: a watcher that sees the WAL shrink after this knows why
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
-
-
-class OutboxError(BackendError):
-    """The outbox file could not be read or written (disk full, permissions, corruption)."""
-
-    code = "outbox_error"
-
-
-class PendingTooLongError(BackendError):
-    """A row waited in the outbox longer than ``outbox.max_pending_age``; it went to the dead letters."""
-
-    code = "pending_too_long"
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,98 +262,6 @@ class _Watch:
             self._thread.join()
         with contextlib.suppress(sqlite3.Error):
             self._anchor.close()
-
-
-@dataclass(frozen=True, slots=True)
-class OutboxRow:
-    destination: str
-    event_id: str | None
-    event_type: str | None
-    body: bytes
-    #: the event ``body`` serialises, when the caller has it (not stored: it spares the publisher a
-    #: parse when the row is handed over in memory)
-    event: Mapping[str, Any] | None = field(default=None, compare=False, repr=False)
-
-    @classmethod
-    def of(cls, destination: str, event: Mapping[str, Any]) -> OutboxRow:
-        return cls(destination, _opt(event.get("id")), _opt(event.get("type")), orjson.dumps(event), event)
-
-
-@dataclass(frozen=True, slots=True)
-class Pending:
-    """A row waiting for its destination."""
-
-    seq: int
-    destination: str
-    event_id: str | None
-    body: bytes
-    attempts: int
-    #: the parsed event, when the row was handed over in memory rather than read back
-    event: Mapping[str, Any] | None = field(default=None, compare=False, repr=False)
-
-
-@dataclass(frozen=True, slots=True)
-class DeadLetter:
-    """One item for the dead-letter table (secrets are scrubbed from the texts before storing)."""
-
-    stage: str
-    source: str
-    code: str
-    reason: str
-    payload: bytes
-    where: str | None = None
-    destination: str | None = None
-    event_id: str | None = None
-    meta: Mapping[str, Any] | None = None
-
-    @classmethod
-    def of(cls, stage: str, source: str, payload: bytes, error: BatchBridgeError, *,
-           destination: str | None = None, event_id: str | None = None,
-           meta: Mapping[str, Any] | None = None) -> DeadLetter:
-        return cls(stage, source, error.code, error.reason, payload, error.where, destination, event_id, meta)
-
-
-@dataclass(frozen=True, slots=True)
-class DeadLetterRecord:
-    id: int
-    created: float
-    stage: str
-    source: str
-    destination: str | None
-    event_id: str | None
-    code: str
-    reason: str
-    where: str | None
-    payload: bytes
-    meta: dict[str, Any]
-    attempts: int
-
-    def summary(self) -> dict[str, Any]:
-        """JSON-ready, without the payload (``dlq list``); destinations redacted."""
-        return {
-            "id": self.id,
-            "created": self.created,
-            "stage": self.stage,
-            "source": self.source,
-            "destination": redact_uri(self.destination) if self.destination else None,
-            "event_id": self.event_id,
-            "error": self.code,
-            "reason": self.reason,
-            "where": self.where,
-            "bytes": len(self.payload),
-            "attempts": self.attempts,
-        }
-
-
-def _opt(v: Any) -> str | None:
-    return None if v is None else str(v)
-
-
-class Inserted(NamedTuple):
-    """What one intake request wrote: the seqs of its rows (in order) and its dead-letter ids."""
-
-    seqs: list[int]
-    dead_ids: list[int]
 
 
 class Gate(Protocol):
@@ -600,9 +546,13 @@ class Outbox:
     """The SQLite outbox + dead-letter store. Thread-safe: each thread gets its own connection."""
 
     def __init__(self, path: str | Path, *, synchronous: str = "full", busy_timeout: float = 30.0,
-                 reserve_bytes: int = DISK_RESERVE) -> None:
+                 reserve_bytes: int = DISK_RESERVE, lease: float = LEASE) -> None:
+        if lease <= 0:
+            raise ConfigError(f"the lease must be positive, got {lease}", where="[outbox] lease")
         self.path = Path(path)
         self._where = str(self.path)
+        #: where the store is, for messages (``core/store.py``)
+        self.where = self._where
         self.reserve_bytes = reserve_bytes
         #: bounds of the dead-letter store (see :meth:`dead_letter_refusal`)
         self.dead_letter_max_rows = DEAD_LETTER_MAX_ROWS
@@ -621,12 +571,21 @@ class Outbox:
         self._conns_lock = threading.Lock()
         self._lock_fd: int | None = None
         self._closed = False
+        #: seconds a claim holds its keys without ``claim``/``renew``/``settle`` (``core/store.py``)
+        self.lease = lease
+        #: who holds a lease: unique per store object (one per worker process), readable in the file
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._inflight: dict[int, tuple[str, str]] = {}  # seq -> (destination, key): claimed, unsettled
+        self._inflight_lock = threading.Lock()
+        self._leased = False
+        self._wakes: dict[str, threading.Event] = {}
         self._create()
         self._watch: _Watch | None = None
         #: the latest event per subject, in this file (``core/state.py``)
         self.state: StateStore = SqliteStateStore(self._read, self._write)
         self._committer = _Committer(lambda: self._connect(self._intake_sync), self._where, self._no_room,
                                      self._gone)
+        self._committer.listeners.append(self._woken)
 
     # --- connections -----------------------------------------------------------------------------
 
@@ -650,9 +609,10 @@ class Outbox:
             if problems != ["ok"]:
                 raise self._damaged(problems[0])
             conn.executescript(_SCHEMA)
+            _add_keys(conn)
             SqliteStateStore.create(conn)
             version = conn.execute("PRAGMA user_version").fetchone()[0]
-            if version == 0:
+            if version < SCHEMA_VERSION:
                 conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             elif version > SCHEMA_VERSION:
                 raise OutboxError(f"the outbox was written by a newer batchbridge (schema {version})",
@@ -849,6 +809,8 @@ class Outbox:
         if self._closed:
             return
         self._committer.close()
+        with contextlib.suppress(BatchBridgeError):
+            self.release()  # others take this worker's keys at once, not when the lease runs out
         self._closed = True
         if self._watch is not None:
             self._watch.stop()
@@ -908,32 +870,148 @@ class Outbox:
             "ORDER BY seq LIMIT ?", (destination, limit))
         return [Pending(seq, dest, eid, bytes(body), attempts) for seq, dest, eid, body, attempts in rows]
 
+    # --- claims (``core/store.py``): leases on ordering keys, in the same file -------------------------
+
+    def claim(self, destination: str, limit: int) -> list[Pending]:
+        """Up to ``limit`` rows for ``destination`` in seq order, each of a key this store object now
+        leases (see :mod:`batchbridge.core.store` for the invariants). Keys with rows in flight here are
+        left out whole, so a retried row goes out before the rows behind it and nothing goes out twice.
+        Every process opening the file takes the write lock for the lease (``BEGIN IMMEDIATE``), which
+        serialises claimants; leases are timed by this host's clock, the one all of them share."""
+        if limit <= 0:
+            return []
+        with self._inflight_lock:
+            busy = sorted({k for d, k in self._inflight.values() if d == destination})
+        not_busy = f"AND okey NOT IN ({', '.join('?' * len(busy))}) " if busy else ""
+        pick = ("SELECT DISTINCT okey FROM (SELECT okey FROM outbox o WHERE destination = ? " + not_busy +
+                "AND NOT EXISTS (SELECT 1 FROM key_lease l WHERE l.destination = o.destination AND l.okey = o.okey "
+                "AND l.owner <> ? AND l.expires > ?) ORDER BY seq LIMIT ?)")
+
+        def candidates(conn: sqlite3.Connection) -> list[str]:
+            return sorted(r[0] for r in conn.execute(pick, [destination, *busy, self.owner, time.time(), limit]))
+
+        # a look without the write lock first: idle claimants of N workers must not queue on it
+        try:
+            if not candidates(self._conn()):
+                return []
+        except sqlite3.Error as exc:
+            raise OutboxError(f"outbox read failed: {exc}", where=self._where, retryable=True) from None
+
+        def work(conn: sqlite3.Connection) -> list[tuple[Pending, str]]:
+            keys = candidates(conn)  # again, under the lock: another claimant may have come first
+            if not keys:
+                return []
+            expires = time.time() + self.lease
+            conn.executemany("INSERT INTO key_lease (destination, okey, owner, expires) VALUES (?, ?, ?, ?) "
+                             "ON CONFLICT (destination, okey) DO UPDATE SET owner = excluded.owner, "
+                             "expires = excluded.expires", [(destination, k, self.owner, expires) for k in keys])
+            # the head of each key: the oldest rows, whatever the candidates were
+            rows = conn.execute(
+                f"SELECT seq, destination, event_id, body, attempts, okey FROM outbox WHERE destination = ? "
+                f"AND okey IN ({', '.join('?' * len(keys))}) ORDER BY seq LIMIT ?",
+                [destination, *keys, limit]).fetchall()
+            return [(Pending(int(s), d, e, bytes(b), int(a)), k) for s, d, e, b, a, k in rows]
+
+        claimed = self._write(work)
+        with self._inflight_lock:
+            self._leased = True
+            for p, k in claimed:
+                self._inflight[p.seq] = (destination, k)
+        return [p for p, _ in claimed]
+
+    def renew(self) -> None:
+        """Extend the lease on every key this store object holds."""
+        if self._leased:
+            expires = time.time() + self.lease
+            self._write(lambda conn: conn.execute("UPDATE key_lease SET expires = ? WHERE owner = ?",
+                                                  (expires, self.owner)))
+
+    def release(self) -> None:
+        """Give back every key this store object holds (a clean stop): others take them at once."""
+        with self._inflight_lock:
+            self._inflight.clear()
+            leased, self._leased = self._leased, False
+        if leased:
+            self._write(lambda conn: conn.execute("DELETE FROM key_lease WHERE owner = ?", (self.owner,)))
+
+    def wait(self, destination: str, timeout: float = IDLE_WAIT) -> bool:
+        """Block until rows for ``destination`` may have come (True) or ``timeout`` passes (False): woken
+        at once by this object's own commits, and within :data:`WAKE_POLL` by any other connection's
+        (``PRAGMA data_version`` changes with every commit made elsewhere: other workers, ``dlq replay``)."""
+        with self._inflight_lock:
+            wake = self._wakes.setdefault(destination, threading.Event())
+        deadline = time.monotonic() + timeout
+        try:
+            conn = self._conn()
+            version = conn.execute("PRAGMA data_version").fetchone()[0]
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                if wake.wait(min(remaining, WAKE_POLL)):
+                    wake.clear()
+                    return True
+                if conn.execute("PRAGMA data_version").fetchone()[0] != version:
+                    return True
+        except sqlite3.Error as exc:
+            raise OutboxError(f"outbox read failed: {exc}", where=self._where, retryable=True) from None
+
+    def _woken(self, committed: list[tuple[int, OutboxRow]]) -> None:
+        with self._inflight_lock:
+            for d in {row.destination for _, row in committed}:
+                self._wakes.setdefault(d, threading.Event()).set()
+
     def settle(self, delivered: Iterable[int] = (), retry: Iterable[tuple[int, str]] = (),
                dead: Iterable[tuple[int, DeadLetter]] = ()) -> None:
         """In one transaction: delete delivered rows, note failed attempts, move refused rows to the
-        dead-letter table. On a nearly full disk the attempt counts are not written: while a
-        destination is down they are rewritten on every retry, and would eat the room kept for the
-        deletes that free the disk once it is back (then no checkpoint could ever run: stuck for good)."""
+        dead-letter table; the leases held here are extended, and those of keys with nothing left are
+        let go. On a nearly full disk the attempt counts are not written: while a destination is down
+        they are rewritten on every retry, and would eat the room kept for the deletes that free the disk
+        once it is back (then no checkpoint could ever run: stuck for good)."""
         done = list(delivered)
         again = [(redact(err)[:2000], s) for s, err in retry]
         moved = list(dead)
+        seqs = done + [s for _, s in again] + [s for s, _ in moved]
+        with self._inflight_lock:
+            leased = self._leased
+            destinations = sorted({self._inflight[s][0] for s in seqs if s in self._inflight})
 
         def work(conn: sqlite3.Connection) -> None:
             _delete_rows(conn, done)
             if again and self._no_room(conn) is None:
                 conn.executemany("UPDATE outbox SET attempts = attempts + 1, last_error = ? WHERE seq = ?", again)
             if moved:
-                _insert_dead(conn, [d for _, d in moved])
-                _delete_rows(conn, [s for s, _ in moved])
+                # a row another claimant already settled is not dead-lettered a second time
+                present = {s for s, _ in moved
+                           if conn.execute("SELECT 1 FROM outbox WHERE seq = ?", (s,)).fetchone() is not None}
+                _insert_dead(conn, [d for s, d in moved if s in present])
+                _delete_rows(conn, sorted(present))
+            if leased:
+                conn.execute("UPDATE key_lease SET expires = ? WHERE owner = ?", (time.time() + self.lease, self.owner))
+                for d in destinations:
+                    conn.execute("DELETE FROM key_lease WHERE owner = ? AND destination = ? AND NOT EXISTS "
+                                 "(SELECT 1 FROM outbox o WHERE o.destination = key_lease.destination "
+                                 "AND o.okey = key_lease.okey)", (self.owner, d))
 
         self._write(work)
+        with self._inflight_lock:
+            for s in seqs:
+                self._inflight.pop(s, None)
 
     def depth(self) -> int:
         return int(self._read("SELECT count(*) FROM outbox")[0][0])
 
-    def backlog(self) -> list[Backlog]:
+    def backlog(self) -> dict[str, StoreBacklog]:
+        """Per destination: rows waiting, when the oldest was committed, keys leased now."""
+        now = time.time()
+        leased = {d: int(n) for d, n in self._read(
+            "SELECT destination, count(*) FROM key_lease WHERE expires > ? GROUP BY destination", (now,))}
+        return {d: StoreBacklog(int(n), float(oldest), leased.get(d, 0)) for d, n, oldest in self._read(
+            "SELECT destination, count(*), min(created) FROM outbox GROUP BY destination")}
+
+    def heads(self) -> list[Backlog]:
         """Per destination: rows waiting, the age of the oldest, its attempts and its last error (the
-        head row of each destination is the one being retried: rows go out in seq order)."""
+        head row of each destination is the one retried first: rows go out in seq order per key)."""
         now = time.time()
         out = []
         for dest, n in self._read("SELECT destination, count(*) FROM outbox GROUP BY destination ORDER BY destination"):
@@ -1033,17 +1111,7 @@ class Outbox:
             (error.code, redact(error.reason), redact(error.where) if error.where else None, dl_id)))
 
 
-_DL_COLUMNS = ("id, created, stage, source, destination, event_id, code, reason, location, payload, meta, "
-               "attempts")
-
-
-def _record(r: Sequence[Any]) -> DeadLetterRecord:
-    meta = orjson.loads(r[10]) if r[10] else {}
-    return DeadLetterRecord(int(r[0]), float(r[1]), r[2], r[3], r[4], r[5], r[6], r[7], r[8], bytes(r[9]),
-                            meta if isinstance(meta, dict) else {}, int(r[11]))
-
-
-#: rows per INSERT statement (5 parameters a row, well under SQLite's 32,766)
+#: rows per INSERT statement (6 parameters a row, well under SQLite's 32,766)
 _ROWS_PER_STATEMENT = 500
 
 
@@ -1051,6 +1119,26 @@ _ROWS_PER_STATEMENT = 500
 def _values_sql(head: str, width: int, n: int) -> str:
     row = "(" + ", ".join("?" * width) + ")"
     return head + ", ".join([row] * n)
+
+
+def _add_keys(conn: sqlite3.Connection) -> None:
+    """Schema 1 -> 2: the ``okey`` column, filled in for the rows an older version left (once; a
+    drained outbox has none), and its index."""
+    columns = {r[1] for r in conn.execute("PRAGMA table_info(outbox)").fetchall()}
+    if "okey" not in columns:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute("ALTER TABLE outbox ADD COLUMN okey TEXT NOT NULL DEFAULT ''")
+            keys = [(row_key(OutboxRow(d, None, None, bytes(b))), s)
+                    for s, d, b in conn.execute("SELECT seq, destination, body FROM outbox").fetchall()]
+            conn.executemany("UPDATE outbox SET okey = ? WHERE seq = ?", keys)
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            conn.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            raise
+    conn.execute("CREATE INDEX IF NOT EXISTS outbox_by_key ON outbox (destination, okey, seq)")
 
 
 def _insert_rows(conn: sqlite3.Connection, rows: Sequence[OutboxRow]) -> list[int]:
@@ -1066,9 +1154,10 @@ def _insert_rows(conn: sqlite3.Connection, rows: Sequence[OutboxRow]) -> list[in
         chunk = rows[start:start + _ROWS_PER_STATEMENT]
         params: list[Any] = []
         for r in chunk:
-            params += (r.destination, r.event_id, r.event_type, r.body, now)
+            params += (r.destination, r.event_id, r.event_type, r.body, now, row_key(r))
         cur = conn.execute(_values_sql(
-            "INSERT INTO outbox (destination, event_id, event_type, body, created) VALUES ", 5, len(chunk)), params)
+            "INSERT INTO outbox (destination, event_id, event_type, body, created, okey) VALUES ", 6, len(chunk)),
+            params)
         last = int(cur.lastrowid or 0)
     return list(range(last - len(rows) + 1, last + 1))
 
@@ -1094,35 +1183,4 @@ def _insert_dead(conn: sqlite3.Connection, dead: Sequence[DeadLetter]) -> list[i
     return ids
 
 
-def bench(directory: str | Path, *, events: int = 10_000, clients: Sequence[int] = (1, 16, 64)) -> list[str]:
-    """Intake throughput with FULL and NORMAL sync, ``clients`` requests at a time, one ~1.5 KB event
-    each (``python -m batchbridge.core.outbox [DIR]``; DIR should be on the disk the outbox will use)."""
-    import tempfile
-    from concurrent.futures import ThreadPoolExecutor
-
-    body = orjson.dumps({"specversion": "1.0", "id": "0" * 32, "type": "batch.job.succeeded",
-                         "data": {"pad": "x" * 1400}})
-    lines = []
-    for sync in SYNC_LEVELS:
-        for n_clients in clients:
-            n = events // 5 if n_clients == 1 else events
-            with tempfile.TemporaryDirectory(dir=directory) as d, Outbox(Path(d) / "o.db", synchronous=sync) as ob:
-                def one(i: int, ob: Outbox = ob) -> None:
-                    ob.put([OutboxRow("file:///bench.jsonl", str(i), "batch.job.succeeded", body)])
-
-                started = time.perf_counter()
-                with ThreadPoolExecutor(n_clients) as pool:
-                    list(pool.map(one, range(n)))
-                rate = n / (time.perf_counter() - started)
-                commits, requests = ob.group_commit_stats
-            lines.append(f"synchronous={sync:<6} {n_clients:3d} concurrent requests: {rate:8.0f} events/s, "
-                         f"{requests / max(1, commits):5.1f} events per commit")
-    return lines
-
-
 SYNC_LEVELS = ("full", "normal")
-
-if __name__ == "__main__":  # pragma: no cover - a measurement, not a test
-    import sys
-
-    print("\n".join(bench(sys.argv[1] if len(sys.argv) > 1 else ".")))

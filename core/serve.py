@@ -313,7 +313,7 @@ def create_app(target: Bridge | BridgeConfig | str | Path, *, settings: ServeSet
         failing = {dest: seconds for dest, (seconds, _) in bridge.failing().items()}
         return bridge.outbox.unwritable() is None, failing
 
-    registry = prometheus_registry(bridge.stats, bridge.outbox.depths, backlog=bridge.outbox.backlog, health=health)
+    registry = prometheus_registry(bridge.stats, bridge.outbox.depths, backlog=bridge.outbox.heads, health=health)
 
     def error(status: int, code: str, reason: str, headers: Mapping[str, str] | None = None) -> Response:
         return Response(_error_json(code, reason), status_code=status, media_type="application/json",

@@ -44,7 +44,8 @@ from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from .errors import BatchBridgeError
-from .outbox import DeadLetter, DeadLetterRecord, Inserted, OutboxError, OutboxRow, Pending
+from .outbox_rows import NO_KEY as NO_KEY  # re-exported: the stores and their tests take it from here
+from .outbox_rows import DeadLetter, DeadLetterRecord, Inserted, OutboxError, OutboxRow, Pending
 
 #: default lease on an ordering key, seconds: long enough for a slow batch to a slow backend (a claimant
 #: renews while it works), short enough that a dead replica's keys move on quickly
@@ -52,8 +53,6 @@ LEASE = 30.0
 #: how long an idle claimant waits for a wake-up before it looks again anyway (rows whose lease
 #: expired send no notification)
 IDLE_WAIT = 1.0
-#: ordering key of events without a job or environment id: they keep their order among themselves
-NO_KEY = ""
 
 
 class StoreUnavailableError(OutboxError):

@@ -84,7 +84,7 @@ def run_status(args: argparse.Namespace) -> int:
     if not path.exists():
         raise ConfigError("no outbox here: pass --config FILE or --outbox PATH", where=str(path))
     with Outbox(path, synchronous=config.outbox.synchronous) as ob:
-        backlog = ob.backlog()
+        backlog = ob.heads()
         dead = ob.dead_letter_count()
     doc = {"outbox": str(path), "checked": time.time(), "pending": sum(b.rows for b in backlog),
            "dead_letters": dead, "destinations": [b.to_dict() for b in backlog]}
