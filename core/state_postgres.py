@@ -36,7 +36,6 @@ SCHEMA = (
         updated      double precision NOT NULL,
         history      text NOT NULL
     )""",
-    "CREATE INDEX IF NOT EXISTS subject_state_by_updated ON subject_state (updated)",
 )
 # ``COLLATE "C"``: the glob prefix ranges (``subject >= 'jobs/' AND subject < 'jobs/\U0010ffff'``) and
 # the lock order need code-point order, whatever the database's default collation is
@@ -117,14 +116,15 @@ class PostgresStateStore:
                                                    o.provider, o.partitionkey, c.updated,
                                                    orjson.dumps(c.entries()).decode()), strict=True):
                     column.append(_t(value) if isinstance(value, str) else value)
-            # every row exists (locked) since the placeholder upsert: an UPDATE from arrays says it all
+            # every row exists (locked) since the placeholder upsert: this upsert only ever updates
             tx.execute(
-                "UPDATE subject_state s SET sequence = v.sequence, event_id = v.event_id, type = v.type, "
-                "state = v.state, time = v.time, provider = v.provider, partitionkey = v.partitionkey, "
-                "updated = v.updated, history = v.history FROM unnest(%s::text[], %s::text[], %s::text[], "
+                "INSERT INTO subject_state AS s (subject, sequence, event_id, type, state, time, provider, "
+                "partitionkey, updated, history) SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], "
                 "%s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::float8[], %s::text[]) "
-                "AS v(subject, sequence, event_id, type, state, time, provider, partitionkey, updated, history) "
-                "WHERE s.subject = v.subject", columns)
+                "ON CONFLICT (subject) DO UPDATE SET sequence = EXCLUDED.sequence, event_id = EXCLUDED.event_id, "
+                "type = EXCLUDED.type, state = EXCLUDED.state, time = EXCLUDED.time, provider = EXCLUDED.provider, "
+                "partitionkey = EXCLUDED.partitionkey, updated = EXCLUDED.updated, history = EXCLUDED.history",
+                columns)
 
     def query(self, pattern: str | None = None, *, limit: int | None = None) -> list[SubjectState]:
         where, args = _glob_range(pattern)

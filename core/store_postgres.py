@@ -351,7 +351,9 @@ class _PgCommitter(_Committer):
 
     def _all_at_once(self, conn: psycopg.Connection[Any], works: list[_PgInsert]
                   ) -> list[tuple[Inserted, BaseException | None]]:
-        with conn.transaction(), conn.cursor() as cur:
+        # pipelined: BEGIN travels with the first statement, the state's write with the INSERT, and
+        # only what returns rows waits for an answer -- round trips, not statements, cost a commit
+        with conn.pipeline(), conn.transaction(), conn.cursor() as cur:
             for w in works:
                 if w.replaces is not None:
                     _apply(cur, _PgInsert((), (), w.replaces), self._where)
