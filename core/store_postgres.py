@@ -266,35 +266,57 @@ def _key(row: OutboxRow) -> str:
     return ordering_key(event) or NO_KEY
 
 
-def _insert_rows(cur: psycopg.Cursor[Any], rows: Sequence[OutboxRow]) -> list[int]:
-    seqs: list[int] = []
+def _send_rows(conn: psycopg.Connection[Any], rows: Sequence[OutboxRow]) -> Callable[[], list[int]]:
+    """Send the INSERTs of ``rows``; the returned function reads their seqs. In pipeline mode nothing
+    waits for them until then (the commit's own round trip carries them)."""
+    cursors = []
     for start in range(0, len(rows), _ROWS_PER_STATEMENT):
         chunk = rows[start:start + _ROWS_PER_STATEMENT]
         params: list[Any] = []
         for r in chunk:
             params += (_t(r.destination), _t(_key(r)), _t(r.event_id), _t(r.event_type), r.body)
+        cur = conn.cursor()
         cur.execute(
             "INSERT INTO outbox (destination, okey, event_id, event_type, body) VALUES "
             + ", ".join(["(%s, %s, %s, %s, %s)"] * len(chunk)) + " RETURNING seq", params)
-        # identity values are drawn in VALUES order; sorting maps them to the rows whatever order
-        # RETURNING lists them in
-        seqs += sorted(int(r[0]) for r in cur.fetchall())
-    return seqs
+        cursors.append(cur)
+    return lambda: _returned(cursors)
+
+
+def _send_dead(conn: psycopg.Connection[Any], dead: Sequence[DeadLetter]) -> Callable[[], list[int]]:
+    """:func:`_send_rows` for dead letters (their ids)."""
+    cursors = []
+    for start in range(0, len(dead), _ROWS_PER_STATEMENT):
+        params: list[Any] = []
+        for d in dead[start:start + _ROWS_PER_STATEMENT]:
+            params += (d.stage, _t(redact(d.source)), _t(d.destination), _t(d.event_id), d.code, _t(redact(d.reason)),
+                       _t(redact(d.where)) if d.where else None, bytes(d.payload),
+                       orjson.dumps(dict(d.meta)).decode() if d.meta else None)
+        cur = conn.cursor()
+        cur.execute(
+            "INSERT INTO dead_letter (stage, source, destination, event_id, code, reason, location, payload, meta) "
+            "VALUES " + ", ".join(["(%s, %s, %s, %s, %s, %s, %s, %s, %s)"] * (len(params) // 9)) + " RETURNING id",
+            params)
+        cursors.append(cur)
+    return lambda: _returned(cursors)
+
+
+def _returned(cursors: list[psycopg.Cursor[Any]]) -> list[int]:
+    # identity values are drawn in VALUES order; sorting maps them to the rows whatever order
+    # RETURNING lists them in
+    out: list[int] = []
+    for cur in cursors:
+        out += sorted(int(r[0]) for r in cur.fetchall())
+        cur.close()
+    return out
+
+
+def _insert_rows(cur: psycopg.Cursor[Any], rows: Sequence[OutboxRow]) -> list[int]:
+    return _send_rows(cur.connection, rows)()
 
 
 def _insert_dead(cur: psycopg.Cursor[Any], dead: Sequence[DeadLetter]) -> list[int]:
-    ids = []
-    for d in dead:
-        cur.execute(
-            "INSERT INTO dead_letter (stage, source, destination, event_id, code, reason, location, payload, meta) "
-            "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING id",
-            (d.stage, _t(redact(d.source)), _t(d.destination), _t(d.event_id), d.code, _t(redact(d.reason)),
-             _t(redact(d.where)) if d.where else None, bytes(d.payload),
-             orjson.dumps(dict(d.meta)).decode() if d.meta else None))
-        row = cur.fetchone()
-        assert row is not None
-        ids.append(int(row[0]))
-    return ids
+    return _send_dead(cur.connection, dead)()
 
 
 def _apply(cur: psycopg.Cursor[Any], work: _PgInsert, where: str) -> Inserted:
@@ -351,17 +373,19 @@ class _PgCommitter(_Committer):
 
     def _all_at_once(self, conn: psycopg.Connection[Any], works: list[_PgInsert]
                   ) -> list[tuple[Inserted, BaseException | None]]:
-        # pipelined: BEGIN travels with the first statement, the state's write with the INSERT, and
-        # only what returns rows waits for an answer -- round trips, not statements, cost a commit
-        with conn.pipeline(), conn.transaction(), conn.cursor() as cur:
-            for w in works:
-                if w.replaces is not None:
-                    _apply(cur, _PgInsert((), (), w.replaces), self._where)
-            _PgInsert.decide(cur, works)
-            seqs = iter(_insert_rows(cur, [r for w in works for r in w.rows]))
-            outcomes: list[tuple[Inserted, BaseException | None]] = [
-                (Inserted([next(seqs) for _ in w.rows], _insert_dead(cur, w.dead)), None) for w in works]
-        return outcomes
+        # pipelined: BEGIN travels with the first statement, and the INSERTs (and the state's write)
+        # with the COMMIT -- their RETURNING is read once it is answered: round trips, not statements,
+        # are what a commit costs (one without a gate, two with one: the state must be read first)
+        with conn.pipeline():
+            with conn.transaction(), conn.cursor() as cur:
+                for w in works:
+                    if w.replaces is not None:
+                        _apply(cur, _PgInsert((), (), w.replaces), self._where)
+                _PgInsert.decide(cur, works)
+                rows = _send_rows(conn, [r for w in works for r in w.rows])
+                dead = [_send_dead(conn, w.dead) for w in works]
+        seqs = iter(rows())
+        return [(Inserted([next(seqs) for _ in w.rows], d()), None) for w, d in zip(works, dead, strict=True)]
 
     def _with_savepoints(self, conn: psycopg.Connection[Any], works: list[_PgInsert]
                     ) -> list[tuple[Any, BaseException | None]]:
