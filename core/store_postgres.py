@@ -376,14 +376,13 @@ class _PgCommitter(_Committer):
         # pipelined: BEGIN travels with the first statement, and the INSERTs (and the state's write)
         # with the COMMIT -- their RETURNING is read once it is answered: round trips, not statements,
         # are what a commit costs (one without a gate, two with one: the state must be read first)
-        with conn.pipeline():
-            with conn.transaction(), conn.cursor() as cur:
-                for w in works:
-                    if w.replaces is not None:
-                        _apply(cur, _PgInsert((), (), w.replaces), self._where)
-                _PgInsert.decide(cur, works)
-                rows = _send_rows(conn, [r for w in works for r in w.rows])
-                dead = [_send_dead(conn, w.dead) for w in works]
+        with conn.pipeline(), conn.transaction(), conn.cursor() as cur:
+            for w in works:
+                if w.replaces is not None:
+                    _apply(cur, _PgInsert((), (), w.replaces), self._where)
+            _PgInsert.decide(cur, works)
+            rows = _send_rows(conn, [r for w in works for r in w.rows])
+            dead = [_send_dead(conn, w.dead) for w in works]
         seqs = iter(rows())
         return [(Inserted([next(seqs) for _ in w.rows], d()), None) for w, d in zip(works, dead, strict=True)]
 
