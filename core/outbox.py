@@ -856,8 +856,9 @@ class Outbox:
 
     def on_commit(self, listener: Callable[[list[tuple[int, OutboxRow]]], None]) -> None:
         """Call ``listener`` on the committer thread after every intake commit, with the (seq, row) pairs
-        that commit made durable, in seq order (the bridge hands them to its publishers in memory)."""
-        self._committer.listeners.append(listener)
+        that commit made durable, in seq order (the bridge hands them to its publishers in memory). They
+        run before this store's own wake-up of idle claimants, so a woken claimant finds what they prepared."""
+        self._committer.listeners.insert(len(self._committer.listeners) - 1, listener)
 
     # --- publisher side ----------------------------------------------------------------------------
 

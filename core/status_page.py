@@ -59,12 +59,12 @@ def destination_backlog(bridge: Bridge, now: float | None = None) -> list[Backlo
     errors = {d: e for d, _, e in ob._read(
         "SELECT destination, max(seq), last_error FROM outbox WHERE last_error IS NOT NULL GROUP BY destination")}
     # a publisher that cannot even open its client records nothing on the rows: its own last error
-    current = bridge.publish_errors()
+    current = {label: why for label, (_, why) in bridge.failing().items()}
     names = dict.fromkeys([*bridge.config.destinations(), *counts])
     out = []
     for d in names:
         n, oldest = counts.get(d, (0, None))
-        error = current.get(d) or errors.get(d)
+        error = current.get(redact_uri(d)) or errors.get(d)
         out.append(Backlog(redact_uri(d), n, None if oldest is None else max(0.0, now - oldest),
                            redact(error) if error else None))
     return out
