@@ -47,6 +47,7 @@ from .errors import BatchBridgeError, ConfigError, MissingDependencyError
 from .event import ordering_key
 from .outbox import (
     _DL_COLUMNS,
+    Backlog as Head,
     DEAD_LETTER_MAX_BYTES,
     DEAD_LETTER_MAX_ROWS,
     PUBLISH,
@@ -65,6 +66,7 @@ from .secrets import redact, redact_uri, remember
 from .state import StateStore
 from .state_postgres import PostgresStateStore, _t
 from .store import IDLE_WAIT, LEASE, NO_KEY, Backlog, StoreUnavailableError
+from .stores import POSTGRESQL, register_state_store
 
 if TYPE_CHECKING:
     import psycopg
@@ -789,6 +791,16 @@ class PostgresStore:
 
         return self._tx(work, "cannot expire outbox rows")
 
+    def heads(self) -> list[Head]:
+        """Per destination: rows waiting, the age of the oldest, its attempts and its last error (``status``,
+        the backlog gauges), over every replica's rows, in one statement."""
+        rows = self._read(
+            "SELECT c.destination, c.n, extract(epoch FROM now()) - h.created, h.attempts, h.last_error FROM "
+            "(SELECT destination, count(*) AS n FROM outbox GROUP BY destination) AS c CROSS JOIN LATERAL "
+            "(SELECT created, attempts, last_error FROM outbox o WHERE o.destination = c.destination "
+            "ORDER BY seq LIMIT 1) AS h ORDER BY c.destination")
+        return [Head(d, int(n), max(0.0, float(age)), int(a), e) for d, n, age, a, e in rows]
+
     # --- dead letters ---------------------------------------------------------------------------------
 
     def dead_letter_refusal(self, nbytes: int) -> str | None:
@@ -844,3 +856,12 @@ class PostgresStore:
             "UPDATE dead_letter SET attempts = attempts + 1, code = %s, reason = %s, location = %s WHERE id = %s",
             (error.code, _t(redact(error.reason)), _t(redact(error.where)) if error.where else None, dl_id)),
             "cannot update the dead letter")
+
+
+def _own_state(store: Any) -> StateStore:
+    """The state hook of :mod:`.stores`: a PostgresStore brings its own, in the same database."""
+    state: StateStore = store.state
+    return state
+
+
+register_state_store(POSTGRESQL, _own_state)

@@ -218,8 +218,12 @@ def test_dead_letters_and_backlog_are_shared_and_bounded_over_all_replicas(pg_ur
         assert b.dead_letter_count() == 3 and [d.reason for d in b.dead_letters()] == ["bad 0", "bad 1", "bad 2"]
         backlog = b.backlog()
         assert (backlog[DEST].rows, backlog[OTHER].rows) == (2, 1) and backlog[DEST].oldest is not None
-        b.claim(DEST, 10)
+        [claimed, _] = b.claim(DEST, 10)
         assert a.backlog()[DEST].leased_keys == 1  # b's lease, seen by a
+        b.settle(retry=[(claimed.seq, "destination down")])
+        heads = {h.destination: h for h in a.heads()}
+        assert (heads[DEST].rows, heads[DEST].attempts, heads[DEST].last_error) == (2, 1, "destination down")
+        assert heads[OTHER].rows == 1 and heads[OTHER].oldest_age >= 0
         # the bounds count every replica's dead letters
         b.dead_letter_max_rows = 4
         assert b.dead_letter_refusal(10) is None  # the fourth
