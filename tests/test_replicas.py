@@ -59,7 +59,7 @@ class Size:
     def of(cls, config: pytest.Config) -> Size:
         if full_run(config):
             return cls(int(os.environ.get("BATCHBRIDGE_REPLICA_EVENTS", "20000")), 15, 2.0)
-        return cls(int(os.environ.get("BATCHBRIDGE_REPLICA_EVENTS", "1500")), 4, 1.5)
+        return cls(int(os.environ.get("BATCHBRIDGE_REPLICA_EVENTS", "1000")), 4, 1.5)
 
 
 def job_events(job: str) -> list[tuple[bytes, str]]:
@@ -227,7 +227,8 @@ def experiment(tmp_path: Path, size: Size, outbox: str, *, serve_workers: int, s
     dest = tmp_path / "dest.jsonl"
     toml = tmp_path / "bridge.toml"
     key = "url" if outbox.startswith("postgresql://") else "path"
-    toml.write_text(f'[outbox]\n{key} = "{outbox}"\n\n[[routes]]\nname = "all"\nto = "file://{dest}"\n')
+    # a short lease: the keys of a killed replica move on within seconds, not the default 30
+    toml.write_text(f'[outbox]\n{key} = "{outbox}"\nlease = 5\n\n[[routes]]\nname = "all"\nto = "file://{dest}"\n')
     jobs = [f"job-r{j:05d}" for j in range(max(1, size.events // PER_JOB))]
     # a fifth of the jobs go in through the relays' source queues, the rest are posted
     cut = len(jobs) // 5 if relays else 0
