@@ -746,13 +746,24 @@ class Outbox:
         return result
 
     def lock(self) -> None:
-        """Claim the outbox for this process's publisher; two publishers would deliver every row twice.
+        """Claim the outbox for this process's delivery (or, in a worker of ``serve --workers N``, for its
+        group): an unrelated second bridge on the file is refused, so that outboxes are not shared by
+        accident (two bridges with different routes on one file would each deliver the other's rows).
 
         The lock is taken on the outbox file itself (``flock``, which SQLite's own POSIX locks do not
         touch), so it belongs to the file, not to its name: a second bridge reaching the same file
         through a hard link or a symlink is refused like one on the same path. Then the file is
         watched (:meth:`watch`)."""
         if self._lock_fd is not None:
+            return
+        from .serve_workers import inherited_lock
+
+        inherited = inherited_lock(self.path)
+        if inherited is not None:
+            # a worker of ``serve --workers N``: its supervisor holds the lock for the group
+            # (``core/serve_workers.py``); the leases in the file share the rows among the workers
+            self._lock_fd = os.dup(inherited)
+            self.watch()
             return
         try:
             fd = os.open(self.path, os.O_RDWR)

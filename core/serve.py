@@ -37,6 +37,7 @@ import functools
 import hmac
 import logging
 import signal
+import socket
 import sys
 import threading
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -299,6 +300,7 @@ def create_app(target: Bridge | BridgeConfig | str | Path, *, settings: ServeSet
     from starlette.routing import Route
 
     from .metrics import prometheus_registry
+    from .stores import destination_heads
 
     _redact_access_log()
     owned = not isinstance(target, Bridge)
@@ -313,7 +315,8 @@ def create_app(target: Bridge | BridgeConfig | str | Path, *, settings: ServeSet
         failing = {dest: seconds for dest, (seconds, _) in bridge.failing().items()}
         return bridge.outbox.unwritable() is None, failing
 
-    registry = prometheus_registry(bridge.stats, bridge.outbox.depths, backlog=bridge.outbox.heads, health=health)
+    registry = prometheus_registry(bridge.stats, bridge.outbox.depths,
+                                   backlog=lambda: destination_heads(bridge.outbox), health=health)
 
     def error(status: int, code: str, reason: str, headers: Mapping[str, str] | None = None) -> Response:
         return Response(_error_json(code, reason), status_code=status, media_type="application/json",
@@ -413,9 +416,12 @@ def _redact_access_log() -> None:
 
 
 def serve(config: BridgeConfig, *, host: str | None = None, port: int | None = None,
-          log_level: str = "info", on_bound: Callable[[], None] | None = None) -> None:
+          log_level: str = "info", on_bound: Callable[[], None] | None = None,
+          worker_socket: int | None = None) -> None:
     """Run the app under uvicorn until SIGTERM/SIGINT, then drain and stop the bridge; ``on_bound`` is
-    called once the port is bound (the CLI prints its banner then, not before a bind that may fail)."""
+    called once the port is bound (the CLI prints its banner then, not before a bind that may fail).
+    ``worker_socket``: accept on this inherited listening descriptor instead of binding (a worker of
+    ``serve --workers N``, ``core/serve_workers.py``)."""
     require_serve_extra()
     import uvicorn
 
@@ -437,7 +443,10 @@ def serve(config: BridgeConfig, *, host: str | None = None, port: int | None = N
     main = threading.current_thread() is threading.main_thread()
     previous = {s: signal.signal(s, lambda *_: None) for s in (signal.SIGINT, signal.SIGTERM)} if main else {}
     try:
-        server.run()
+        if worker_socket is None:
+            server.run()
+        else:
+            server.run(sockets=[socket.socket(fileno=worker_socket)])
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)

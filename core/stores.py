@@ -24,6 +24,7 @@ from .errors import ConfigError
 
 if TYPE_CHECKING:
     from .config import OutboxSettings, RouteSpec
+    from .outbox import Backlog
     from .state import StateStore
     from .store import OutboxStore
 
@@ -103,3 +104,19 @@ def state_of(store: OutboxStore) -> StateStore:
         raise ConfigError("this outbox has no subject-state store (supersede, `batchbridge state`) in this version",
                           where=store.where)
     return state
+
+
+def destination_heads(store: OutboxStore) -> list[Backlog]:
+    """Per destination: rows waiting, the oldest's age, and -- where the store records them on the head
+    row (the SQLite outbox: :meth:`~batchbridge.core.outbox.Outbox.heads`) -- its attempts and last error
+    (``batchbridge status``, the backlog gauges)."""
+    import time
+
+    from .outbox import Backlog
+
+    heads: Callable[[], list[Backlog]] | None = getattr(store, "heads", None)
+    if heads is not None:
+        return heads()
+    now = time.time()
+    return [Backlog(d, b.rows, 0.0 if b.oldest is None else max(0.0, now - b.oldest), 0, None)
+            for d, b in sorted(store.backlog().items())]
