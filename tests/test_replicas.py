@@ -42,7 +42,8 @@ from batchbridge.core.normalizing import normalize
 from fault_tools import Arrivals, CliProcess, Figures, ServeProcess, free_port, full_run, record, wait_until
 from vendor_payloads import compact, tencent_element, tencent_message
 
-pytestmark = pytest.mark.timeout(1200)
+# bounded by default; `pytest -m faults` (or BATCHBRIDGE_FAULTS_FULL=1) runs the full size
+pytestmark = [pytest.mark.faults, pytest.mark.timeout(1200)]
 
 NAMES = ("JOB_RUNNING", "TASK_RUNNING", "TASK_INSTANCE_SUCCEED", "TASK_SUCCEED", "JOB_SUCCEED")
 #: events per job: long enough that a job's events cross several kills and several replicas
@@ -169,8 +170,11 @@ class Poster:
     """Posts every job's events in order, each to a random ``serve`` replica, until it answers 204;
     a replica that is down (refused, cut, 503) is simply tried again, maybe another one."""
 
-    def __init__(self, ports: list[int], jobs: dict[str, list[tuple[bytes, str]]], rng: random.Random) -> None:
+    def __init__(self, ports: list[int], jobs: dict[str, list[tuple[bytes, str]]], rng: random.Random,
+                 spread: float) -> None:
         self.ports = ports
+        #: seconds the posting is spread over at least, so that the kills fall while events come in
+        self.spread = spread
         self.jobs = jobs
         self.rng = rng
         #: per job, the ids in the order they were acknowledged (= intake order)
@@ -181,9 +185,16 @@ class Poster:
     def run(self) -> None:
         conns: dict[int, http.client.HTTPConnection] = {}
         cursors = {j: 0 for j in self.jobs}
-        deadline = time.monotonic() + 600
+        started = time.monotonic()
+        deadline = started + 600
+        gap = self.spread / max(1, sum(len(e) for e in self.jobs.values()))
+        sent = 0
         while cursors:
             for job in list(cursors):
+                sent += 1
+                ahead = started + sent * gap - time.monotonic()
+                if ahead > 0:
+                    time.sleep(ahead)
                 body, eid = self.jobs[job][cursors[job]]
                 while True:
                     assert time.monotonic() < deadline, "posting did not finish"
@@ -293,7 +304,9 @@ def experiment(tmp_path: Path, size: Size, outbox: str, *, serve_workers: int, s
                    *(Replica(f"relay-{i}", relay(i)) for i in range(relays))], ports)
     rng = random.Random(7)
     names = sorted(posted)
-    posters = [Poster(ports, {j: posted[j] for j in names[k::POSTERS]}, random.Random(k)) for k in range(POSTERS)]
+    spread = size.kills * size.interval
+    posters = [Poster(ports, {j: posted[j] for j in names[k::POSTERS]}, random.Random(k), spread)
+               for k in range(POSTERS)]
     threads = [threading.Thread(target=p.run, name=f"poster-{k}") for k, p in enumerate(posters)]
     # the relays' queues: each job whole on one queue, in order, fed while the replicas are killed
     feeds = [open_publisher(f"file://{s}") for s in sources]
@@ -303,7 +316,7 @@ def experiment(tmp_path: Path, size: Size, outbox: str, *, serve_workers: int, s
         for k, job in enumerate(relayed_names):
             events = [normalize(body)[0] for body, _ in relayed[job]]
             feeds[k % len(feeds)].publish(events)
-            time.sleep(0.005)
+            time.sleep(spread / max(1, len(relayed_names)))
 
     feeder = threading.Thread(target=feed, name="feeder")
     started = time.monotonic()
