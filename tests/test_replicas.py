@@ -50,6 +50,8 @@ NAMES = ("JOB_RUNNING", "TASK_RUNNING", "TASK_INSTANCE_SUCCEED", "TASK_SUCCEED",
 PER_JOB = 10
 #: posting threads; each posts its jobs round-robin, one event of a job at a time
 POSTERS = 6
+#: seconds a (re)started serve may take to answer /healthz: generous, the machine may be loaded
+READY_TIMEOUT = 60.0
 
 
 @dataclass
@@ -111,7 +113,10 @@ class Replica:
     proc: CliProcess | None = None
 
     def up(self) -> None:
+        # kept before it is waited for: a start that fails must still be stopped at the end
         self.proc = self.start()
+        if isinstance(self.proc, ServeProcess):
+            self.proc.wait_ready(READY_TIMEOUT)
         if self.workers > 1:
             wait_until(lambda: len(self.workers_now()) == self.workers, 30, what=f"{self.name}'s workers")
 
@@ -145,7 +150,7 @@ class Fleet:
     serve_ports: list[int]
     rng: random.Random = field(default_factory=lambda: random.Random(16))
 
-    def __post_init__(self) -> None:
+    def start(self) -> None:
         for r in self.replicas:
             r.up()
 
@@ -294,7 +299,7 @@ def experiment(tmp_path: Path, size: Size, outbox: str, *, serve_workers: int, s
     extra = ["--workers", str(serve_workers)] if serve_workers > 1 else []
 
     def serve(i: int) -> Callable[[], CliProcess]:
-        return lambda: ServeProcess(toml, tmp_path / f"serve-{i}.log", port=ports[i], extra=extra)
+        return lambda: ServeProcess(toml, tmp_path / f"serve-{i}.log", port=ports[i], extra=extra, ready=False)
 
     def relay(i: int) -> Callable[[], CliProcess]:
         return lambda: CliProcess(["relay", "--from", f"file://{sources[i]}", "--config", str(toml)],
@@ -319,10 +324,11 @@ def experiment(tmp_path: Path, size: Size, outbox: str, *, serve_workers: int, s
             time.sleep(spread / max(1, len(relayed_names)))
 
     feeder = threading.Thread(target=feed, name="feeder")
-    started = time.monotonic()
     killed: list[str] = []
     restarted_db = False
     try:
+        fleet.start()
+        started = time.monotonic()
         for t in [*threads, feeder]:
             t.start()
         # kill until both the posting is over and enough kills were made
