@@ -21,7 +21,7 @@ from typing import Any
 import orjson
 
 from .event import _segment as segment
-from .state import _COLUMNS, Observation, Prior, SubjectState, _Current, _glob_range, _has_glob, _remember, _state
+from .state import _COLUMNS, Observation, Prior, SubjectState, _advance, _Current, _glob_range, _has_glob, _state
 
 SCHEMA = (
     """CREATE TABLE IF NOT EXISTS subject_state (
@@ -87,20 +87,7 @@ class PostgresStateStore:
                     continue
                 latest = Observation(subject, seq, event_id, type_, state, time_, provider, key)
                 current[subject] = _Current(seq, event_id, updated, history, latest)
-        priors: list[Prior | None] = []
-        for o in observations:
-            c = current.get(o.subject)
-            if c is None:
-                priors.append(None)
-                c = current[o.subject] = _Current(o.sequence, o.event_id, now, None, o)
-                c.history = []
-            else:
-                priors.append(Prior(c.sequence, c.updated))
-                if (o.sequence, o.event_id) > (c.sequence, c.event_id):
-                    c.sequence, c.event_id, c.observation = o.sequence, o.event_id, o
-            c.updated = now
-            c.changed = True
-            _remember(c.entries(), o)
+        priors = _advance(current, observations, now)
         self._upsert(tx, [(s, c) for s, c in sorted(current.items()) if c.changed])
         return priors
 

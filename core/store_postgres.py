@@ -44,10 +44,8 @@ from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 import orjson
 
 from .errors import BatchBridgeError, ConfigError, MissingDependencyError
-from .event import ordering_key
 from .outbox import (
     _DL_COLUMNS,
-    Backlog as Head,
     DEAD_LETTER_MAX_BYTES,
     DEAD_LETTER_MAX_ROWS,
     PUBLISH,
@@ -62,10 +60,14 @@ from .outbox import (
     _Committer,
     _record,
 )
+from .outbox import (
+    Backlog as Head,
+)
+from .outbox_rows import row_key
 from .secrets import redact, redact_uri, remember
 from .state import StateStore
 from .state_postgres import PostgresStateStore, _t
-from .store import IDLE_WAIT, LEASE, NO_KEY, Backlog, StoreUnavailableError
+from .store import IDLE_WAIT, LEASE, Backlog, StoreUnavailableError
 from .stores import POSTGRESQL, register_state_store
 
 if TYPE_CHECKING:
@@ -257,17 +259,6 @@ class _PgInsert:
             w.rows = w.gate.rows([next(priors) for _ in w.gate.observations])
 
 
-def _key(row: OutboxRow) -> str:
-    event = row.event
-    if event is None:
-        try:
-            parsed = orjson.loads(row.body)
-        except orjson.JSONDecodeError:
-            return NO_KEY
-        event = parsed if isinstance(parsed, dict) else {}
-    return ordering_key(event) or NO_KEY
-
-
 def _send_rows(conn: psycopg.Connection[Any], rows: Sequence[OutboxRow]) -> Callable[[], list[int]]:
     """Send the INSERTs of ``rows``; the returned function reads their seqs. In pipeline mode nothing
     waits for them until then (the commit's own round trip carries them)."""
@@ -276,7 +267,7 @@ def _send_rows(conn: psycopg.Connection[Any], rows: Sequence[OutboxRow]) -> Call
         chunk = rows[start:start + _ROWS_PER_STATEMENT]
         params: list[Any] = []
         for r in chunk:
-            params += (_t(r.destination), _t(_key(r)), _t(r.event_id), _t(r.event_type), r.body)
+            params += (_t(r.destination), _t(row_key(r)), _t(r.event_id), _t(r.event_type), r.body)
         cur = conn.cursor()
         cur.execute(
             "INSERT INTO outbox (destination, okey, event_id, event_type, body) VALUES "
