@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import logging
 import os
 import socket
@@ -57,6 +56,7 @@ from .outbox_disk import (
     _Watch,
     _write_failed,
     is_disk_full,
+    lock_file,
 )
 from .outbox_rows import (
     _DL_COLUMNS,
@@ -387,18 +387,7 @@ class Outbox:
             self._lock_fd = os.dup(inherited)
             self.watch()
             return
-        try:
-            fd = os.open(self.path, os.O_RDWR)
-        except OSError as exc:
-            raise OutboxError(f"cannot open the outbox: {exc.strerror or exc}", where=self._where) from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            raise ConfigError("another running bridge (serve or relay) already publishes from this outbox file "
-                              "(perhaps through another name: a hard link or a symlink); give each one its own "
-                              "outbox", where=self._where) from None
-        self._lock_fd = fd
+        self._lock_fd = lock_file(self.path)
         self.watch()
 
     def watch(self) -> None:

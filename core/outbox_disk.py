@@ -5,12 +5,14 @@ running bridge). Used by the store (``core/outbox.py``) and its group committer 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import os
 import sqlite3
 import threading
 from pathlib import Path
 
+from .errors import ConfigError
 from .outbox_rows import OutboxError
 
 log = logging.getLogger("batchbridge.outbox")
@@ -127,3 +129,21 @@ class _Watch:
             self._thread.join()
         with contextlib.suppress(sqlite3.Error):
             self._anchor.close()
+
+
+def lock_file(path: Path) -> int:
+    """The outbox file's exclusive ``flock``, on the file itself (SQLite's own POSIX locks do not touch
+    it), so it belongs to the file, not its name: a second bridge through a hard link or a symlink is
+    refused like one on the same path. Returns the locked descriptor."""
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except OSError as exc:
+        raise OutboxError(f"cannot open the outbox: {exc.strerror or exc}", where=str(path)) from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise ConfigError("another running bridge (serve or relay) already publishes from this outbox file "
+                          "(perhaps through another name: a hard link or a symlink); give each one its own "
+                          "outbox", where=str(path)) from None
+    return fd

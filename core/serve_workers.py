@@ -72,19 +72,10 @@ def bind(host: str, port: int) -> socket.socket:
 def lock_outbox(path: Path) -> int:
     """The SQLite outbox's exclusive lock, held for the workers (see the module docstring)."""
     from .outbox import Outbox
+    from .outbox_disk import lock_file
 
     Outbox(path).close()  # created (or migrated) once, before N workers open it at once
-    try:
-        fd = os.open(path, os.O_RDWR)
-    except OSError as exc:
-        raise ConfigError(f"cannot open the outbox: {exc.strerror or exc}", where=str(path)) from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        os.close(fd)
-        raise ConfigError("another running bridge (serve or relay) already publishes from this outbox file "
-                          "(perhaps through another name: a hard link or a symlink); give each one its own "
-                          "outbox", where=str(path)) from None
+    fd = lock_file(path)
     os.set_inheritable(fd, True)
     return fd
 
