@@ -55,6 +55,7 @@ from .outbox_disk import (
     _make_room,
     _Watch,
     _write_failed,
+    inherited_lock,
     is_disk_full,
     lock_file,
 )
@@ -378,8 +379,6 @@ class Outbox:
         watched (:meth:`watch`)."""
         if self._lock_fd is not None:
             return
-        from .serve_workers import inherited_lock
-
         inherited = inherited_lock(self.path)
         if inherited is not None:
             # a worker of ``serve --workers N``: its supervisor holds the lock for the group

@@ -17,6 +17,10 @@ from .outbox_rows import OutboxError
 
 log = logging.getLogger("batchbridge.outbox")
 
+#: the environment variable naming the outbox lock descriptor a worker of ``serve --workers N``
+#: inherits from its supervisor (``core/serve_workers.py``)
+LOCK_FD_ENV = "BATCHBRIDGE_OUTBOX_LOCK_FD"
+
 #: intake is refused (503 / nack) while less than this is left for the outbox (``Outbox._room``): the
 #: publisher's deletes and SQLite's checkpoints need room too, and a disk filled to the last byte by
 #: intake could never be drained again
@@ -146,4 +150,26 @@ def lock_file(path: Path) -> int:
         raise ConfigError("another running bridge (serve or relay) already publishes from this outbox file "
                           "(perhaps through another name: a hard link or a symlink); give each one its own "
                           "outbox", where=str(path)) from None
+    return fd
+
+
+def inherited_lock(path: Path) -> int | None:
+    """The outbox lock descriptor this worker inherited from its supervisor, if it is the lock on the
+    file at ``path`` (same device and inode) and held; None when there is none (a plain ``serve``)."""
+    given = os.environ.get(LOCK_FD_ENV)
+    if not given:
+        return None
+    try:
+        fd = int(given)
+        held, here = os.fstat(fd), os.stat(path)
+    except (ValueError, OSError):
+        return None
+    if (held.st_dev, held.st_ino) != (here.st_dev, here.st_ino):
+        return None  # the supervisor's lock is on another outbox: this one must be locked as usual
+    try:
+        # the supervisor's open file description holds the lock: taking it again through it succeeds;
+        # were it not held by this group, it is taken now, so this group owns the file either way
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return None
     return fd
