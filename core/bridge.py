@@ -32,6 +32,7 @@ import orjson
 
 from . import tracing
 from .config import DEFAULT_STATE_RETENTION, BridgeConfig
+from .dead_letters import DeadLetterBounds, usage_of
 from .delivery import IDLE_POLL, Delivery
 from .envelopes import Payload as Payload  # re-exported: handlers type their input with it
 from .errors import (
@@ -210,6 +211,11 @@ class Bridge:
             self.outbox = outbox
             self.outbox.dead_letter_max_rows = self.config.outbox.dead_letter_max_rows
             self.outbox.dead_letter_max_bytes = self.config.outbox.dead_letter_max_bytes
+        own: Callable[[int], str | None] | None = getattr(self.outbox, "dead_letter_refusal", None)
+        #: why a new intake dead letter of so many bytes may not be kept (``core/dead_letters.py``)
+        self._dead_letter_refusal = own if own is not None else DeadLetterBounds(
+            usage_of(self.outbox), max_rows=self.config.outbox.dead_letter_max_rows,
+            max_bytes=self.config.outbox.dead_letter_max_bytes).refusal
         #: the subject-state store, when the outbox has one (it observes inside the intake transaction)
         self.state: StateStore | None = getattr(self.outbox, "state", None)
         self.stats = stats or Stats()
@@ -345,7 +351,7 @@ class Bridge:
         if provider:
             info["provider"] = provider
         kept = _as_bytes(raw)
-        full = self.outbox.dead_letter_refusal(len(kept))
+        full = self._dead_letter_refusal(len(kept))
         if full is not None:
             # refused all the same (the sender is told why), but not kept: bad input must not crowd out good
             log.warning("a payload refused as %s is not kept: %s", error.code, full)
@@ -374,8 +380,14 @@ class Bridge:
                 if decision.dead_letter:
                     err = UnroutedError(f"no route matches {event.get('type')} from "
                                         f"{(event.get('data') or {}).get('provider')}", where=str(event.get("id")))
-                    dead.append(DeadLetter.of(UNROUTED, source, orjson.dumps(event), err,
-                                              event_id=str(event.get("id"))))
+                    body = orjson.dumps(event)
+                    full = self._dead_letter_refusal(len(body))
+                    if full is None:
+                        dead.append(DeadLetter.of(UNROUTED, source, body, err, event_id=str(event.get("id"))))
+                    else:
+                        # bounded like bad input: the event is acknowledged (it was valid) and not kept
+                        log.warning("an unrouted event is not kept: %s", full)
+                        self.stats.add(self.stats.rejected_unkept, err.code)
                 elif not decision.deliveries:
                     dropped += 1
         # every event is observed by the state store; the rows are picked at commit (``IntakeGate``)
@@ -505,6 +517,12 @@ class Bridge:
         if self.state is None:
             return 0
         return self.state.forget_idle((time.time() if now is None else now) - self.state_retention)
+
+    def unwritable(self) -> str | None:
+        """Why intake cannot be written now (``/readyz``), when the store can tell (the SQLite outbox:
+        its file gone or its disk full); None otherwise."""
+        check: Callable[[], str | None] | None = getattr(self.outbox, "unwritable", None)
+        return check() if check is not None else None
 
     @property
     def running(self) -> bool:

@@ -36,6 +36,7 @@ from .errors import ConfigError
 from .event import KINDS
 from .registry import check_uri
 from .secrets import redact_uri, remember, remember_uri_option
+from .store_kinds import POSTGRES_SCHEMES, kind_of, state_refusal
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -621,8 +622,7 @@ _TOP_KEYS = ("unrouted", "outbox", "serve", "topics", "routes", "vendor_configs"
              "Notifications", "Notification")
 _OUTBOX_KEYS = ("path", "url", "synchronous", "batch_size", "backoff_initial", "backoff_max", "max_pending_age",
                 "dead_letter_max_rows", "dead_letter_max_bytes", "lease")
-#: ``[outbox] url`` schemes naming a PostgreSQL outbox; anything else is a path (``sqlite:///PATH`` too)
-POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+
 _SERVE_KEYS = ("host", "port", "max_body_bytes", "token", "token_env", "token_file", "public_healthz",
                "drain_timeout", "mns", "ready_max_failing", "max_events", "max_connections", "header_timeout",
                "body_timeout", "keep_alive_timeout", "max_header_bytes")
@@ -827,9 +827,10 @@ def config_from_dict(data: Mapping[str, Any], *, source: str = "<config>",
         serve=_serve(ctx, doc["serve"]) if "serve" in doc else ServeSettings(),
         source=source,
     )
-    from .stores import check_state_support  # a store module may register its state store on import
-
-    check_state_support(config.outbox, config.routes)
+    refused = state_refusal(kind_of(config.outbox.url), [r.name or f"routes[{i}]" for i, r in enumerate(config.routes)
+                                                         if r.supersede], config.outbox.where)
+    if refused is not None:
+        raise ConfigError(refused, where=f"{source}: outbox.url")
     return config
 
 

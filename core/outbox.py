@@ -1,4 +1,7 @@
-"""The durable local outbox between intake and publishing, and the dead-letter store beside it.
+"""The durable local outbox between intake and publishing, and the dead-letter store beside it: the
+SQLite store itself (schema, connections, claims with leases, settling, dead letters). Its parts live
+beside it: the row types (``outbox_rows``), the group committer (``outbox_commit``), the disk and file
+checks (``outbox_disk``), the dead-letter bounds (``dead_letters``).
 
 One SQLite file in WAL mode (stdlib ``sqlite3``) holds two tables:
 
@@ -23,8 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
-import functools
 import logging
 import os
 import socket
@@ -36,11 +37,28 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
-import orjson
-
+from .dead_letters import DEAD_LETTER_MAX_BYTES, DEAD_LETTER_MAX_ROWS, DeadLetterBounds
 from .errors import BatchBridgeError, ConfigError
+from .outbox_commit import (
+    Gate,
+    _Committer,
+    _delete_rows,
+    _Insert,
+    _insert_dead,
+)
+from .outbox_disk import (
+    DISK_RESERVE,
+    WAL_SIZE_LIMIT,
+    _is_damage,
+    _make_room,
+    _Watch,
+    _write_failed,
+    inherited_lock,
+    is_disk_full,
+    lock_file,
+)
 from .outbox_rows import (
     _DL_COLUMNS,
     INTAKE,
@@ -57,7 +75,7 @@ from .outbox_rows import (
     row_key,
 )
 from .secrets import redact, redact_uri
-from .state import Observation, Prior, SqliteStateStore, StateStore
+from .state import SqliteStateStore, StateStore
 from .store import IDLE_WAIT, LEASE
 from .store import Backlog as StoreBacklog
 
@@ -72,6 +90,7 @@ __all__ = [
     "PUBLISH",
     "SYNC_LEVELS",
     "UNROUTED",
+    "WAL_SIZE_LIMIT",
     "_DL_COLUMNS",
     "DeadLetter",
     "DeadLetterRecord",
@@ -82,7 +101,9 @@ __all__ = [
     "OutboxRow",
     "Pending",
     "PendingTooLongError",
+    "_Committer",
     "_record",
+    "is_disk_full",
 ]
 
 T = TypeVar("T")
@@ -125,60 +146,9 @@ CREATE TABLE IF NOT EXISTS dead_letter (
 );
 """
 
-#: most requests folded into one group commit (bounds the time one commit holds the write lock)
-_MAX_GROUP = 2048
-#: intake is refused (503 / nack) while less than this is left for the outbox (``Outbox._room``): the
-#: publisher's deletes and SQLite's checkpoints need room too, and a disk filled to the last byte by
-#: intake could never be drained again
-DISK_RESERVE = 16 * 1024 * 1024
-#: default bounds of the dead-letter store (``outbox.dead_letter_max_rows`` / ``_max_bytes``)
-DEAD_LETTER_MAX_ROWS = 10_000
-DEAD_LETTER_MAX_BYTES = 64 * 1024 * 1024
-#: after a checkpoint the WAL file is cut back to this size: a burst (e.g. a backend down for hours)
-#: must not keep its disk space once the outbox has drained
-WAL_SIZE_LIMIT = 64 * 1024 * 1024
-_SQLITE_FULL = 13
 #: how often an idle claimant looks whether another connection committed (``Outbox.wait``): one
 #: ``PRAGMA`` read, no lock
 WAKE_POLL = 0.05
-#: how often the outbox file and its WAL are checked for deletion, replacement or truncation, seconds
-WATCH_INTERVAL = 0.5
-#: WAL truncations this process made itself (a checkpoint that gives disk space back)
-_wal_truncations = 0
-
-
-def is_disk_full(exc: sqlite3.Error) -> bool:
-    """SQLITE_FULL: the disk (or a quota) has no room for the write."""
-    code = getattr(exc, "sqlite_errorcode", None)  # Python >= 3.11
-    if code is not None:
-        return bool(code & 0xFF == _SQLITE_FULL)
-    return "database or disk is full" in str(exc)
-
-
-def _is_damage(exc: sqlite3.Error) -> bool:
-    """SQLITE_CORRUPT or SQLITE_NOTADB."""
-    code = getattr(exc, "sqlite_errorcode", None)
-    if code is not None:
-        return code & 0xFF in (11, 26)
-    text = str(exc)
-    return "malformed" in text or "not a database" in text
-
-
-def _write_failed(what: str, exc: sqlite3.Error, where: str) -> OutboxError:
-    if is_disk_full(exc):
-        return OutboxError(f"{what}: the disk holding the outbox is full ({exc}); nothing more is accepted until "
-                           "there is room again", where=where, retryable=True)
-    return OutboxError(f"{what}: {exc}", where=where, retryable=True)
-
-
-def _make_room(conn: sqlite3.Connection) -> None:
-    """On a full disk, most of the space is often the WAL (it grows until a checkpoint, 4 MiB by
-    default, and keeps its size after one): copy it into the database and truncate it, so that the
-    retried write -- and above all the publisher's deletes, which free rows -- can go through."""
-    global _wal_truncations
-    with contextlib.suppress(sqlite3.Error):
-        _wal_truncations += 1  # counted first: a watcher that sees the WAL shrink after this knows why
-        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,351 +167,6 @@ class Backlog:
                 "last_error": redact(self.last_error) if self.last_error else None}
 
 
-class _Watch:
-    """The identity (device, inode) and size of the outbox file and its WAL, checked from a thread and
-    on demand; see :meth:`Outbox.watch`."""
-
-    def __init__(self, path: Path, anchor: sqlite3.Connection) -> None:
-        self._files = {"outbox file": str(path), "WAL": f"{path}-wal"}
-        self._anchor = anchor
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self.broken: str | None = None
-        self._known: dict[str, tuple[int, int, int]] = {}
-        self._truncations = _wal_truncations
-        for what, name in self._files.items():
-            with contextlib.suppress(OSError):
-                st = os.stat(name)
-                self._known[what] = (st.st_dev, st.st_ino, st.st_size)
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="batchbridge-outbox-watch", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.wait(WATCH_INTERVAL):
-            self.check()
-
-    def check(self) -> str | None:
-        with self._lock:
-            if self.broken is None:
-                self.broken = self._look()
-                if self.broken is not None:
-                    log.critical("intake stopped: %s; events acknowledged from now on would be lost. Stop this "
-                                 "bridge, put the outbox back or start on a new one", self.broken)
-            return self.broken
-
-    def _look(self) -> str | None:
-        truncations = _wal_truncations  # read before the sizes: a truncation after this one is seen next time
-        for what, name in self._files.items():
-            try:
-                st = os.stat(name)
-            except FileNotFoundError:
-                if what in self._known:
-                    return f"the {what} {name} was deleted"
-                continue
-            except OSError as exc:
-                return f"the {what} {name} cannot be examined: {exc.strerror or exc}"
-            known = self._known.get(what)
-            if known is not None and (st.st_dev, st.st_ino) != known[:2]:
-                return f"the {what} {name} was replaced by another file"
-            if known is not None and st.st_size < known[2]:
-                # the database never shrinks (no VACUUM); the WAL only when this process truncated it,
-                # or (journal_size_limit) down to WAL_SIZE_LIMIT
-                own = what == "WAL" and (truncations != self._truncations or st.st_size >= WAL_SIZE_LIMIT)
-                if not own:
-                    return f"the {what} {name} was truncated ({known[2]} -> {st.st_size} bytes)"
-            self._known[what] = (st.st_dev, st.st_ino, st.st_size)
-        self._truncations = truncations
-        return None
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join()
-        with contextlib.suppress(sqlite3.Error):
-            self._anchor.close()
-
-
-class Gate(Protocol):
-    """Decides an intake request's rows inside its transaction, from what the subject-state store held
-    before each of its events (``core/supersede.py``)."""
-
-    @property
-    def observations(self) -> Sequence[Observation]: ...
-
-    def rows(self, priors: Sequence[Prior | None]) -> list[OutboxRow]: ...
-
-
-class _Insert:
-    """One intake request: rows and dead letters, and the dead letter they replace when a replay made
-    them. The committer folds the rows of every request in a group into one statement; called on its
-    own (the per-request fallback) it inserts just these. With a ``gate``, the rows are the gate's,
-    decided once the state store has observed the request's events in the same transaction."""
-
-    __slots__ = ("dead", "gate", "replaces", "rows", "state", "where")
-
-    def __init__(self, rows: Sequence[OutboxRow], dead: Sequence[DeadLetter], *, replaces: int | None = None,
-                 where: str = "", gate: Gate | None = None, state: StateStore | None = None) -> None:
-        self.rows = rows
-        self.dead = dead
-        self.replaces = replaces
-        self.where = where
-        self.gate = gate
-        self.state = state
-
-    @staticmethod
-    def decide(conn: sqlite3.Connection, run: Sequence[_Insert]) -> None:
-        """Observe the events of every gated request of ``run`` at once (one read and one write of the
-        state table), then let each gate pick its rows."""
-        gated = [w for w in run if w.gate is not None and w.state is not None]
-        if not gated:
-            return
-        priors = iter(gated[0].state.observe(  # type: ignore[union-attr]
-            conn, [o for w in gated for o in w.gate.observations]))  # type: ignore[union-attr]
-        for w in gated:
-            assert w.gate is not None
-            w.rows = w.gate.rows([next(priors) for _ in w.gate.observations])
-
-    def claim(self, conn: sqlite3.Connection) -> None:
-        """Delete the dead letter this request replaces; it must still be there."""
-        if self.replaces is not None and conn.execute(
-                "DELETE FROM dead_letter WHERE id = ?", (self.replaces,)).rowcount != 1:
-            raise OutboxError(f"no dead letter with id {self.replaces}", where=self.where)
-
-    def __call__(self, conn: sqlite3.Connection) -> Inserted:
-        self.claim(conn)
-        self.decide(conn, [self])
-        return Inserted(_insert_rows(conn, self.rows), _insert_dead(conn, self.dead))
-
-
-class _LoopWaiter:
-    """An asyncio caller's side of a request: the committer records the outcome, then wakes every
-    waiter of a group with one ``call_soon_threadsafe`` per event loop instead of one per request."""
-
-    __slots__ = ("error", "future", "loop", "result")
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
-        self.future: asyncio.Future[Any] = loop.create_future()
-        self.result: Any = None
-        self.error: BaseException | None = None
-
-    def set_result(self, result: Any) -> None:
-        self.result = result
-
-    def set_exception(self, error: BaseException) -> None:
-        self.error = error
-
-
-def _wake(waiters: list[_LoopWaiter]) -> None:
-    for w in waiters:
-        if not w.future.done():  # a request whose task was cancelled meanwhile
-            if w.error is None:
-                w.future.set_result(w.result)
-            else:
-                w.future.set_exception(w.error)
-
-
-_Sink = Future[Any] | _LoopWaiter
-_Work = Callable[[sqlite3.Connection], Any]
-
-
-class _Committer:
-    """One thread, one FULL-sync connection: every intake write waiting when a commit starts joins it."""
-
-    def __init__(self, connect: Callable[[], sqlite3.Connection], where: str,
-                 no_room: Callable[[sqlite3.Connection], str | None] = lambda conn: None,
-                 guard: Callable[[], str | None] = lambda: None) -> None:
-        self._connect = connect
-        self._where = where
-        self._no_room = no_room
-        #: why the file is no longer the outbox (deleted, replaced, truncated); None while it is
-        self._guard = guard
-        self._cond = threading.Condition()
-        self._queue: list[tuple[_Work, _Sink]] = []
-        self._closing = False
-        self._thread: threading.Thread | None = None
-        #: called on the committer thread after each commit with the rows it made durable, in seq order
-        self.listeners: list[Callable[[list[tuple[int, OutboxRow]]], None]] = []
-        #: (transactions, requests) committed, for the measurements in the docs
-        self.commits = 0
-        self.requests = 0
-
-    def submit(self, work: Callable[[sqlite3.Connection], T]) -> Future[T]:
-        fut: Future[T] = Future()
-        self._enqueue(work, fut)
-        return fut
-
-    def submit_async(self, work: _Work, loop: asyncio.AbstractEventLoop) -> asyncio.Future[Any]:
-        waiter = _LoopWaiter(loop)
-        self._enqueue(work, waiter)
-        return waiter.future
-
-    def _enqueue(self, work: _Work, sink: _Sink) -> None:
-        with self._cond:
-            if self._closing:
-                raise OutboxError("the outbox is closed", where=self._where)
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="batchbridge-outbox-commit", daemon=True)
-                self._thread.start()
-            self._queue.append((work, sink))
-            self._cond.notify()
-
-    def _run(self) -> None:
-        conn = self._connect()
-        try:
-            while True:
-                with self._cond:
-                    while not self._queue and not self._closing:
-                        self._cond.wait()
-                    if not self._queue:
-                        return
-                    group, self._queue = self._queue[:_MAX_GROUP], self._queue[_MAX_GROUP:]
-                self._commit(conn, group)
-                self._wake(group)
-        finally:
-            conn.close()
-
-    @staticmethod
-    def _wake(group: list[tuple[_Work, _Sink]]) -> None:
-        by_loop: dict[asyncio.AbstractEventLoop, list[_LoopWaiter]] = {}
-        for _, sink in group:
-            if isinstance(sink, _LoopWaiter):
-                by_loop.setdefault(sink.loop, []).append(sink)
-        for loop, waiters in by_loop.items():
-            with contextlib.suppress(RuntimeError):  # the loop was closed: nobody is waiting any more
-                loop.call_soon_threadsafe(_wake, waiters)
-
-    def _refuse(self, group: list[tuple[_Work, _Sink]], reason: str) -> None:
-        err = OutboxError(reason, where=self._where, retryable=True)
-        for _, sink in group:
-            sink.set_exception(err)
-
-    def _commit(self, conn: sqlite3.Connection, group: list[tuple[_Work, _Sink]]) -> None:
-        gone = self._guard()
-        if gone is not None:
-            return self._refuse(group, gone)
-        try:
-            full = self._no_room(conn)
-        except sqlite3.Error as exc:
-            return self._fail(group, exc)
-        if full is not None:
-            return self._refuse(group, full)
-        try:
-            outcomes = self._transaction(conn, group)
-        except sqlite3.Error as exc:
-            if not is_disk_full(exc):
-                return self._fail(group, exc)
-            _make_room(conn)
-            try:
-                outcomes = self._transaction(conn, group)
-            except sqlite3.Error as again:
-                return self._fail(group, again)
-        gone = self._guard()  # committed into a file that is no longer the outbox: not acknowledged
-        if gone is not None:
-            return self._refuse(group, gone)
-        self.commits += 1
-        self.requests += len(group)
-        if self.listeners:
-            committed = [(seq, row) for (work, _), (result, error) in zip(group, outcomes, strict=True)
-                         if error is None and isinstance(work, _Insert) for seq, row in zip(result.seqs, work.rows,
-                                                                                             strict=True)]
-            for listener in self.listeners:
-                try:
-                    listener(committed)
-                except Exception:  # a listener only speeds delivery up; the rows are durable regardless
-                    log.exception("an outbox commit listener failed")
-        for (_, sink), (result, error) in zip(group, outcomes, strict=True):
-            if error is None:
-                sink.set_result(result)
-            else:
-                sink.set_exception(error if isinstance(error, BatchBridgeError) else
-                                   OutboxError(f"outbox write failed: {error}", where=self._where))
-        return None
-
-    def _fail(self, group: list[tuple[_Work, _Sink]], exc: sqlite3.Error) -> None:
-        err = _write_failed("could not commit to the outbox", exc, self._where)
-        for _, sink in group:
-            sink.set_exception(err)
-
-    @classmethod
-    def _transaction(cls, conn: sqlite3.Connection, group: list[tuple[_Work, _Sink]]
-                     ) -> list[tuple[Any, BaseException | None]]:
-        """Commit the group; one outcome (result, error) per request. First all at once, the rows of
-        consecutive inserts in one statement; if anything in that fails, again with a savepoint per
-        request, so that one failing request does not sink the others in its group."""
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                outcomes = cls._together(conn, group)
-            except sqlite3.Error as exc:
-                if is_disk_full(exc):
-                    raise
-                outcomes = None
-            except Exception:
-                outcomes = None
-            if outcomes is None:
-                conn.execute("ROLLBACK")
-                conn.execute("BEGIN IMMEDIATE")
-                outcomes = cls._one_by_one(conn, group)
-            conn.execute("COMMIT")
-        except sqlite3.Error:
-            with contextlib.suppress(sqlite3.Error):
-                conn.execute("ROLLBACK")
-            raise
-        return outcomes
-
-    @staticmethod
-    def _together(conn: sqlite3.Connection, group: list[tuple[_Work, _Sink]]) -> list[tuple[Any, BaseException | None]]:
-        outcomes: list[tuple[Any, BaseException | None]] = []
-        i = 0
-        while i < len(group):
-            work = group[i][0]
-            if not isinstance(work, _Insert):
-                outcomes.append((work(conn), None))
-                i += 1
-                continue
-            run: list[_Insert] = []
-            while i < len(group) and isinstance(group[i][0], _Insert):
-                run.append(group[i][0])  # type: ignore[arg-type]
-                i += 1
-            for w in run:
-                w.claim(conn)
-            _Insert.decide(conn, run)
-            seqs = iter(_insert_rows(conn, [r for w in run for r in w.rows]))
-            outcomes += [(Inserted([next(seqs) for _ in w.rows], _insert_dead(conn, w.dead)), None) for w in run]
-        return outcomes
-
-    @staticmethod
-    def _one_by_one(conn: sqlite3.Connection, group: list[tuple[_Work, _Sink]]
-                    ) -> list[tuple[Any, BaseException | None]]:
-        outcomes: list[tuple[Any, BaseException | None]] = []
-        for work, _ in group:
-            conn.execute("SAVEPOINT request")
-            try:
-                outcomes.append((work(conn), None))
-            except sqlite3.Error as exc:
-                if is_disk_full(exc):
-                    raise  # the whole transaction is in trouble, not this request
-                conn.execute("ROLLBACK TO request")
-                outcomes.append((None, exc))
-            except Exception as exc:
-                conn.execute("ROLLBACK TO request")
-                outcomes.append((None, exc))
-            conn.execute("RELEASE request")
-        return outcomes
-
-    def close(self) -> None:
-        with self._cond:
-            self._closing = True
-            self._cond.notify_all()
-            thread = self._thread
-        if thread is not None:
-            thread.join()
-
-
 class Outbox:
     """The SQLite outbox + dead-letter store. Thread-safe: each thread gets its own connection."""
 
@@ -557,9 +182,7 @@ class Outbox:
         #: bounds of the dead-letter store (see :meth:`dead_letter_refusal`)
         self.dead_letter_max_rows = DEAD_LETTER_MAX_ROWS
         self.dead_letter_max_bytes = DEAD_LETTER_MAX_BYTES
-        self._dl_lock = threading.Lock()
-        self._dl_usage = [0, 0]
-        self._dl_usage_until = 0.0
+        self._dl_bounds = DeadLetterBounds(self.dead_letter_usage, room=self._disk_room)
         self._last_squeeze = 0.0
         self._room_ok_until = 0.0
         self._intake_sync = synchronous.upper()
@@ -756,8 +379,6 @@ class Outbox:
         watched (:meth:`watch`)."""
         if self._lock_fd is not None:
             return
-        from .serve_workers import inherited_lock
-
         inherited = inherited_lock(self.path)
         if inherited is not None:
             # a worker of ``serve --workers N``: its supervisor holds the lock for the group
@@ -765,18 +386,7 @@ class Outbox:
             self._lock_fd = os.dup(inherited)
             self.watch()
             return
-        try:
-            fd = os.open(self.path, os.O_RDWR)
-        except OSError as exc:
-            raise OutboxError(f"cannot open the outbox: {exc.strerror or exc}", where=self._where) from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            raise ConfigError("another running bridge (serve or relay) already publishes from this outbox file "
-                              "(perhaps through another name: a hard link or a symlink); give each one its own "
-                              "outbox", where=self._where) from None
-        self._lock_fd = fd
+        self._lock_fd = lock_file(self.path)
         self.watch()
 
     def watch(self) -> None:
@@ -1072,32 +682,21 @@ class Outbox:
 
     def dead_letter_refusal(self, nbytes: int) -> str | None:
         """Why a new dead letter of ``nbytes`` may not be stored (None when it may, and then it is counted
-        against the bounds): ``dead_letter_max_rows``, ``dead_letter_max_bytes``, and twice the free-space
-        reserve, so dead letters never take the room intake and delivery need. The figures are read
-        again at most once a second (``dlq purge`` may run in another process)."""
-        with self._dl_lock:
-            now = time.monotonic()
-            if now >= self._dl_usage_until:
-                rows, size = self._read("SELECT count(*), coalesce(sum(length(payload)), 0) FROM dead_letter")[0]
-                self._dl_usage = [int(rows), int(size)]
-                self._dl_usage_until = now + 1.0
-            rows, size = self._dl_usage
-            if rows + 1 > self.dead_letter_max_rows:
-                return (f"the dead-letter store is full ({rows} of {self.dead_letter_max_rows} rows, "
-                        "outbox.dead_letter_max_rows); `batchbridge dlq` replay or purge makes room")
-            if size + nbytes > self.dead_letter_max_bytes:
-                return (f"the dead-letter store is full ({size // 1024} KiB of {self.dead_letter_max_bytes // 1024} "
-                        "KiB, outbox.dead_letter_max_bytes); `batchbridge dlq` replay or purge makes room")
-            if self.reserve_bytes > 0:
-                try:
-                    room = self._room(self._conn())
-                except (sqlite3.Error, OutboxError):
-                    room = None
-                if room is not None and room - nbytes < 2 * self.reserve_bytes:
-                    return (f"the disk holding the outbox is nearly full ({max(0, room) // 1024} KiB left): dead "
-                            "letters are not kept, so that the room stays for accepting and delivering events")
-            self._dl_usage[0] += 1
-            self._dl_usage[1] += nbytes
+        against the bounds): ``core/dead_letters.py``."""
+        bounds = self._dl_bounds
+        bounds.max_rows, bounds.max_bytes, bounds.reserve = (self.dead_letter_max_rows, self.dead_letter_max_bytes,
+                                                             self.reserve_bytes)
+        return bounds.refusal(nbytes)
+
+    def dead_letter_usage(self) -> tuple[int, int]:
+        """(rows, payload bytes) in the dead-letter table."""
+        rows, size = self._read("SELECT count(*), coalesce(sum(length(payload)), 0) FROM dead_letter")[0]
+        return int(rows), int(size)
+
+    def _disk_room(self) -> int | None:
+        try:
+            return self._room(self._conn())
+        except (sqlite3.Error, OutboxError):
             return None
 
     def purge(self, ids: Sequence[int] | None = None) -> int:
@@ -1123,16 +722,6 @@ class Outbox:
             (error.code, redact(error.reason), redact(error.where) if error.where else None, dl_id)))
 
 
-#: rows per INSERT statement (6 parameters a row, well under SQLite's 32,766)
-_ROWS_PER_STATEMENT = 500
-
-
-@functools.lru_cache(maxsize=512)
-def _values_sql(head: str, width: int, n: int) -> str:
-    row = "(" + ", ".join("?" * width) + ")"
-    return head + ", ".join([row] * n)
-
-
 def _add_keys(conn: sqlite3.Connection) -> None:
     """Schema 1 -> 2: the ``okey`` column, filled in for the rows an older version left (once; a
     drained outbox has none), and its index."""
@@ -1151,48 +740,6 @@ def _add_keys(conn: sqlite3.Connection) -> None:
                 conn.execute("ROLLBACK")
             raise
     conn.execute("CREATE INDEX IF NOT EXISTS outbox_by_key ON outbox (destination, okey, seq)")
-
-
-def _insert_rows(conn: sqlite3.Connection, rows: Sequence[OutboxRow]) -> list[int]:
-    """Insert rows; their seqs. Multi-row statements rather than ``executemany``: sqlite3 lets go of
-    the GIL around every statement step, and under load every step taken back costs a wait for the
-    event loop thread -- one step per 500 rows instead of one per row. One writer inside one
-    transaction, so AUTOINCREMENT hands out consecutive seqs and the last one gives them all."""
-    if not rows:
-        return []
-    now = time.time()
-    last = 0
-    for start in range(0, len(rows), _ROWS_PER_STATEMENT):
-        chunk = rows[start:start + _ROWS_PER_STATEMENT]
-        params: list[Any] = []
-        for r in chunk:
-            params += (r.destination, r.event_id, r.event_type, r.body, now, row_key(r))
-        cur = conn.execute(_values_sql(
-            "INSERT INTO outbox (destination, event_id, event_type, body, created, okey) VALUES ", 6, len(chunk)),
-            params)
-        last = int(cur.lastrowid or 0)
-    return list(range(last - len(rows) + 1, last + 1))
-
-
-def _delete_rows(conn: sqlite3.Connection, seqs: Sequence[int]) -> None:
-    for start in range(0, len(seqs), _ROWS_PER_STATEMENT):
-        chunk = seqs[start:start + _ROWS_PER_STATEMENT]
-        conn.execute(f"DELETE FROM outbox WHERE seq IN ({', '.join('?' * len(chunk))})", chunk)
-
-
-def _insert_dead(conn: sqlite3.Connection, dead: Sequence[DeadLetter]) -> list[int]:
-    """Insert dead letters; their ids."""
-    now = time.time()
-    ids = []
-    for d in dead:
-        cur = conn.execute(
-            "INSERT INTO dead_letter (created, stage, source, destination, event_id, code, reason, location, "
-            "payload, meta) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (now, d.stage, redact(d.source), d.destination, d.event_id, d.code, redact(d.reason),
-             redact(d.where) if d.where else None, bytes(d.payload),
-             orjson.dumps(dict(d.meta)).decode() if d.meta else None))
-        ids.append(int(cur.lastrowid or 0))
-    return ids
 
 
 SYNC_LEVELS = ("full", "normal")

@@ -313,7 +313,7 @@ def create_app(target: Bridge | BridgeConfig | str | Path, *, settings: ServeSet
     verifier = mns_verifier or MnsVerifier(conf.mns)
     def health() -> tuple[bool, dict[str, float]]:
         failing = {dest: seconds for dest, (seconds, _) in bridge.failing().items()}
-        return bridge.outbox.unwritable() is None, failing
+        return bridge.unwritable() is None, failing
 
     registry = prometheus_registry(bridge.stats, bridge.outbox.depths,
                                    backlog=lambda: destination_heads(bridge.outbox), health=health)
@@ -342,7 +342,7 @@ def create_app(target: Bridge | BridgeConfig | str | Path, *, settings: ServeSet
 
     def not_ready() -> list[str]:
         reasons = []
-        unwritable = bridge.outbox.unwritable()
+        unwritable = bridge.unwritable()
         if unwritable is not None:
             reasons.append(f"outbox: {unwritable}")
         for dest, (seconds, why) in sorted(bridge.failing().items()):

@@ -25,7 +25,6 @@ any number of workers and replicas share the database.
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 import signal
@@ -39,11 +38,10 @@ from pathlib import Path
 
 from .config import BridgeConfig
 from .errors import ConfigError
+from .outbox_disk import LOCK_FD_ENV, lock_file
 
 log = logging.getLogger("batchbridge.serve.workers")
 
-#: the environment variable naming the outbox lock descriptor a worker inherits
-LOCK_FD_ENV = "BATCHBRIDGE_OUTBOX_LOCK_FD"
 #: a worker that dies sooner than this after its start counts as crash-looping: restarts slow down
 CRASH_WINDOW = 5.0
 #: the longest pause between restarts of a crash-looping worker, seconds
@@ -72,19 +70,8 @@ def bind(host: str, port: int) -> socket.socket:
 def lock_outbox(path: Path) -> int:
     """The SQLite outbox's exclusive lock, held for the workers (see the module docstring)."""
     from .outbox import Outbox
-
     Outbox(path).close()  # created (or migrated) once, before N workers open it at once
-    try:
-        fd = os.open(path, os.O_RDWR)
-    except OSError as exc:
-        raise ConfigError(f"cannot open the outbox: {exc.strerror or exc}", where=str(path)) from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        os.close(fd)
-        raise ConfigError("another running bridge (serve or relay) already publishes from this outbox file "
-                          "(perhaps through another name: a hard link or a symlink); give each one its own "
-                          "outbox", where=str(path)) from None
+    fd = lock_file(path)
     os.set_inheritable(fd, True)
     return fd
 
@@ -161,25 +148,3 @@ def supervise(config: BridgeConfig, worker_argv: Sequence[str], *, workers: int,
         sock.close()
         if lock_fd is not None:
             os.close(lock_fd)
-
-
-def inherited_lock(path: Path) -> int | None:
-    """The outbox lock descriptor this worker inherited from its supervisor, if it is the lock on the
-    file at ``path`` (same device and inode) and held; None when there is none (a plain ``serve``)."""
-    given = os.environ.get(LOCK_FD_ENV)
-    if not given:
-        return None
-    try:
-        fd = int(given)
-        held, here = os.fstat(fd), os.stat(path)
-    except (ValueError, OSError):
-        return None
-    if (held.st_dev, held.st_ino) != (here.st_dev, here.st_ino):
-        return None  # the supervisor's lock is on another outbox: this one must be locked as usual
-    try:
-        # the supervisor's open file description holds the lock: taking it again through it succeeds;
-        # were it not held by this group, it is taken now, so this group owns the file either way
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        return None
-    return fd

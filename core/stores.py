@@ -9,18 +9,18 @@ environment or a password file, always redacted).
 The subject-state store (``supersede`` routes, ``batchbridge state``) lives inside the outbox's intake
 transaction, so each kind of store brings its own: the SQLite outbox has one in the same file. Another
 kind plugs one in with :func:`register_state_store`; until one is registered, a config whose routes need
-state is refused with a clear error when it is loaded (:func:`check_state_support`) rather than run
+state is refused with a clear error when it is loaded (``core/store_kinds.py``) rather than run
 with the supersede decisions silently skipped.
 """
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError
+from .store_kinds import POSTGRESQL, WITH_STATE, kind_of, state_refusal
 
 if TYPE_CHECKING:
     from .config import OutboxSettings, RouteSpec
@@ -28,30 +28,17 @@ if TYPE_CHECKING:
     from .state import StateStore
     from .store import OutboxStore
 
-#: scheme -> a function attaching a state store to a freshly opened store of that kind (returns it)
+#: kind -> a function returning the state store for a freshly opened store of that kind
 StateHook = Callable[["OutboxStore"], "StateStore"]
 _STATE_HOOKS: dict[str, StateHook] = {}
-
-POSTGRESQL = "postgresql"
 
 
 def register_state_store(kind: str, hook: StateHook) -> None:
     """Let stores of ``kind`` (``"postgresql"``) carry a subject-state store: ``hook(store)`` returns it,
     and :func:`open_store` sets it as ``store.state`` (the store then decides supersede gates inside its
-    intake transaction, as the SQLite outbox does)."""
+    intake transaction, as the SQLite outbox does). Register before configs are loaded."""
     _STATE_HOOKS[kind] = hook
-
-
-def kind_of(settings: OutboxSettings) -> str:
-    """``"sqlite"`` or ``"postgresql"``."""
-    return POSTGRESQL if settings.url else "sqlite"
-
-
-def _state_hook(kind: str) -> StateHook | None:
-    if kind == POSTGRESQL and kind not in _STATE_HOOKS:
-        # its module registers its state store when it has one; importing it needs no psycopg
-        importlib.import_module(".store_postgres", __package__)
-    return _STATE_HOOKS.get(kind)
+    WITH_STATE.add(kind)
 
 
 def needs_state(routes: Sequence[RouteSpec]) -> list[str]:
@@ -61,15 +48,9 @@ def needs_state(routes: Sequence[RouteSpec]) -> list[str]:
 
 def check_state_support(settings: OutboxSettings, routes: Sequence[RouteSpec]) -> None:
     """ConfigError when ``routes`` need a state store that ``settings``' kind of store cannot hold."""
-    kind = kind_of(settings)
-    if kind == "sqlite":
-        return
-    wanting = needs_state(routes)
-    if wanting and _state_hook(kind) is None:
-        raise ConfigError(
-            f"route(s) {', '.join(wanting)} use supersede = true, which needs the subject-state store; the "
-            f"PostgreSQL outbox ({settings.where}) has none in this version. Use a SQLite outbox for them, or "
-            "drop supersede", where="outbox.url")
+    refused = state_refusal(kind_of(settings.url), needs_state(routes), settings.where)
+    if refused is not None:
+        raise ConfigError(refused, where="outbox.url")
 
 
 def open_store(settings: OutboxSettings, *, routes: Sequence[RouteSpec] = (), must_exist: bool = False,
@@ -84,7 +65,7 @@ def open_store(settings: OutboxSettings, *, routes: Sequence[RouteSpec] = (), mu
         from .store_postgres import PostgresStore
 
         store: Any = PostgresStore(settings.url, lease=settings.lease)
-        hook = state or _state_hook(POSTGRESQL)
+        hook = state or _STATE_HOOKS.get(POSTGRESQL)
         if hook is not None:
             store.state = hook(store)
     else:
