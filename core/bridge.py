@@ -6,24 +6,24 @@ are committed to the outbox -- that is the moment a caller may acknowledge its s
 that cannot be decoded is committed to the dead-letter table instead, with its raw bytes and the
 typed error, and reported in the :class:`IntakeResult`.
 
-Publishing runs in background threads, one per destination, so a backend that is down only delays
-its own rows: the thread backs off exponentially while the rows stay in the outbox, and each row is
-deleted only when its backend confirmed it. Rows a backend refuses for good (too large, invalid)
-move to the dead-letter table with the backend's reason.
+Publishing is :mod:`~batchbridge.core.delivery`'s: one worker thread per destination claims rows from
+the outbox store, publishes them and settles what the backend said. The store is any
+:class:`~batchbridge.core.store.OutboxStore` (:func:`~batchbridge.core.stores.open_store` opens the one
+the config names: a SQLite file, or PostgreSQL).
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import functools
 import logging
 import threading
 import time
 import weakref
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -31,8 +31,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import orjson
 
 from . import tracing
-from .backends import open_publisher
 from .config import DEFAULT_STATE_RETENTION, BridgeConfig
+from .dead_letters import DeadLetterBounds, usage_of
+from .delivery import IDLE_POLL, Delivery
 from .envelopes import Payload as Payload  # re-exported: handlers type their input with it
 from .errors import (
     BatchBridgeError,
@@ -43,14 +44,12 @@ from .errors import (
 )
 from .event import DATASCHEMA
 from .metrics import Stats
-from .outbox import INTAKE, PUBLISH, UNROUTED, DeadLetter, Outbox, OutboxRow, Pending
-from .outcomes import PublishResult
-from .publisher import Publisher, wrap_error
-from .registry import check_uri
-from .retry import Backoff, ErrorCode, waits_for_destination
+from .outbox_rows import INTAKE, PUBLISH, UNROUTED, DeadLetter, Inserted, OutboxRow
 from .routing import Router
 from .secrets import redact, redact_uri
-from .state import Observation
+from .state import Observation, StateStore
+from .store import OutboxStore
+from .stores import open_store
 from .supersede import Candidate, IntakeGate
 from .trust import claims_canonical, trusted_event
 
@@ -60,9 +59,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("batchbridge.bridge")
 _T = TypeVar("_T")
 
-#: how often an idle publisher thread looks at the outbox even without being woken (rows written by
-#: another process, e.g. ``dlq replay``)
-IDLE_POLL = 1.0
 #: how often new destinations are looked for in the outbox
 RESCAN = 5.0
 #: how often subjects idle longer than every route's ``state_retention`` are deleted from the state store
@@ -253,18 +249,29 @@ class Bridge:
     """Intake, routing, the outbox and its publisher threads. Use as a context manager, or call
     :meth:`start` / :meth:`stop`; :meth:`handle` works before :meth:`start` (rows just wait)."""
 
-    def __init__(self, config: BridgeConfig | None = None, *, outbox: Outbox | str | Path | None = None,
+    def __init__(self, config: BridgeConfig | None = None, *, outbox: OutboxStore | str | Path | None = None,
                  stats: Stats | None = None) -> None:
         self.config = config or BridgeConfig()
         self.router = Router.from_config(self.config)
-        if isinstance(outbox, Outbox):
-            self.outbox = outbox
+        #: the store (``Any``: the SQLite outbox's extras -- ``lock``, ``expire``, supersede gates -- are
+        #: looked up on it, not part of the interface)
+        self.outbox: Any
+        if outbox is None or isinstance(outbox, (str, Path)):
+            settings = self.config.with_outbox(outbox).outbox if outbox is not None else self.config.outbox
+            self.outbox = open_store(settings, routes=self.config.routes)
         else:
-            self.outbox = Outbox(outbox or self.config.outbox.path, synchronous=self.config.outbox.synchronous)
-        self.outbox.dead_letter_max_rows = self.config.outbox.dead_letter_max_rows
-        self.outbox.dead_letter_max_bytes = self.config.outbox.dead_letter_max_bytes
+            self.outbox = outbox
+            self.outbox.dead_letter_max_rows = self.config.outbox.dead_letter_max_rows
+            self.outbox.dead_letter_max_bytes = self.config.outbox.dead_letter_max_bytes
+        own: Callable[[int], str | None] | None = getattr(self.outbox, "dead_letter_refusal", None)
+        #: why a new intake dead letter of so many bytes may not be kept (``core/dead_letters.py``)
+        self._dead_letter_refusal = own if own is not None else DeadLetterBounds(
+            usage_of(self.outbox), max_rows=self.config.outbox.dead_letter_max_rows,
+            max_bytes=self.config.outbox.dead_letter_max_bytes).refusal
+        #: the subject-state store, when the outbox has one (it observes inside the intake transaction)
+        self.state: StateStore | None = getattr(self.outbox, "state", None)
         self.stats = stats or Stats()
-        self._workers: dict[str, _Worker] = {}
+        self.delivery = Delivery(self.outbox, self.config.outbox, self.stats)
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._started = False
@@ -277,7 +284,7 @@ class Bridge:
         self.outbox.on_commit(self._committed)
 
     def __repr__(self) -> str:
-        return f"Bridge(outbox={str(self.outbox.path)!r}, routes={len(self.router.routes)})"
+        return f"Bridge(outbox={self.outbox.where!r}, routes={len(self.router.routes)})"
 
     # --- intake ------------------------------------------------------------------------------------
 
@@ -293,7 +300,7 @@ class Bridge:
         """:meth:`handle` for several payloads (each with its metadata) in one outbox transaction."""
         plans = [self._plan(p, source=source, provider=provider, meta=m) for p, m in items]
         gate, indexes = self._gate(plans)
-        return self._finish(plans, self.outbox.put(*self._collect(plans), gate).dead_ids, gate, indexes)
+        return self._finish(plans, self._submit(plans, gate).result().dead_ids, gate, indexes)
 
     async def ahandle(self, payload: Payload, *, source: str = "api", provider: str | None = None,
                       meta: Mapping[str, Any] | None = None, max_events: int | None = None) -> IntakeResult:
@@ -319,7 +326,9 @@ class Bridge:
                 plans, gate, indexes = await self._on_thread(plan)
         else:
             plans, gate, indexes = plan()
-        inserted = await self.outbox.asubmit(*self._collect(plans), gate)
+        rows, dead, gate_arg = self._collect(plans, gate)
+        inserted = await (self.outbox.asubmit(rows, dead, gate_arg) if gate_arg is not None
+                          else self.outbox.asubmit(rows, dead))
         return self._finish(plans, inserted.dead_ids, gate, indexes)[0]
 
     async def _plan_elsewhere(self, payload: Payload, *, source: str, provider: str | None,
@@ -334,7 +343,7 @@ class Bridge:
                                      max_events=max_events)
         if isinstance(planned, InputError):
             return self._refused(raw, planned, source=source, provider=provider, meta=meta)
-        return planned
+        return self._bounded(planned)
 
     async def _on_thread(self, work: Callable[[], _T]) -> _T:
         def off_loop() -> _T:
@@ -351,9 +360,23 @@ class Bridge:
         async with one_at_a_time:
             return await asyncio.to_thread(off_loop)
 
-    @staticmethod
-    def _collect(plans: Sequence[_Intake]) -> tuple[list[OutboxRow], list[DeadLetter]]:
-        return [r for p in plans for r in p.rows], [d for p in plans for d in p.dead]
+    def _collect(self, plans: Sequence[_Intake], gate: IntakeGate | None
+                 ) -> tuple[list[OutboxRow], list[DeadLetter], IntakeGate | None]:
+        """The rows and dead letters of ``plans``, and the gate to decide the rows in the store's
+        transaction. A store without a state store gets the gate's rows decided here, with no priors
+        (every candidate goes out; :func:`~batchbridge.core.stores.check_state_support` refuses routes
+        that need more)."""
+        rows = [r for p in plans for r in p.rows]
+        dead = [d for p in plans for d in p.dead]
+        if gate is not None and self.state is None:
+            return rows + gate.rows([None] * len(gate.observations)), dead, None
+        return rows, dead, gate
+
+    def _submit(self, plans: Sequence[_Intake], gate: IntakeGate | None) -> Future[Inserted]:
+        rows, dead, gate_arg = self._collect(plans, gate)
+        done: Future[Inserted] = (self.outbox.submit(rows, dead, gate_arg) if gate_arg is not None
+                                  else self.outbox.submit(rows, dead))
+        return done
 
     @staticmethod
     def _gate(plans: Sequence[_Intake]) -> tuple[IntakeGate | None, list[int | None]]:
@@ -385,8 +408,8 @@ class Bridge:
               meta: Mapping[str, Any] | None, max_events: int | None = None) -> _Intake:
         raw = payload if isinstance(payload, Mapping) else _as_bytes(payload)
         try:
-            return plan_intake(self.router, raw, source=source, provider=provider, attributes=_carried(meta),
-                               max_events=max_events)
+            return self._bounded(plan_intake(self.router, raw, source=source, provider=provider,
+                                             attributes=_carried(meta), max_events=max_events))
         except InputError as exc:
             error: InputError = exc
         except Exception as exc:
@@ -405,7 +428,7 @@ class Bridge:
         if provider:
             info["provider"] = provider
         kept = _as_bytes(raw)
-        full = self.outbox.dead_letter_refusal(len(kept))
+        full = self._dead_letter_refusal(len(kept))
         if full is not None:
             # refused all the same (the sender is told why), but not kept: bad input must not crowd out good
             log.warning("a payload refused as %s is not kept: %s", error.code, full)
@@ -413,6 +436,23 @@ class Bridge:
             return _Intake([], [], IntakeResult(error=error), [])
         dead = DeadLetter.of(INTAKE, source, kept, error, meta=info or None)
         return _Intake([], [dead], IntakeResult(error=error), [])
+
+    def _bounded(self, plan: _Intake) -> _Intake:
+        """``plan`` with its unrouted events' dead letters kept within the dead-letter bound. Past it an
+        unrouted event is still acknowledged (it was valid) but not kept, and counted -- like bad input.
+        Done here, not in :func:`plan_intake`, because a decoding process has no store to ask."""
+        if plan.result.error is not None or not plan.dead:
+            return plan
+        kept: list[DeadLetter] = []
+        for d in plan.dead:
+            full = self._dead_letter_refusal(len(d.payload))
+            if full is None:
+                kept.append(d)
+            else:
+                log.warning("an unrouted event is not kept: %s", full)
+                self.stats.add(self.stats.rejected_unkept, d.code)
+        plan.dead = kept
+        return plan
 
     def _done(self, plan: _Intake, dead_ids: list[int]) -> IntakeResult:
         plan.result.dead_letter_ids = dead_ids
@@ -429,14 +469,8 @@ class Bridge:
         return plan.result  # the committed rows already went to their publishers (``_committed``)
 
     def _committed(self, rows: list[tuple[int, OutboxRow]]) -> None:
-        """On the committer thread, right after a commit: hand the rows to their publishers in memory."""
-        if not self.running:
-            return  # they wait in the outbox; a starting publisher reads it first
-        by_destination: dict[str, list[tuple[int, OutboxRow]]] = {}
-        for item in rows:
-            by_destination.setdefault(item[1].destination, []).append(item)
-        for destination, items in by_destination.items():
-            self._worker(destination).offer(items)
+        """On the committer thread, right after a commit: wake the delivery workers (``core/delivery.py``)."""
+        self.delivery.offer(rows)
 
     # --- dead letters ------------------------------------------------------------------------------
 
@@ -447,7 +481,7 @@ class Bridge:
         again it stays, with the new reason."""
         rec = self.outbox.dead_letter(dl_id)
         if rec is None:
-            raise ConfigError(f"no dead letter with id {dl_id}", where=str(self.outbox.path))
+            raise ConfigError(f"no dead letter with id {dl_id}", where=self.outbox.where)
         if rec.stage == PUBLISH and (rec.destination or to):
             try:
                 event = orjson.loads(rec.payload)
@@ -474,34 +508,30 @@ class Bridge:
                 return IntakeResult(event_ids=plan.result.event_ids, unrouted=plan.result.unrouted,
                                     dead_letter_ids=[dl_id])
         gate, indexes = self._gate([plan])
-        self.outbox.resolve(dl_id, plan.rows, plan.dead, gate)
+        rows, dead, gate_arg = self._collect([plan], gate)
+        if gate_arg is not None:
+            self.outbox.resolve(dl_id, rows, dead, gate_arg)
+        else:
+            self.outbox.resolve(dl_id, rows, dead)
         plan.types = []  # counted when first received
         return self._finish([plan], [], gate, indexes)[0] if gate is not None else self._done(plan, [])
 
     # --- publishing --------------------------------------------------------------------------------
 
     def start(self) -> Bridge:
-        """Start the publisher threads (one per destination in the config or in the outbox)."""
+        """Start the delivery workers (one per destination in the config or in the outbox)."""
         with self._lock:
             if self._started:
                 return self
-            self.outbox.lock()
+            lock = getattr(self.outbox, "lock", None)
+            if lock is not None:
+                lock()  # the SQLite outbox: only this process (or the workers of its serve) deliver from it
             self._started = True
             self._stopping.clear()
-        for destination in [*self.config.destinations(), *self.outbox.destinations()]:
-            self._worker(destination)
+        self.delivery.start([*self.config.destinations(), *self.outbox.destinations()])
         self._supervisor = threading.Thread(target=self._supervise, name="batchbridge-supervisor", daemon=True)
         self._supervisor.start()
         return self
-
-    def _worker(self, destination: str) -> _Worker:
-        with self._lock:
-            w = self._workers.get(destination)
-            if w is None:
-                w = self._workers[destination] = _Worker(self, destination)
-                if self._started and not self._stopping.is_set():
-                    w.thread.start()
-            return w
 
     def _supervise(self) -> None:
         scanned = time.monotonic()
@@ -511,7 +541,7 @@ class Bridge:
                 if time.monotonic() - scanned >= RESCAN:
                     scanned = time.monotonic()
                     for destination in self.outbox.destinations():
-                        self._worker(destination)
+                        self.delivery.worker(destination)
                 self._expire()
                 if time.monotonic() >= next_forget:
                     next_forget = time.monotonic() + FORGET_EVERY
@@ -522,9 +552,10 @@ class Bridge:
     def _expire(self) -> None:
         """Rows older than ``outbox.max_pending_age`` go to the dead letters, each with its destination."""
         age = self.config.outbox.max_pending_age
-        if age <= 0:
+        expire = getattr(self.outbox, "expire", None)
+        if age <= 0 or expire is None:
             return
-        moved = self.outbox.expire(age, f"not delivered within outbox.max_pending_age ({age:g}s)")
+        moved = expire(age, f"not delivered within outbox.max_pending_age ({age:g}s)")
         if moved:
             self.stats.add(self.stats.dead_lettered, PUBLISH, len(moved))
             for label, n in Counter(redact_uri(d.destination or "") for d in moved).items():
@@ -532,12 +563,9 @@ class Bridge:
                           "again)", n, label, age)
 
     def failing(self) -> dict[str, tuple[float, str]]:
-        """Destinations (redacted) whose publisher has been failing without a success: for how many
+        """Destinations (redacted) whose delivery has been failing without a success: for how many
         seconds, and the last error."""
-        now = time.monotonic()
-        with self._lock:
-            workers = list(self._workers.values())
-        return {w.label: (now - w.failing_since, w.last_error or "") for w in workers if w.failing_since is not None}
+        return self.delivery.failing()
 
     @property
     def state_retention(self) -> float:
@@ -546,13 +574,15 @@ class Bridge:
 
     def forget_idle_subjects(self, now: float | None = None) -> int:
         """Delete from the state store the subjects idle longer than :attr:`state_retention`."""
-        return self.outbox.state.forget_idle((time.time() if now is None else now) - self.state_retention)
+        if self.state is None:
+            return 0
+        return self.state.forget_idle((time.time() if now is None else now) - self.state_retention)
 
-    def publish_errors(self) -> dict[str, str]:
-        """Destination -> why its publisher's last attempt failed (redacted), for those failing now."""
-        with self._lock:
-            workers = list(self._workers.values())
-        return {w.destination: w.last_error for w in workers if w.last_error is not None}
+    def unwritable(self) -> str | None:
+        """Why intake cannot be written now (``/readyz``), when the store can tell (the SQLite outbox:
+        its file gone or its disk full); None otherwise."""
+        check: Callable[[], str | None] | None = getattr(self.outbox, "unwritable", None)
+        return check() if check is not None else None
 
     @property
     def running(self) -> bool:
@@ -563,7 +593,7 @@ class Bridge:
         backend is down stay (durably) for the next run."""
         self.start()
         for destination in self.outbox.destinations():
-            self._worker(destination).wake.set()
+            self.delivery.worker(destination).wake.set()
         deadline = time.monotonic() + timeout
         while True:
             if self.outbox.depth() == 0:
@@ -573,19 +603,11 @@ class Bridge:
             time.sleep(0.02)
 
     def stop(self, timeout: float = 10.0) -> bool:
-        """Stop the publisher threads (each finishes its batch in flight) and close the outbox.
-        Returns False if a thread did not finish in time (its rows stay in the outbox)."""
+        """Stop the delivery workers (each finishes its batch in flight) and close the outbox.
+        Returns False if a worker did not finish in time (its rows stay in the outbox)."""
         with self._lock:
             self._stopping.set()
-            workers = list(self._workers.values())
-        for w in workers:
-            w.wake.set()
-        deadline = time.monotonic() + timeout
-        finished = True
-        for w in workers:
-            if w.thread.is_alive():
-                w.thread.join(max(0.0, deadline - time.monotonic()))
-                finished = finished and not w.thread.is_alive()
+        finished = self.delivery.stop(timeout)
         if finished:
             self.outbox.close()
         else:
@@ -599,223 +621,3 @@ class Bridge:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-class _Worker:
-    """Drains one destination's rows in batches, in outbox order, with backoff while it is down.
-
-    The outbox is the truth, but reading it back costs a query and a JSON parse per row; so rows
-    committed while this worker runs are also handed to it in memory (:meth:`offer`), and it takes
-    them from there while it is *in step*: its last read of the outbox found every row it had (fewer
-    than a batch), and nothing handed over since was dropped. Anything else -- a start, a failed
-    batch, a full hand-over queue -- puts it back to reading the outbox, as does a timer
-    (``IDLE_POLL``), which finds rows other processes wrote (``dlq replay``). ``_high`` is the highest
-    seq it has taken, so no row goes out twice from the two sources.
-    """
-
-    def __init__(self, bridge: Bridge, destination: str) -> None:
-        self.bridge = bridge
-        self.destination = destination
-        self.label = redact_uri(destination)
-        self.wake = threading.Event()
-        self.thread = threading.Thread(target=self._run, name="batchbridge-publish", daemon=True)
-        self._publisher: Publisher | None = None
-        self._failures = 0
-        #: monotonic time of the first failure since the last success (``/readyz``)
-        self.failing_since: float | None = None
-        #: outcomes the backend gave that could not be written to the outbox yet (e.g. a full disk):
-        #: settled before anything else, so delivered rows are not published again and again meanwhile
-        self._unsettled: _Outcome | None = None
-        self._handed: deque[tuple[int, OutboxRow]] = deque()
-        self._handed_lock = threading.Lock()
-        self._limit = max(4 * bridge.config.outbox.batch_size, 1000)
-        self._in_step = False
-        self._dropped = 0  # hand-overs dropped for want of room; the outbox still has those rows
-        self._high = 0
-        self._next_read = 0.0
-        #: why the last attempt failed (redacted); None once a batch went through
-        self.last_error: str | None = None
-
-    def offer(self, items: list[tuple[int, OutboxRow]]) -> None:
-        with self._handed_lock:
-            if len(self._handed) + len(items) > self._limit:
-                self._handed.clear()
-                self._in_step = False
-                self._dropped += 1
-            else:
-                self._handed.extend(items)
-        self.wake.set()
-
-    def _take(self) -> list[Pending] | None:
-        """The next batch from the hand-over queue; None when the outbox must be read instead."""
-        if time.monotonic() >= self._next_read:
-            return None
-        limit = self.bridge.config.outbox.batch_size
-        out: list[Pending] = []
-        with self._handed_lock:
-            if not self._in_step:
-                return None
-            handed = self._handed
-            while handed and len(out) < limit:
-                seq, row = handed.popleft()
-                if seq > self._high:
-                    out.append(Pending(seq, row.destination, row.event_id, row.body, 0, row.event))
-        if out:
-            self._high = out[-1].seq
-        return out
-
-    def _read(self) -> list[Pending]:
-        b = self.bridge
-        limit = b.config.outbox.batch_size
-        with self._handed_lock:
-            dropped = self._dropped
-        rows = b.outbox.fetch(self.destination, limit)
-        self._next_read = time.monotonic() + IDLE_POLL
-        with self._handed_lock:
-            if rows:
-                self._high = max(self._high, rows[-1].seq)
-                while self._handed and self._handed[0][0] <= self._high:
-                    self._handed.popleft()
-            # a row committed after the read is handed over (its commit ends after the read began);
-            # one committed before it is in ``rows`` -- unless the read hit the batch limit
-            self._in_step = len(rows) < limit and self._dropped == dropped
-        return rows
-
-    def _run(self) -> None:
-        b = self.bridge
-        try:
-            while not b._stopping.is_set():
-                self.wake.clear()
-                if self._unsettled is not None and not self._settle(self._unsettled):
-                    continue
-                rows = self._take()
-                if rows is None:
-                    try:
-                        rows = self._read()
-                    except BatchBridgeError as exc:
-                        self._backoff(exc)
-                        continue
-                if not rows:
-                    self.wake.wait(max(0.0, min(IDLE_POLL, self._next_read - time.monotonic())))
-                    continue
-                self._send(rows)
-        finally:
-            self._close_publisher()
-
-    def _backoff(self, exc: BatchBridgeError) -> None:
-        with self._handed_lock:
-            self._in_step = False  # what failed stays in the outbox: read it back, in order, next time
-        self.last_error = redact(f"{exc.code}: {exc}")
-        o = self.bridge.config.outbox
-        if self.failing_since is None:
-            self.failing_since = time.monotonic()
-        self._failures += 1
-        delay = Backoff(o.backoff_initial, o.backoff_max).delay(self._failures)
-        log.warning("%s unavailable (%s); retrying in %.1fs", self.label, redact(str(exc)), delay)
-        self.bridge._stopping.wait(delay)
-
-    def _close_publisher(self) -> None:
-        if self._publisher is not None:
-            try:
-                self._publisher.close()
-            except Exception as exc:  # closing a broken client must not kill the loop
-                log.debug("closing the publisher for %s failed: %s", self.label, redact(str(exc)))
-            self._publisher = None
-
-    def _send(self, rows: list[Pending]) -> None:
-        b = self.bridge
-        stats = b.stats
-        events: list[tuple[Pending, Mapping[str, Any]]] = []
-        dead: list[tuple[int, DeadLetter]] = []
-        for p in rows:
-            if p.event is not None:
-                events.append((p, p.event))
-                continue
-            try:
-                events.append((p, orjson.loads(p.body)))
-            except orjson.JSONDecodeError:
-                bad = MalformedPayloadError("outbox row is not JSON", where=f"outbox row {p.seq}")
-                dead.append((p.seq, DeadLetter.of(PUBLISH, "outbox", p.body, bad, destination=self.destination,
-                                                  event_id=p.event_id)))
-        if self._publisher is None:
-            try:
-                check_uri(self.destination)
-            except ConfigError as exc:
-                # a URI no publisher can ever open (written by an older config): waiting would be for
-                # ever, so the rows go to the dead letters, where `dlq replay --to` can redirect them
-                dead += [(p.seq, DeadLetter.of(PUBLISH, "outbox", p.body, exc, destination=self.destination,
-                                               event_id=p.event_id)) for p, _ in events]
-                self._settle(_Outcome([], [], dead))
-                return
-            try:
-                self._publisher = open_publisher(self.destination)
-            except BatchBridgeError as exc:
-                # whatever stops the client from opening (endpoint down, queue missing, bad credentials)
-                # is about the destination, not the events: they wait for it instead of being dead-lettered,
-                # with the attempt and the reason noted on them for `batchbridge status`
-                stats.add(stats.failed, self.label, len(rows))
-                with contextlib.suppress(BatchBridgeError):
-                    b.outbox.settle(retry=[(p.seq, f"{exc.code}: {exc}") for p in rows])
-                self._backoff(exc)
-                return
-        try:
-            started = time.monotonic()
-            try:
-                results = self._publisher.publish([e for _, e in events])
-            finally:
-                stats.observe_publish(self.destination, time.monotonic() - started)
-        except BatchBridgeError as exc:
-            results = [PublishResult(p.event_id, exc) for p, _ in events]
-        except Exception as exc:  # a driver bug must not lose rows: keep them and back off
-            err = wrap_error(exc, ErrorCode.INTERNAL, self.label)
-            results = [PublishResult(p.event_id, err) for p, _ in events]
-        delivered: list[int] = []
-        retry: list[tuple[int, str]] = []
-        last_error: BatchBridgeError | None = None
-        for (p, _), r in zip(events, results, strict=True):
-            if r.error is None:
-                delivered.append(p.seq)
-            elif waits_for_destination(r.error.error_code):
-                retry.append((p.seq, f"{r.error.code}: {r.error}"))
-                last_error = r.error
-            else:
-                dead.append((p.seq, DeadLetter.of(PUBLISH, "outbox", p.body, r.error, destination=self.destination,
-                                                  event_id=p.event_id)))
-        outcome = _Outcome(delivered, retry, dead, last_error)
-        if not self._settle(outcome):
-            return
-        if last_error is not None:
-            self._close_publisher()
-            self._backoff(last_error)
-        else:
-            self._failures = 0
-            self.failing_since = None
-            self.last_error = None
-
-    def _settle(self, outcome: _Outcome) -> bool:
-        """Write what the backend said to the outbox; False (after backing off) when that failed -- the
-        outcome is then kept and written first on the next turn, and its rows are not published again
-        unless the process stops first (then they go out again: same ids, consumers can dedupe)."""
-        b = self.bridge
-        stats = b.stats
-        try:
-            b.outbox.settle(outcome.delivered, outcome.retry, outcome.dead)
-        except BatchBridgeError as exc:
-            self._unsettled = outcome
-            self._backoff(exc)
-            return False
-        self._unsettled = None
-        stats.add(stats.published, self.label, len(outcome.delivered))
-        stats.add(stats.failed, self.label, len(outcome.retry))
-        stats.add(stats.dead_lettered, PUBLISH, len(outcome.dead))
-        for _, d in outcome.dead:
-            log.error("dead-lettered event %s for %s: %s: %s", d.event_id, self.label, d.code, redact(d.reason))
-        return True
-
-
-@dataclass
-class _Outcome:
-    delivered: list[int]
-    retry: list[tuple[int, str]]
-    dead: list[tuple[int, DeadLetter]]
-    last_error: BatchBridgeError | None = None

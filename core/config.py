@@ -35,7 +35,8 @@ from . import vendors
 from .errors import ConfigError
 from .event import KINDS
 from .registry import check_uri
-from .secrets import redact_uri, remember
+from .secrets import redact_uri, remember, remember_uri_option
+from .store_kinds import POSTGRES_SCHEMES, kind_of, state_refusal
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -123,6 +124,16 @@ class OutboxSettings:
     #: bounds of the dead-letter store; when full, bad input is refused (400) without being kept
     dead_letter_max_rows: int = 10_000
     dead_letter_max_bytes: int = 64 * 1024 * 1024
+    #: the outbox on PostgreSQL (``postgresql://USER@HOST:PORT/DB``), shared by replicas; None: the
+    #: SQLite file at ``path``. Never shown as is (it may hold a password): see :attr:`where`
+    url: str | None = field(default=None, repr=False)
+    #: seconds a worker holds its ordering keys without renewing (``core/store.py``)
+    lease: float = 30.0
+
+    @property
+    def where(self) -> str:
+        """The store, for messages: the file, or the URL with its password redacted."""
+        return redact_uri(self.url) if self.url else str(self.path)
 
 
 @dataclass(frozen=True)
@@ -200,8 +211,14 @@ class BridgeConfig:
         return BridgeConfig(self.routes + tuple(extra), self.unrouted, self.outbox, self.serve, self.source)
 
     def with_outbox(self, path: str | Path) -> BridgeConfig:
+        """This config with another outbox: a file path, or a ``postgresql://`` URL (``--outbox``)."""
         o = self.outbox
-        settings = dataclasses.replace(o, path=Path(path))
+        given = str(path)
+        if given.startswith(POSTGRES_SCHEMES):
+            remember_uri_option(given)
+            settings = dataclasses.replace(o, url=given)
+        else:
+            settings = dataclasses.replace(o, path=Path(given.removeprefix("sqlite://")), url=None)
         return BridgeConfig(self.routes, self.unrouted, settings, self.serve, self.source)
 
 
@@ -603,8 +620,9 @@ def _vendor_file(ctx: _Ctx, file: Path, path: str, topics: Mapping[str, tuple[st
 
 _TOP_KEYS = ("unrouted", "outbox", "serve", "topics", "routes", "vendor_configs", "notifications",
              "Notifications", "Notification")
-_OUTBOX_KEYS = ("path", "synchronous", "batch_size", "backoff_initial", "backoff_max", "max_pending_age",
-                "dead_letter_max_rows", "dead_letter_max_bytes")
+_OUTBOX_KEYS = ("path", "url", "synchronous", "batch_size", "backoff_initial", "backoff_max", "max_pending_age",
+                "dead_letter_max_rows", "dead_letter_max_bytes", "lease")
+
 _SERVE_KEYS = ("host", "port", "max_body_bytes", "token", "token_env", "token_file", "public_healthz",
                "drain_timeout", "mns", "ready_max_failing", "max_events", "max_connections", "header_timeout",
                "body_timeout", "keep_alive_timeout", "max_header_bytes")
@@ -622,8 +640,23 @@ def _outbox(ctx: _Ctx, value: Any) -> OutboxSettings:
         if "backoff_max" in t else d.backoff_max
     if backoff_max < backoff_initial:
         raise ctx.error("outbox.backoff_max", "must not be smaller than outbox.backoff_initial")
+    path = ctx.path(t["path"], "outbox.path") if "path" in t else d.path
+    url: str | None = None
+    if "url" in t:
+        if "path" in t:
+            raise ctx.error("outbox.url", "give outbox.url or outbox.path, not both")
+        given = t["url"]
+        if not isinstance(given, str) or not given.strip():
+            raise ctx.error("outbox.url", "must be a file path or postgresql://USER@HOST:PORT/DB")
+        if given.startswith(POSTGRES_SCHEMES):
+            remember_uri_option(given)
+            url = given
+        else:
+            path = ctx.path(given.removeprefix("sqlite://"), "outbox.url")
     return OutboxSettings(
-        path=ctx.path(t["path"], "outbox.path") if "path" in t else d.path,
+        url=url,
+        lease=ctx.number(t["lease"], "outbox.lease", minimum=0.1) if "lease" in t else d.lease,
+        path=path,
         synchronous=ctx.choice(t["synchronous"], "outbox.synchronous", SYNC_MODES) if "synchronous" in t
         else d.synchronous,
         batch_size=int(ctx.number(t["batch_size"], "outbox.batch_size", integer=True, minimum=1))
@@ -787,13 +820,18 @@ def config_from_dict(data: Mapping[str, Any], *, source: str = "<config>",
         for i, f in enumerate(ctx.strings(doc["vendor_configs"], "vendor_configs")):
             where = f"vendor_configs[{i}]" if isinstance(doc["vendor_configs"], list) else "vendor_configs"
             routes += _vendor_file(ctx, ctx.path(f, where), where, topics)
-    return BridgeConfig(
+    config = BridgeConfig(
         routes=tuple(routes),
         unrouted=_unrouted(ctx, doc["unrouted"]) if "unrouted" in doc else "drop",
         outbox=_outbox(ctx, doc["outbox"]) if "outbox" in doc else OutboxSettings(),
         serve=_serve(ctx, doc["serve"]) if "serve" in doc else ServeSettings(),
         source=source,
     )
+    refused = state_refusal(kind_of(config.outbox.url), [r.name or f"routes[{i}]" for i, r in enumerate(config.routes)
+                                                         if r.supersede], config.outbox.where)
+    if refused is not None:
+        raise ConfigError(refused, where=f"{source}: outbox.url")
+    return config
 
 
 def load_config(path: str | Path, *, secrets: bool = True) -> BridgeConfig:

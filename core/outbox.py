@@ -1,4 +1,7 @@
-"""The durable local outbox between intake and publishing, and the dead-letter store beside it.
+"""The durable local outbox between intake and publishing, and the dead-letter store beside it: the
+SQLite store itself (schema, connections, claims with leases, settling, dead letters). Its parts live
+beside it: the row types (``outbox_rows``), the group committer (``outbox_commit``), the disk and file
+checks (``outbox_disk``), the dead-letter bounds (``dead_letters``).
 
 One SQLite file in WAL mode (stdlib ``sqlite3``) holds two tables:
 
@@ -23,30 +26,90 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
-import functools
 import logging
 import os
+import socket
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import uuid
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple, Protocol, TypeVar
+from typing import Any, TypeVar
 
-import orjson
-
-from .errors import BackendError, BatchBridgeError, ConfigError
+from .dead_letters import DEAD_LETTER_MAX_BYTES, DEAD_LETTER_MAX_ROWS, DeadLetterBounds
+from .errors import BatchBridgeError, ConfigError
+from .outbox_commit import (
+    Gate,
+    _Committer,
+    _delete_rows,
+    _Insert,
+    _insert_dead,
+)
+from .outbox_disk import (
+    DISK_RESERVE,
+    WAL_SIZE_LIMIT,
+    _is_damage,
+    _make_room,
+    _Watch,
+    _write_failed,
+    inherited_lock,
+    is_disk_full,
+    lock_file,
+)
+from .outbox_rows import (
+    _DL_COLUMNS,
+    INTAKE,
+    PUBLISH,
+    UNROUTED,
+    DeadLetter,
+    DeadLetterRecord,
+    Inserted,
+    OutboxError,
+    OutboxRow,
+    Pending,
+    PendingTooLongError,
+    _record,
+    row_key,
+)
 from .secrets import redact, redact_uri
-from .state import Observation, Prior, SqliteStateStore, StateStore
+from .state import SqliteStateStore, StateStore
+from .store import IDLE_WAIT, LEASE
+from .store import Backlog as StoreBacklog
 
 log = logging.getLogger("batchbridge.outbox")
 
+# the row types moved to ``outbox_rows``; importing them from here keeps working
+__all__ = [
+    "DEAD_LETTER_MAX_BYTES",
+    "DEAD_LETTER_MAX_ROWS",
+    "DISK_RESERVE",
+    "INTAKE",
+    "PUBLISH",
+    "SYNC_LEVELS",
+    "UNROUTED",
+    "WAL_SIZE_LIMIT",
+    "_DL_COLUMNS",
+    "DeadLetter",
+    "DeadLetterRecord",
+    "Gate",
+    "Inserted",
+    "Outbox",
+    "OutboxError",
+    "OutboxRow",
+    "Pending",
+    "PendingTooLongError",
+    "_Committer",
+    "_record",
+    "is_disk_full",
+]
+
 T = TypeVar("T")
 
-SCHEMA_VERSION = 1
+#: 2: rows carry their ordering key (``okey``) and ``key_lease`` holds the claims on keys
+SCHEMA_VERSION = 2
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
     seq         INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -56,9 +119,17 @@ CREATE TABLE IF NOT EXISTS outbox (
     body        BLOB    NOT NULL,
     created     REAL    NOT NULL,
     attempts    INTEGER NOT NULL DEFAULT 0,
-    last_error  TEXT
+    last_error  TEXT,
+    okey        TEXT    NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS outbox_by_destination ON outbox (destination, seq);
+CREATE TABLE IF NOT EXISTS key_lease (
+    destination TEXT NOT NULL,
+    okey        TEXT NOT NULL,
+    owner       TEXT NOT NULL,
+    expires     REAL NOT NULL,
+    PRIMARY KEY (destination, okey)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS dead_letter (
     id          INTEGER PRIMARY KEY AUTOINCREMENT,
     created     REAL    NOT NULL,
@@ -75,72 +146,9 @@ CREATE TABLE IF NOT EXISTS dead_letter (
 );
 """
 
-#: dead-letter stages: where in the pipeline the item stopped
-INTAKE, UNROUTED, PUBLISH = "intake", "unrouted", "publish"
-
-#: most requests folded into one group commit (bounds the time one commit holds the write lock)
-_MAX_GROUP = 2048
-#: intake is refused (503 / nack) while less than this is left for the outbox (``Outbox._room``): the
-#: publisher's deletes and SQLite's checkpoints need room too, and a disk filled to the last byte by
-#: intake could never be drained again
-DISK_RESERVE = 16 * 1024 * 1024
-#: default bounds of the dead-letter store (``outbox.dead_letter_max_rows`` / ``_max_bytes``)
-DEAD_LETTER_MAX_ROWS = 10_000
-DEAD_LETTER_MAX_BYTES = 64 * 1024 * 1024
-#: after a checkpoint the WAL file is cut back to this size: a burst (e.g. a backend down for hours)
-#: must not keep its disk space once the outbox has drained
-WAL_SIZE_LIMIT = 64 * 1024 * 1024
-_SQLITE_FULL = 13
-#: how often the outbox file and its WAL are checked for deletion, replacement or truncation, seconds
-WATCH_INTERVAL = 0.5
-#: WAL truncations this process made itself (a checkpoint that gives disk space back)
-_wal_truncations = 0
-
-
-def is_disk_full(exc: sqlite3.Error) -> bool:
-    """SQLITE_FULL: the disk (or a quota) has no room for the write."""
-    code = getattr(exc, "sqlite_errorcode", None)  # Python >= 3.11
-    if code is not None:
-        return bool(code & 0xFF == _SQLITE_FULL)
-    return "database or disk is full" in str(exc)
-
-
-def _is_damage(exc: sqlite3.Error) -> bool:
-    """SQLITE_CORRUPT or SQLITE_NOTADB."""
-    code = getattr(exc, "sqlite_errorcode", None)
-    if code is not None:
-        return code & 0xFF in (11, 26)
-    text = str(exc)
-    return "malformed" in text or "not a database" in text
-
-
-def _write_failed(what: str, exc: sqlite3.Error, where: str) -> OutboxError:
-    if is_disk_full(exc):
-        return OutboxError(f"{what}: the disk holding the outbox is full ({exc}); nothing more is accepted until "
-                           "there is room again", where=where, retryable=True)
-    return OutboxError(f"{what}: {exc}", where=where, retryable=True)
-
-
-def _make_room(conn: sqlite3.Connection) -> None:
-    """On a full disk, most of the space is often the WAL (it grows until a checkpoint, 4 MiB by
-    default, and keeps its size after one): copy it into the database and truncate it, so that the
-    retried write -- and above all the publisher's deletes, which free rows -- can go through."""
-    global _wal_truncations
-    with contextlib.suppress(sqlite3.Error):
-        _wal_truncations += 1  # counted first: a watcher that sees the WAL shrink after this knows why
-        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
-
-
-class OutboxError(BackendError):
-    """The outbox file could not be read or written (disk full, permissions, corruption)."""
-
-    code = "outbox_error"
-
-
-class PendingTooLongError(BackendError):
-    """A row waited in the outbox longer than ``outbox.max_pending_age``; it went to the dead letters."""
-
-    code = "pending_too_long"
+#: how often an idle claimant looks whether another connection committed (``Outbox.wait``): one
+#: ``PRAGMA`` read, no lock
+WAKE_POLL = 0.05
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,457 +167,22 @@ class Backlog:
                 "last_error": redact(self.last_error) if self.last_error else None}
 
 
-class _Watch:
-    """The identity (device, inode) and size of the outbox file and its WAL, checked from a thread and
-    on demand; see :meth:`Outbox.watch`."""
-
-    def __init__(self, path: Path, anchor: sqlite3.Connection) -> None:
-        self._files = {"outbox file": str(path), "WAL": f"{path}-wal"}
-        self._anchor = anchor
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self.broken: str | None = None
-        self._known: dict[str, tuple[int, int, int]] = {}
-        self._truncations = _wal_truncations
-        for what, name in self._files.items():
-            with contextlib.suppress(OSError):
-                st = os.stat(name)
-                self._known[what] = (st.st_dev, st.st_ino, st.st_size)
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="batchbridge-outbox-watch", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.wait(WATCH_INTERVAL):
-            self.check()
-
-    def check(self) -> str | None:
-        with self._lock:
-            if self.broken is None:
-                self.broken = self._look()
-                if self.broken is not None:
-                    log.critical("intake stopped: %s; events acknowledged from now on would be lost. Stop this "
-                                 "bridge, put the outbox back or start on a new one", self.broken)
-            return self.broken
-
-    def _look(self) -> str | None:
-        truncations = _wal_truncations  # read before the sizes: a truncation after this one is seen next time
-        for what, name in self._files.items():
-            try:
-                st = os.stat(name)
-            except FileNotFoundError:
-                if what in self._known:
-                    return f"the {what} {name} was deleted"
-                continue
-            except OSError as exc:
-                return f"the {what} {name} cannot be examined: {exc.strerror or exc}"
-            known = self._known.get(what)
-            if known is not None and (st.st_dev, st.st_ino) != known[:2]:
-                return f"the {what} {name} was replaced by another file"
-            if known is not None and st.st_size < known[2]:
-                # the database never shrinks (no VACUUM); the WAL only when this process truncated it,
-                # or (journal_size_limit) down to WAL_SIZE_LIMIT
-                own = what == "WAL" and (truncations != self._truncations or st.st_size >= WAL_SIZE_LIMIT)
-                if not own:
-                    return f"the {what} {name} was truncated ({known[2]} -> {st.st_size} bytes)"
-            self._known[what] = (st.st_dev, st.st_ino, st.st_size)
-        self._truncations = truncations
-        return None
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join()
-        with contextlib.suppress(sqlite3.Error):
-            self._anchor.close()
-
-
-@dataclass(frozen=True, slots=True)
-class OutboxRow:
-    destination: str
-    event_id: str | None
-    event_type: str | None
-    body: bytes
-    #: the event ``body`` serialises, when the caller has it (not stored: it spares the publisher a
-    #: parse when the row is handed over in memory)
-    event: Mapping[str, Any] | None = field(default=None, compare=False, repr=False)
-
-    @classmethod
-    def of(cls, destination: str, event: Mapping[str, Any]) -> OutboxRow:
-        return cls(destination, _opt(event.get("id")), _opt(event.get("type")), orjson.dumps(event), event)
-
-
-@dataclass(frozen=True, slots=True)
-class Pending:
-    """A row waiting for its destination."""
-
-    seq: int
-    destination: str
-    event_id: str | None
-    body: bytes
-    attempts: int
-    #: the parsed event, when the row was handed over in memory rather than read back
-    event: Mapping[str, Any] | None = field(default=None, compare=False, repr=False)
-
-
-@dataclass(frozen=True, slots=True)
-class DeadLetter:
-    """One item for the dead-letter table (secrets are scrubbed from the texts before storing)."""
-
-    stage: str
-    source: str
-    code: str
-    reason: str
-    payload: bytes
-    where: str | None = None
-    destination: str | None = None
-    event_id: str | None = None
-    meta: Mapping[str, Any] | None = None
-
-    @classmethod
-    def of(cls, stage: str, source: str, payload: bytes, error: BatchBridgeError, *,
-           destination: str | None = None, event_id: str | None = None,
-           meta: Mapping[str, Any] | None = None) -> DeadLetter:
-        return cls(stage, source, error.code, error.reason, payload, error.where, destination, event_id, meta)
-
-
-@dataclass(frozen=True, slots=True)
-class DeadLetterRecord:
-    id: int
-    created: float
-    stage: str
-    source: str
-    destination: str | None
-    event_id: str | None
-    code: str
-    reason: str
-    where: str | None
-    payload: bytes
-    meta: dict[str, Any]
-    attempts: int
-
-    def summary(self) -> dict[str, Any]:
-        """JSON-ready, without the payload (``dlq list``); destinations redacted."""
-        return {
-            "id": self.id,
-            "created": self.created,
-            "stage": self.stage,
-            "source": self.source,
-            "destination": redact_uri(self.destination) if self.destination else None,
-            "event_id": self.event_id,
-            "error": self.code,
-            "reason": self.reason,
-            "where": self.where,
-            "bytes": len(self.payload),
-            "attempts": self.attempts,
-        }
-
-
-def _opt(v: Any) -> str | None:
-    return None if v is None else str(v)
-
-
-class Inserted(NamedTuple):
-    """What one intake request wrote: the seqs of its rows (in order) and its dead-letter ids."""
-
-    seqs: list[int]
-    dead_ids: list[int]
-
-
-class Gate(Protocol):
-    """Decides an intake request's rows inside its transaction, from what the subject-state store held
-    before each of its events (``core/supersede.py``)."""
-
-    @property
-    def observations(self) -> Sequence[Observation]: ...
-
-    def rows(self, priors: Sequence[Prior | None]) -> list[OutboxRow]: ...
-
-
-class _Insert:
-    """One intake request: rows and dead letters, and the dead letter they replace when a replay made
-    them. The committer folds the rows of every request in a group into one statement; called on its
-    own (the per-request fallback) it inserts just these. With a ``gate``, the rows are the gate's,
-    decided once the state store has observed the request's events in the same transaction."""
-
-    __slots__ = ("dead", "gate", "replaces", "rows", "state", "where")
-
-    def __init__(self, rows: Sequence[OutboxRow], dead: Sequence[DeadLetter], *, replaces: int | None = None,
-                 where: str = "", gate: Gate | None = None, state: StateStore | None = None) -> None:
-        self.rows = rows
-        self.dead = dead
-        self.replaces = replaces
-        self.where = where
-        self.gate = gate
-        self.state = state
-
-    @staticmethod
-    def decide(conn: sqlite3.Connection, run: Sequence[_Insert]) -> None:
-        """Observe the events of every gated request of ``run`` at once (one read and one write of the
-        state table), then let each gate pick its rows."""
-        gated = [w for w in run if w.gate is not None and w.state is not None]
-        if not gated:
-            return
-        priors = iter(gated[0].state.observe(  # type: ignore[union-attr]
-            conn, [o for w in gated for o in w.gate.observations]))  # type: ignore[union-attr]
-        for w in gated:
-            assert w.gate is not None
-            w.rows = w.gate.rows([next(priors) for _ in w.gate.observations])
-
-    def claim(self, conn: sqlite3.Connection) -> None:
-        """Delete the dead letter this request replaces; it must still be there."""
-        if self.replaces is not None and conn.execute(
-                "DELETE FROM dead_letter WHERE id = ?", (self.replaces,)).rowcount != 1:
-            raise OutboxError(f"no dead letter with id {self.replaces}", where=self.where)
-
-    def __call__(self, conn: sqlite3.Connection) -> Inserted:
-        self.claim(conn)
-        self.decide(conn, [self])
-        return Inserted(_insert_rows(conn, self.rows), _insert_dead(conn, self.dead))
-
-
-class _LoopWaiter:
-    """An asyncio caller's side of a request: the committer records the outcome, then wakes every
-    waiter of a group with one ``call_soon_threadsafe`` per event loop instead of one per request."""
-
-    __slots__ = ("error", "future", "loop", "result")
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
-        self.future: asyncio.Future[Any] = loop.create_future()
-        self.result: Any = None
-        self.error: BaseException | None = None
-
-    def set_result(self, result: Any) -> None:
-        self.result = result
-
-    def set_exception(self, error: BaseException) -> None:
-        self.error = error
-
-
-def _wake(waiters: list[_LoopWaiter]) -> None:
-    for w in waiters:
-        if not w.future.done():  # a request whose task was cancelled meanwhile
-            if w.error is None:
-                w.future.set_result(w.result)
-            else:
-                w.future.set_exception(w.error)
-
-
-_Sink = Future[Any] | _LoopWaiter
-_Work = Callable[[sqlite3.Connection], Any]
-
-
-class _Committer:
-    """One thread, one FULL-sync connection: every intake write waiting when a commit starts joins it."""
-
-    def __init__(self, connect: Callable[[], sqlite3.Connection], where: str,
-                 no_room: Callable[[sqlite3.Connection], str | None] = lambda conn: None,
-                 guard: Callable[[], str | None] = lambda: None) -> None:
-        self._connect = connect
-        self._where = where
-        self._no_room = no_room
-        #: why the file is no longer the outbox (deleted, replaced, truncated); None while it is
-        self._guard = guard
-        self._cond = threading.Condition()
-        self._queue: list[tuple[_Work, _Sink]] = []
-        self._closing = False
-        self._thread: threading.Thread | None = None
-        #: called on the committer thread after each commit with the rows it made durable, in seq order
-        self.listeners: list[Callable[[list[tuple[int, OutboxRow]]], None]] = []
-        #: (transactions, requests) committed, for the measurements in the docs
-        self.commits = 0
-        self.requests = 0
-
-    def submit(self, work: Callable[[sqlite3.Connection], T]) -> Future[T]:
-        fut: Future[T] = Future()
-        self._enqueue(work, fut)
-        return fut
-
-    def submit_async(self, work: _Work, loop: asyncio.AbstractEventLoop) -> asyncio.Future[Any]:
-        waiter = _LoopWaiter(loop)
-        self._enqueue(work, waiter)
-        return waiter.future
-
-    def _enqueue(self, work: _Work, sink: _Sink) -> None:
-        with self._cond:
-            if self._closing:
-                raise OutboxError("the outbox is closed", where=self._where)
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="batchbridge-outbox-commit", daemon=True)
-                self._thread.start()
-            self._queue.append((work, sink))
-            self._cond.notify()
-
-    def _run(self) -> None:
-        conn = self._connect()
-        try:
-            while True:
-                with self._cond:
-                    while not self._queue and not self._closing:
-                        self._cond.wait()
-                    if not self._queue:
-                        return
-                    group, self._queue = self._queue[:_MAX_GROUP], self._queue[_MAX_GROUP:]
-                self._commit(conn, group)
-                self._wake(group)
-        finally:
-            conn.close()
-
-    @staticmethod
-    def _wake(group: list[tuple[_Work, _Sink]]) -> None:
-        by_loop: dict[asyncio.AbstractEventLoop, list[_LoopWaiter]] = {}
-        for _, sink in group:
-            if isinstance(sink, _LoopWaiter):
-                by_loop.setdefault(sink.loop, []).append(sink)
-        for loop, waiters in by_loop.items():
-            with contextlib.suppress(RuntimeError):  # the loop was closed: nobody is waiting any more
-                loop.call_soon_threadsafe(_wake, waiters)
-
-    def _refuse(self, group: list[tuple[_Work, _Sink]], reason: str) -> None:
-        err = OutboxError(reason, where=self._where, retryable=True)
-        for _, sink in group:
-            sink.set_exception(err)
-
-    def _commit(self, conn: sqlite3.Connection, group: list[tuple[_Work, _Sink]]) -> None:
-        gone = self._guard()
-        if gone is not None:
-            return self._refuse(group, gone)
-        try:
-            full = self._no_room(conn)
-        except sqlite3.Error as exc:
-            return self._fail(group, exc)
-        if full is not None:
-            return self._refuse(group, full)
-        try:
-            outcomes = self._transaction(conn, group)
-        except sqlite3.Error as exc:
-            if not is_disk_full(exc):
-                return self._fail(group, exc)
-            _make_room(conn)
-            try:
-                outcomes = self._transaction(conn, group)
-            except sqlite3.Error as again:
-                return self._fail(group, again)
-        gone = self._guard()  # committed into a file that is no longer the outbox: not acknowledged
-        if gone is not None:
-            return self._refuse(group, gone)
-        self.commits += 1
-        self.requests += len(group)
-        if self.listeners:
-            committed = [(seq, row) for (work, _), (result, error) in zip(group, outcomes, strict=True)
-                         if error is None and isinstance(work, _Insert) for seq, row in zip(result.seqs, work.rows,
-                                                                                             strict=True)]
-            for listener in self.listeners:
-                try:
-                    listener(committed)
-                except Exception:  # a listener only speeds delivery up; the rows are durable regardless
-                    log.exception("an outbox commit listener failed")
-        for (_, sink), (result, error) in zip(group, outcomes, strict=True):
-            if error is None:
-                sink.set_result(result)
-            else:
-                sink.set_exception(error if isinstance(error, BatchBridgeError) else
-                                   OutboxError(f"outbox write failed: {error}", where=self._where))
-        return None
-
-    def _fail(self, group: list[tuple[_Work, _Sink]], exc: sqlite3.Error) -> None:
-        err = _write_failed("could not commit to the outbox", exc, self._where)
-        for _, sink in group:
-            sink.set_exception(err)
-
-    @classmethod
-    def _transaction(cls, conn: sqlite3.Connection, group: list[tuple[_Work, _Sink]]
-                     ) -> list[tuple[Any, BaseException | None]]:
-        """Commit the group; one outcome (result, error) per request. First all at once, the rows of
-        consecutive inserts in one statement; if anything in that fails, again with a savepoint per
-        request, so that one failing request does not sink the others in its group."""
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                outcomes = cls._together(conn, group)
-            except sqlite3.Error as exc:
-                if is_disk_full(exc):
-                    raise
-                outcomes = None
-            except Exception:
-                outcomes = None
-            if outcomes is None:
-                conn.execute("ROLLBACK")
-                conn.execute("BEGIN IMMEDIATE")
-                outcomes = cls._one_by_one(conn, group)
-            conn.execute("COMMIT")
-        except sqlite3.Error:
-            with contextlib.suppress(sqlite3.Error):
-                conn.execute("ROLLBACK")
-            raise
-        return outcomes
-
-    @staticmethod
-    def _together(conn: sqlite3.Connection, group: list[tuple[_Work, _Sink]]) -> list[tuple[Any, BaseException | None]]:
-        outcomes: list[tuple[Any, BaseException | None]] = []
-        i = 0
-        while i < len(group):
-            work = group[i][0]
-            if not isinstance(work, _Insert):
-                outcomes.append((work(conn), None))
-                i += 1
-                continue
-            run: list[_Insert] = []
-            while i < len(group) and isinstance(group[i][0], _Insert):
-                run.append(group[i][0])  # type: ignore[arg-type]
-                i += 1
-            for w in run:
-                w.claim(conn)
-            _Insert.decide(conn, run)
-            seqs = iter(_insert_rows(conn, [r for w in run for r in w.rows]))
-            outcomes += [(Inserted([next(seqs) for _ in w.rows], _insert_dead(conn, w.dead)), None) for w in run]
-        return outcomes
-
-    @staticmethod
-    def _one_by_one(conn: sqlite3.Connection, group: list[tuple[_Work, _Sink]]
-                    ) -> list[tuple[Any, BaseException | None]]:
-        outcomes: list[tuple[Any, BaseException | None]] = []
-        for work, _ in group:
-            conn.execute("SAVEPOINT request")
-            try:
-                outcomes.append((work(conn), None))
-            except sqlite3.Error as exc:
-                if is_disk_full(exc):
-                    raise  # the whole transaction is in trouble, not this request
-                conn.execute("ROLLBACK TO request")
-                outcomes.append((None, exc))
-            except Exception as exc:
-                conn.execute("ROLLBACK TO request")
-                outcomes.append((None, exc))
-            conn.execute("RELEASE request")
-        return outcomes
-
-    def close(self) -> None:
-        with self._cond:
-            self._closing = True
-            self._cond.notify_all()
-            thread = self._thread
-        if thread is not None:
-            thread.join()
-
-
 class Outbox:
     """The SQLite outbox + dead-letter store. Thread-safe: each thread gets its own connection."""
 
     def __init__(self, path: str | Path, *, synchronous: str = "full", busy_timeout: float = 30.0,
-                 reserve_bytes: int = DISK_RESERVE) -> None:
+                 reserve_bytes: int = DISK_RESERVE, lease: float = LEASE) -> None:
+        if lease <= 0:
+            raise ConfigError(f"the lease must be positive, got {lease}", where="[outbox] lease")
         self.path = Path(path)
         self._where = str(self.path)
+        #: where the store is, for messages (``core/store.py``)
+        self.where = self._where
         self.reserve_bytes = reserve_bytes
         #: bounds of the dead-letter store (see :meth:`dead_letter_refusal`)
         self.dead_letter_max_rows = DEAD_LETTER_MAX_ROWS
         self.dead_letter_max_bytes = DEAD_LETTER_MAX_BYTES
-        self._dl_lock = threading.Lock()
-        self._dl_usage = [0, 0]
-        self._dl_usage_until = 0.0
+        self._dl_bounds = DeadLetterBounds(self.dead_letter_usage, room=self._disk_room)
         self._last_squeeze = 0.0
         self._room_ok_until = 0.0
         self._intake_sync = synchronous.upper()
@@ -621,12 +194,21 @@ class Outbox:
         self._conns_lock = threading.Lock()
         self._lock_fd: int | None = None
         self._closed = False
+        #: seconds a claim holds its keys without ``claim``/``renew``/``settle`` (``core/store.py``)
+        self.lease = lease
+        #: who holds a lease: unique per store object (one per worker process), readable in the file
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._inflight: dict[int, tuple[str, str]] = {}  # seq -> (destination, key): claimed, unsettled
+        self._inflight_lock = threading.Lock()
+        self._leased = False
+        self._wakes: dict[str, threading.Event] = {}
         self._create()
         self._watch: _Watch | None = None
         #: the latest event per subject, in this file (``core/state.py``)
         self.state: StateStore = SqliteStateStore(self._read, self._write)
         self._committer = _Committer(lambda: self._connect(self._intake_sync), self._where, self._no_room,
                                      self._gone)
+        self._committer.listeners.append(self._woken)
 
     # --- connections -----------------------------------------------------------------------------
 
@@ -650,9 +232,10 @@ class Outbox:
             if problems != ["ok"]:
                 raise self._damaged(problems[0])
             conn.executescript(_SCHEMA)
+            _add_keys(conn)
             SqliteStateStore.create(conn)
             version = conn.execute("PRAGMA user_version").fetchone()[0]
-            if version == 0:
+            if version < SCHEMA_VERSION:
                 conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             elif version > SCHEMA_VERSION:
                 raise OutboxError(f"the outbox was written by a newer batchbridge (schema {version})",
@@ -786,7 +369,9 @@ class Outbox:
         return result
 
     def lock(self) -> None:
-        """Claim the outbox for this process's publisher; two publishers would deliver every row twice.
+        """Claim the outbox for this process's delivery (or, in a worker of ``serve --workers N``, for its
+        group): an unrelated second bridge on the file is refused, so that outboxes are not shared by
+        accident (two bridges with different routes on one file would each deliver the other's rows).
 
         The lock is taken on the outbox file itself (``flock``, which SQLite's own POSIX locks do not
         touch), so it belongs to the file, not to its name: a second bridge reaching the same file
@@ -794,18 +379,14 @@ class Outbox:
         watched (:meth:`watch`)."""
         if self._lock_fd is not None:
             return
-        try:
-            fd = os.open(self.path, os.O_RDWR)
-        except OSError as exc:
-            raise OutboxError(f"cannot open the outbox: {exc.strerror or exc}", where=self._where) from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            raise ConfigError("another running bridge (serve or relay) already publishes from this outbox file "
-                              "(perhaps through another name: a hard link or a symlink); give each one its own "
-                              "outbox", where=self._where) from None
-        self._lock_fd = fd
+        inherited = inherited_lock(self.path)
+        if inherited is not None:
+            # a worker of ``serve --workers N``: its supervisor holds the lock for the group
+            # (``core/serve_workers.py``); the leases in the file share the rows among the workers
+            self._lock_fd = os.dup(inherited)
+            self.watch()
+            return
+        self._lock_fd = lock_file(self.path)
         self.watch()
 
     def watch(self) -> None:
@@ -849,6 +430,8 @@ class Outbox:
         if self._closed:
             return
         self._committer.close()
+        with contextlib.suppress(BatchBridgeError):
+            self.release()  # others take this worker's keys at once, not when the lease runs out
         self._closed = True
         if self._watch is not None:
             self._watch.stop()
@@ -894,8 +477,9 @@ class Outbox:
 
     def on_commit(self, listener: Callable[[list[tuple[int, OutboxRow]]], None]) -> None:
         """Call ``listener`` on the committer thread after every intake commit, with the (seq, row) pairs
-        that commit made durable, in seq order (the bridge hands them to its publishers in memory)."""
-        self._committer.listeners.append(listener)
+        that commit made durable, in seq order (the bridge hands them to its publishers in memory). They
+        run before this store's own wake-up of idle claimants, so a woken claimant finds what they prepared."""
+        self._committer.listeners.insert(len(self._committer.listeners) - 1, listener)
 
     # --- publisher side ----------------------------------------------------------------------------
 
@@ -908,32 +492,148 @@ class Outbox:
             "ORDER BY seq LIMIT ?", (destination, limit))
         return [Pending(seq, dest, eid, bytes(body), attempts) for seq, dest, eid, body, attempts in rows]
 
+    # --- claims (``core/store.py``): leases on ordering keys, in the same file -------------------------
+
+    def claim(self, destination: str, limit: int) -> list[Pending]:
+        """Up to ``limit`` rows for ``destination`` in seq order, each of a key this store object now
+        leases (see :mod:`batchbridge.core.store` for the invariants). Keys with rows in flight here are
+        left out whole, so a retried row goes out before the rows behind it and nothing goes out twice.
+        Every process opening the file takes the write lock for the lease (``BEGIN IMMEDIATE``), which
+        serialises claimants; leases are timed by this host's clock, the one all of them share."""
+        if limit <= 0:
+            return []
+        with self._inflight_lock:
+            busy = sorted({k for d, k in self._inflight.values() if d == destination})
+        not_busy = f"AND okey NOT IN ({', '.join('?' * len(busy))}) " if busy else ""
+        pick = ("SELECT DISTINCT okey FROM (SELECT okey FROM outbox o WHERE destination = ? " + not_busy +
+                "AND NOT EXISTS (SELECT 1 FROM key_lease l WHERE l.destination = o.destination AND l.okey = o.okey "
+                "AND l.owner <> ? AND l.expires > ?) ORDER BY seq LIMIT ?)")
+
+        def candidates(conn: sqlite3.Connection) -> list[str]:
+            return sorted(r[0] for r in conn.execute(pick, [destination, *busy, self.owner, time.time(), limit]))
+
+        # a look without the write lock first: idle claimants of N workers must not queue on it
+        try:
+            if not candidates(self._conn()):
+                return []
+        except sqlite3.Error as exc:
+            raise OutboxError(f"outbox read failed: {exc}", where=self._where, retryable=True) from None
+
+        def work(conn: sqlite3.Connection) -> list[tuple[Pending, str]]:
+            keys = candidates(conn)  # again, under the lock: another claimant may have come first
+            if not keys:
+                return []
+            expires = time.time() + self.lease
+            conn.executemany("INSERT INTO key_lease (destination, okey, owner, expires) VALUES (?, ?, ?, ?) "
+                             "ON CONFLICT (destination, okey) DO UPDATE SET owner = excluded.owner, "
+                             "expires = excluded.expires", [(destination, k, self.owner, expires) for k in keys])
+            # the head of each key: the oldest rows, whatever the candidates were
+            rows = conn.execute(
+                f"SELECT seq, destination, event_id, body, attempts, okey FROM outbox WHERE destination = ? "
+                f"AND okey IN ({', '.join('?' * len(keys))}) ORDER BY seq LIMIT ?",
+                [destination, *keys, limit]).fetchall()
+            return [(Pending(int(s), d, e, bytes(b), int(a)), k) for s, d, e, b, a, k in rows]
+
+        claimed = self._write(work)
+        with self._inflight_lock:
+            self._leased = True
+            for p, k in claimed:
+                self._inflight[p.seq] = (destination, k)
+        return [p for p, _ in claimed]
+
+    def renew(self) -> None:
+        """Extend the lease on every key this store object holds."""
+        if self._leased:
+            expires = time.time() + self.lease
+            self._write(lambda conn: conn.execute("UPDATE key_lease SET expires = ? WHERE owner = ?",
+                                                  (expires, self.owner)))
+
+    def release(self) -> None:
+        """Give back every key this store object holds (a clean stop): others take them at once."""
+        with self._inflight_lock:
+            self._inflight.clear()
+            leased, self._leased = self._leased, False
+        if leased:
+            self._write(lambda conn: conn.execute("DELETE FROM key_lease WHERE owner = ?", (self.owner,)))
+
+    def wait(self, destination: str, timeout: float = IDLE_WAIT) -> bool:
+        """Block until rows for ``destination`` may have come (True) or ``timeout`` passes (False): woken
+        at once by this object's own commits, and within :data:`WAKE_POLL` by any other connection's
+        (``PRAGMA data_version`` changes with every commit made elsewhere: other workers, ``dlq replay``)."""
+        with self._inflight_lock:
+            wake = self._wakes.setdefault(destination, threading.Event())
+        deadline = time.monotonic() + timeout
+        try:
+            conn = self._conn()
+            version = conn.execute("PRAGMA data_version").fetchone()[0]
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                if wake.wait(min(remaining, WAKE_POLL)):
+                    wake.clear()
+                    return True
+                if conn.execute("PRAGMA data_version").fetchone()[0] != version:
+                    return True
+        except sqlite3.Error as exc:
+            raise OutboxError(f"outbox read failed: {exc}", where=self._where, retryable=True) from None
+
+    def _woken(self, committed: list[tuple[int, OutboxRow]]) -> None:
+        with self._inflight_lock:
+            for d in {row.destination for _, row in committed}:
+                self._wakes.setdefault(d, threading.Event()).set()
+
     def settle(self, delivered: Iterable[int] = (), retry: Iterable[tuple[int, str]] = (),
                dead: Iterable[tuple[int, DeadLetter]] = ()) -> None:
         """In one transaction: delete delivered rows, note failed attempts, move refused rows to the
-        dead-letter table. On a nearly full disk the attempt counts are not written: while a
-        destination is down they are rewritten on every retry, and would eat the room kept for the
-        deletes that free the disk once it is back (then no checkpoint could ever run: stuck for good)."""
+        dead-letter table; the leases held here are extended, and those of keys with nothing left are
+        let go. On a nearly full disk the attempt counts are not written: while a destination is down
+        they are rewritten on every retry, and would eat the room kept for the deletes that free the disk
+        once it is back (then no checkpoint could ever run: stuck for good)."""
         done = list(delivered)
         again = [(redact(err)[:2000], s) for s, err in retry]
         moved = list(dead)
+        seqs = done + [s for _, s in again] + [s for s, _ in moved]
+        with self._inflight_lock:
+            leased = self._leased
+            destinations = sorted({self._inflight[s][0] for s in seqs if s in self._inflight})
 
         def work(conn: sqlite3.Connection) -> None:
             _delete_rows(conn, done)
             if again and self._no_room(conn) is None:
                 conn.executemany("UPDATE outbox SET attempts = attempts + 1, last_error = ? WHERE seq = ?", again)
             if moved:
-                _insert_dead(conn, [d for _, d in moved])
-                _delete_rows(conn, [s for s, _ in moved])
+                # a row another claimant already settled is not dead-lettered a second time
+                present = {s for s, _ in moved
+                           if conn.execute("SELECT 1 FROM outbox WHERE seq = ?", (s,)).fetchone() is not None}
+                _insert_dead(conn, [d for s, d in moved if s in present])
+                _delete_rows(conn, sorted(present))
+            if leased:
+                conn.execute("UPDATE key_lease SET expires = ? WHERE owner = ?", (time.time() + self.lease, self.owner))
+                for d in destinations:
+                    conn.execute("DELETE FROM key_lease WHERE owner = ? AND destination = ? AND NOT EXISTS "
+                                 "(SELECT 1 FROM outbox o WHERE o.destination = key_lease.destination "
+                                 "AND o.okey = key_lease.okey)", (self.owner, d))
 
         self._write(work)
+        with self._inflight_lock:
+            for s in seqs:
+                self._inflight.pop(s, None)
 
     def depth(self) -> int:
         return int(self._read("SELECT count(*) FROM outbox")[0][0])
 
-    def backlog(self) -> list[Backlog]:
+    def backlog(self) -> dict[str, StoreBacklog]:
+        """Per destination: rows waiting, when the oldest was committed, keys leased now."""
+        now = time.time()
+        leased = {d: int(n) for d, n in self._read(
+            "SELECT destination, count(*) FROM key_lease WHERE expires > ? GROUP BY destination", (now,))}
+        return {d: StoreBacklog(int(n), float(oldest), leased.get(d, 0)) for d, n, oldest in self._read(
+            "SELECT destination, count(*), min(created) FROM outbox GROUP BY destination")}
+
+    def heads(self) -> list[Backlog]:
         """Per destination: rows waiting, the age of the oldest, its attempts and its last error (the
-        head row of each destination is the one being retried: rows go out in seq order)."""
+        head row of each destination is the one retried first: rows go out in seq order per key)."""
         now = time.time()
         out = []
         for dest, n in self._read("SELECT destination, count(*) FROM outbox GROUP BY destination ORDER BY destination"):
@@ -982,32 +682,21 @@ class Outbox:
 
     def dead_letter_refusal(self, nbytes: int) -> str | None:
         """Why a new dead letter of ``nbytes`` may not be stored (None when it may, and then it is counted
-        against the bounds): ``dead_letter_max_rows``, ``dead_letter_max_bytes``, and twice the free-space
-        reserve, so dead letters never take the room intake and delivery need. The figures are read
-        again at most once a second (``dlq purge`` may run in another process)."""
-        with self._dl_lock:
-            now = time.monotonic()
-            if now >= self._dl_usage_until:
-                rows, size = self._read("SELECT count(*), coalesce(sum(length(payload)), 0) FROM dead_letter")[0]
-                self._dl_usage = [int(rows), int(size)]
-                self._dl_usage_until = now + 1.0
-            rows, size = self._dl_usage
-            if rows + 1 > self.dead_letter_max_rows:
-                return (f"the dead-letter store is full ({rows} of {self.dead_letter_max_rows} rows, "
-                        "outbox.dead_letter_max_rows); `batchbridge dlq` replay or purge makes room")
-            if size + nbytes > self.dead_letter_max_bytes:
-                return (f"the dead-letter store is full ({size // 1024} KiB of {self.dead_letter_max_bytes // 1024} "
-                        "KiB, outbox.dead_letter_max_bytes); `batchbridge dlq` replay or purge makes room")
-            if self.reserve_bytes > 0:
-                try:
-                    room = self._room(self._conn())
-                except (sqlite3.Error, OutboxError):
-                    room = None
-                if room is not None and room - nbytes < 2 * self.reserve_bytes:
-                    return (f"the disk holding the outbox is nearly full ({max(0, room) // 1024} KiB left): dead "
-                            "letters are not kept, so that the room stays for accepting and delivering events")
-            self._dl_usage[0] += 1
-            self._dl_usage[1] += nbytes
+        against the bounds): ``core/dead_letters.py``."""
+        bounds = self._dl_bounds
+        bounds.max_rows, bounds.max_bytes, bounds.reserve = (self.dead_letter_max_rows, self.dead_letter_max_bytes,
+                                                             self.reserve_bytes)
+        return bounds.refusal(nbytes)
+
+    def dead_letter_usage(self) -> tuple[int, int]:
+        """(rows, payload bytes) in the dead-letter table."""
+        rows, size = self._read("SELECT count(*), coalesce(sum(length(payload)), 0) FROM dead_letter")[0]
+        return int(rows), int(size)
+
+    def _disk_room(self) -> int | None:
+        try:
+            return self._room(self._conn())
+        except (sqlite3.Error, OutboxError):
             return None
 
     def purge(self, ids: Sequence[int] | None = None) -> int:
@@ -1033,96 +722,24 @@ class Outbox:
             (error.code, redact(error.reason), redact(error.where) if error.where else None, dl_id)))
 
 
-_DL_COLUMNS = ("id, created, stage, source, destination, event_id, code, reason, location, payload, meta, "
-               "attempts")
-
-
-def _record(r: Sequence[Any]) -> DeadLetterRecord:
-    meta = orjson.loads(r[10]) if r[10] else {}
-    return DeadLetterRecord(int(r[0]), float(r[1]), r[2], r[3], r[4], r[5], r[6], r[7], r[8], bytes(r[9]),
-                            meta if isinstance(meta, dict) else {}, int(r[11]))
-
-
-#: rows per INSERT statement (5 parameters a row, well under SQLite's 32,766)
-_ROWS_PER_STATEMENT = 500
-
-
-@functools.lru_cache(maxsize=512)
-def _values_sql(head: str, width: int, n: int) -> str:
-    row = "(" + ", ".join("?" * width) + ")"
-    return head + ", ".join([row] * n)
-
-
-def _insert_rows(conn: sqlite3.Connection, rows: Sequence[OutboxRow]) -> list[int]:
-    """Insert rows; their seqs. Multi-row statements rather than ``executemany``: sqlite3 lets go of
-    the GIL around every statement step, and under load every step taken back costs a wait for the
-    event loop thread -- one step per 500 rows instead of one per row. One writer inside one
-    transaction, so AUTOINCREMENT hands out consecutive seqs and the last one gives them all."""
-    if not rows:
-        return []
-    now = time.time()
-    last = 0
-    for start in range(0, len(rows), _ROWS_PER_STATEMENT):
-        chunk = rows[start:start + _ROWS_PER_STATEMENT]
-        params: list[Any] = []
-        for r in chunk:
-            params += (r.destination, r.event_id, r.event_type, r.body, now)
-        cur = conn.execute(_values_sql(
-            "INSERT INTO outbox (destination, event_id, event_type, body, created) VALUES ", 5, len(chunk)), params)
-        last = int(cur.lastrowid or 0)
-    return list(range(last - len(rows) + 1, last + 1))
-
-
-def _delete_rows(conn: sqlite3.Connection, seqs: Sequence[int]) -> None:
-    for start in range(0, len(seqs), _ROWS_PER_STATEMENT):
-        chunk = seqs[start:start + _ROWS_PER_STATEMENT]
-        conn.execute(f"DELETE FROM outbox WHERE seq IN ({', '.join('?' * len(chunk))})", chunk)
-
-
-def _insert_dead(conn: sqlite3.Connection, dead: Sequence[DeadLetter]) -> list[int]:
-    """Insert dead letters; their ids."""
-    now = time.time()
-    ids = []
-    for d in dead:
-        cur = conn.execute(
-            "INSERT INTO dead_letter (created, stage, source, destination, event_id, code, reason, location, "
-            "payload, meta) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (now, d.stage, redact(d.source), d.destination, d.event_id, d.code, redact(d.reason),
-             redact(d.where) if d.where else None, bytes(d.payload),
-             orjson.dumps(dict(d.meta)).decode() if d.meta else None))
-        ids.append(int(cur.lastrowid or 0))
-    return ids
-
-
-def bench(directory: str | Path, *, events: int = 10_000, clients: Sequence[int] = (1, 16, 64)) -> list[str]:
-    """Intake throughput with FULL and NORMAL sync, ``clients`` requests at a time, one ~1.5 KB event
-    each (``python -m batchbridge.core.outbox [DIR]``; DIR should be on the disk the outbox will use)."""
-    import tempfile
-    from concurrent.futures import ThreadPoolExecutor
-
-    body = orjson.dumps({"specversion": "1.0", "id": "0" * 32, "type": "batch.job.succeeded",
-                         "data": {"pad": "x" * 1400}})
-    lines = []
-    for sync in SYNC_LEVELS:
-        for n_clients in clients:
-            n = events // 5 if n_clients == 1 else events
-            with tempfile.TemporaryDirectory(dir=directory) as d, Outbox(Path(d) / "o.db", synchronous=sync) as ob:
-                def one(i: int, ob: Outbox = ob) -> None:
-                    ob.put([OutboxRow("file:///bench.jsonl", str(i), "batch.job.succeeded", body)])
-
-                started = time.perf_counter()
-                with ThreadPoolExecutor(n_clients) as pool:
-                    list(pool.map(one, range(n)))
-                rate = n / (time.perf_counter() - started)
-                commits, requests = ob.group_commit_stats
-            lines.append(f"synchronous={sync:<6} {n_clients:3d} concurrent requests: {rate:8.0f} events/s, "
-                         f"{requests / max(1, commits):5.1f} events per commit")
-    return lines
+def _add_keys(conn: sqlite3.Connection) -> None:
+    """Schema 1 -> 2: the ``okey`` column, filled in for the rows an older version left (once; a
+    drained outbox has none), and its index."""
+    columns = {r[1] for r in conn.execute("PRAGMA table_info(outbox)").fetchall()}
+    if "okey" not in columns:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute("ALTER TABLE outbox ADD COLUMN okey TEXT NOT NULL DEFAULT ''")
+            keys = [(row_key(OutboxRow(d, None, None, bytes(b))), s)
+                    for s, d, b in conn.execute("SELECT seq, destination, body FROM outbox").fetchall()]
+            conn.executemany("UPDATE outbox SET okey = ? WHERE seq = ?", keys)
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            conn.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            raise
+    conn.execute("CREATE INDEX IF NOT EXISTS outbox_by_key ON outbox (destination, okey, seq)")
 
 
 SYNC_LEVELS = ("full", "normal")
-
-if __name__ == "__main__":  # pragma: no cover - a measurement, not a test
-    import sys
-
-    print("\n".join(bench(sys.argv[1] if len(sys.argv) > 1 else ".")))

@@ -37,6 +37,7 @@ import functools
 import hmac
 import logging
 import signal
+import socket
 import sys
 import threading
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -300,6 +301,7 @@ def create_app(target: Bridge | BridgeConfig | str | Path, *, settings: ServeSet
     from starlette.routing import Route
 
     from .metrics import prometheus_registry
+    from .stores import destination_heads
 
     _redact_access_log()
     owned = not isinstance(target, Bridge)
@@ -312,9 +314,10 @@ def create_app(target: Bridge | BridgeConfig | str | Path, *, settings: ServeSet
     verifier = mns_verifier or MnsVerifier(conf.mns)
     def health() -> tuple[bool, dict[str, float]]:
         failing = {dest: seconds for dest, (seconds, _) in bridge.failing().items()}
-        return bridge.outbox.unwritable() is None, failing
+        return bridge.unwritable() is None, failing
 
-    registry = prometheus_registry(bridge.stats, bridge.outbox.depths, backlog=bridge.outbox.backlog, health=health)
+    registry = prometheus_registry(bridge.stats, bridge.outbox.depths,
+                                   backlog=lambda: destination_heads(bridge.outbox), health=health)
 
     def error(status: int, code: str, reason: str, headers: Mapping[str, str] | None = None) -> Response:
         return Response(_error_json(code, reason), status_code=status, media_type="application/json",
@@ -340,7 +343,7 @@ def create_app(target: Bridge | BridgeConfig | str | Path, *, settings: ServeSet
 
     def not_ready() -> list[str]:
         reasons = []
-        unwritable = bridge.outbox.unwritable()
+        unwritable = bridge.unwritable()
         if unwritable is not None:
             reasons.append(f"outbox: {unwritable}")
         for dest, (seconds, why) in sorted(bridge.failing().items()):
@@ -414,9 +417,12 @@ def _redact_access_log() -> None:
 
 
 def serve(config: BridgeConfig, *, host: str | None = None, port: int | None = None,
-          log_level: str = "info", on_bound: Callable[[], None] | None = None) -> None:
+          log_level: str = "info", on_bound: Callable[[], None] | None = None,
+          worker_socket: int | None = None) -> None:
     """Run the app under uvicorn until SIGTERM/SIGINT, then drain and stop the bridge; ``on_bound`` is
-    called once the port is bound (the CLI prints its banner then, not before a bind that may fail)."""
+    called once the port is bound (the CLI prints its banner then, not before a bind that may fail).
+    ``worker_socket``: accept on this inherited listening descriptor instead of binding (a worker of
+    ``serve --workers N``, ``core/serve_workers.py``)."""
     require_serve_extra()
     import uvicorn
 
@@ -444,7 +450,10 @@ def serve(config: BridgeConfig, *, host: str | None = None, port: int | None = N
     main = threading.current_thread() is threading.main_thread()
     previous = {s: signal.signal(s, lambda *_: None) for s in (signal.SIGINT, signal.SIGTERM)} if main else {}
     try:
-        server.run()
+        if worker_socket is None:
+            server.run()
+        else:
+            server.run(sockets=[socket.socket(fileno=worker_socket)])
     finally:
         app.state.bridge.decoder = None
         decoder.close()

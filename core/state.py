@@ -203,21 +203,7 @@ class SqliteStateStore:
             for subject, seq, event_id, type_, state, time_, provider, key, updated, history in orjson.loads(packed):
                 latest = Observation(subject, seq, event_id, type_, state, time_, provider, key)
                 current[subject] = _Current(seq, event_id, updated, history, latest)
-        now = time.time()
-        priors: list[Prior | None] = []
-        for o in observations:
-            c = current.get(o.subject)
-            if c is None:
-                priors.append(None)
-                c = current[o.subject] = _Current(o.sequence, o.event_id, now, None, o)
-                c.history = []
-            else:
-                priors.append(Prior(c.sequence, c.updated))
-                if (o.sequence, o.event_id) > (c.sequence, c.event_id):
-                    c.sequence, c.event_id, c.observation = o.sequence, o.event_id, o
-            c.updated = now
-            c.changed = True
-            _remember(c.entries(), o)
+        priors = _advance(current, observations, time.time())
         self._upsert(tx, [(s, c) for s, c in current.items() if c.changed])
         return priors
 
@@ -251,6 +237,27 @@ class SqliteStateStore:
         count: int = self._write(lambda conn: conn.execute(
             "DELETE FROM subject_state WHERE updated < ?", (older_than,)).rowcount)
         return count
+
+
+def _advance(current: dict[str, _Current], observations: Sequence[Observation], now: float) -> list[Prior | None]:
+    """Apply the observations, in order, to the subjects as they were read (``current``, completed here
+    with the unknown ones): the prior of each, as :meth:`StateStore.observe` returns them. The same
+    rule on every store: the highest (sequence, id) is the latest, whatever the arrival order."""
+    priors: list[Prior | None] = []
+    for o in observations:
+        c = current.get(o.subject)
+        if c is None:
+            priors.append(None)
+            c = current[o.subject] = _Current(o.sequence, o.event_id, now, None, o)
+            c.history = []
+        else:
+            priors.append(Prior(c.sequence, c.updated))
+            if (o.sequence, o.event_id) > (c.sequence, c.event_id):
+                c.sequence, c.event_id, c.observation = o.sequence, o.event_id, o
+        c.updated = now
+        c.changed = True
+        _remember(c.entries(), o)
+    return priors
 
 
 def _remember(history: list[list[Any]], o: Observation) -> None:

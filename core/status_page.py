@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from .errors import BatchBridgeError
 from .secrets import redact, redact_uri
 from .state import SubjectState
+from .stores import destination_heads, state_of
 
 if TYPE_CHECKING:
     from starlette.requests import Request
@@ -53,18 +54,23 @@ def destination_backlog(bridge: Bridge, now: float | None = None) -> list[Backlo
     place the page asks the outbox about backlog, so a richer outbox figure can replace the query."""
     now = time.time() if now is None else now
     ob = bridge.outbox
+    if not hasattr(ob, "heads"):  # not the SQLite outbox: the store interface's figures
+        current = {label: why for label, (_, why) in bridge.failing().items()}
+        return [Backlog(redact_uri(h.destination), h.rows, h.oldest_age,
+                        current.get(redact_uri(h.destination)) or (redact(h.last_error) if h.last_error else None))
+                for h in destination_heads(ob)]
     counts = {d: (int(n), float(oldest)) for d, n, oldest in ob._read(
         "SELECT destination, count(*), min(created) FROM outbox GROUP BY destination")}
     # SQLite takes the bare column from the row holding max(seq): the latest error per destination
     errors = {d: e for d, _, e in ob._read(
         "SELECT destination, max(seq), last_error FROM outbox WHERE last_error IS NOT NULL GROUP BY destination")}
     # a publisher that cannot even open its client records nothing on the rows: its own last error
-    current = bridge.publish_errors()
+    current = {label: why for label, (_, why) in bridge.failing().items()}
     names = dict.fromkeys([*bridge.config.destinations(), *counts])
     out = []
     for d in names:
         n, oldest = counts.get(d, (0, None))
-        error = current.get(d) or errors.get(d)
+        error = current.get(redact_uri(d)) or errors.get(d)
         out.append(Backlog(redact_uri(d), n, None if oldest is None else max(0.0, now - oldest),
                            redact(error) if error else None))
     return out
@@ -87,7 +93,9 @@ class Timeline:
 def timelines(bridge: Bridge, prefix: str, limit: int = RECENT_RESOURCES) -> list[Timeline]:
     """The most recently active jobs or environments (``prefix`` ``jobs/``, ``environments/``), each
     with its tasks, instances or nodes."""
-    store = bridge.outbox.state
+    store = bridge.state
+    if store is None:
+        return []
     out = []
     for root in store.recent(prefix, limit):
         own = store.query(root)
@@ -199,7 +207,7 @@ def routes(bridge: Bridge, authorized: Callable[[Request], bool], refuse: Callab
         if limit < 1:
             return error(400, "invalid_parameter", "limit must be at least 1")
         try:
-            rows = await asyncio.to_thread(bridge.outbox.state.query, pattern, limit=limit)
+            rows = await asyncio.to_thread(state_of(bridge.outbox).query, pattern, limit=limit)
         except BatchBridgeError as exc:
             return error(503, exc.code, "the state store cannot be read")
         body: list[dict[str, Any]] = [r.as_dict() for r in rows]

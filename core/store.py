@@ -1,12 +1,14 @@
 """The outbox-store interface: what intake and the delivery workers need from the outbox, whatever
 holds it (one SQLite file on one host, or PostgreSQL shared by replicas on many).
 
-The methods and types are those of today's SQLite :class:`~batchbridge.core.outbox.Outbox`
+The methods and types are those of the SQLite :class:`~batchbridge.core.outbox.Outbox`
 (``submit``/``asubmit``/``put`` for group-committed intake, ``settle``, the dead-letter calls, ``depths``)
-plus what sharing one outbox between processes adds: ``claim`` with a lease instead of ``fetch``,
-``renew``/``release`` of those leases, ``wait`` for new work, and ``backlog`` figures.
-:class:`~batchbridge.core.store_postgres.PostgresStore` implements all of it; the SQLite outbox gets
-``claim`` (leases in the same file) when ``serve --workers N`` lands.
+plus what sharing one outbox between processes adds: ``claim`` with a lease, ``renew``/``release`` of
+those leases, ``wait`` for new work, and ``backlog`` figures. Both stores implement all of it: the SQLite
+outbox with a lease table in the same file (``serve --workers N`` on one host),
+:class:`~batchbridge.core.store_postgres.PostgresStore` on a database shared by replicas.
+:func:`~batchbridge.core.stores.open_store` opens the one a config names; the delivery workers
+(``core/delivery.py``) use nothing but this interface.
 
 Invariants of claims (tested by ``tests/store_conformance.py`` on every store):
 
@@ -44,7 +46,8 @@ from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from .errors import BatchBridgeError
-from .outbox import DeadLetter, DeadLetterRecord, Inserted, OutboxError, OutboxRow, Pending
+from .outbox_rows import NO_KEY as NO_KEY  # re-exported: the stores and their tests take it from here
+from .outbox_rows import DeadLetter, DeadLetterRecord, Inserted, OutboxError, OutboxRow, Pending
 
 #: default lease on an ordering key, seconds: long enough for a slow batch to a slow backend (a claimant
 #: renews while it works), short enough that a dead replica's keys move on quickly
@@ -52,8 +55,6 @@ LEASE = 30.0
 #: how long an idle claimant waits for a wake-up before it looks again anyway (rows whose lease
 #: expired send no notification)
 IDLE_WAIT = 1.0
-#: ordering key of events without a job or environment id: they keep their order among themselves
-NO_KEY = ""
 
 
 class StoreUnavailableError(OutboxError):

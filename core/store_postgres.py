@@ -33,6 +33,7 @@ import logging
 import os
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future
@@ -43,20 +44,31 @@ from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 import orjson
 
 from .errors import BatchBridgeError, ConfigError, MissingDependencyError
-from .event import ordering_key
 from .outbox import (
     _DL_COLUMNS,
+    DEAD_LETTER_MAX_BYTES,
+    DEAD_LETTER_MAX_ROWS,
+    PUBLISH,
     DeadLetter,
     DeadLetterRecord,
+    Gate,
     Inserted,
     OutboxError,
     OutboxRow,
     Pending,
+    PendingTooLongError,
     _Committer,
     _record,
 )
+from .outbox import (
+    Backlog as Head,
+)
+from .outbox_rows import row_key
 from .secrets import redact, redact_uri, remember
-from .store import IDLE_WAIT, LEASE, NO_KEY, Backlog, StoreUnavailableError
+from .state import StateStore
+from .state_postgres import PostgresStateStore, _t
+from .store import IDLE_WAIT, LEASE, Backlog, StoreUnavailableError
+from .stores import POSTGRESQL, register_state_store
 
 if TYPE_CHECKING:
     import psycopg
@@ -220,56 +232,84 @@ class _Link:
 
 
 class _PgInsert:
-    """One intake request: rows and dead letters, and the dead letter they replace (a replay)."""
+    """One intake request: rows and dead letters, and the dead letter they replace (a replay). With a
+    ``gate``, the rows are the gate's, decided once ``state`` has observed the request's events in the
+    same transaction (the SQLite outbox's ``_Insert``)."""
 
-    __slots__ = ("dead", "replaces", "rows")
+    __slots__ = ("dead", "gate", "replaces", "rows", "state")
 
-    def __init__(self, rows: Sequence[OutboxRow], dead: Sequence[DeadLetter], replaces: int | None = None) -> None:
+    def __init__(self, rows: Sequence[OutboxRow], dead: Sequence[DeadLetter], replaces: int | None = None,
+                 gate: Gate | None = None, state: StateStore | None = None) -> None:
         self.rows = rows
         self.dead = dead
         self.replaces = replaces
+        self.gate = gate
+        self.state = state
+
+    @staticmethod
+    def decide(cur: psycopg.Cursor[Any], run: Sequence[_PgInsert]) -> None:
+        """Observe the events of every gated request of ``run`` at once, then let each gate pick its rows."""
+        gated = [w for w in run if w.gate is not None and w.state is not None]
+        if not gated:
+            return
+        priors = iter(gated[0].state.observe(  # type: ignore[union-attr]
+            cur, [o for w in gated for o in w.gate.observations]))  # type: ignore[union-attr]
+        for w in gated:
+            assert w.gate is not None
+            w.rows = w.gate.rows([next(priors) for _ in w.gate.observations])
 
 
-def _key(row: OutboxRow) -> str:
-    event = row.event
-    if event is None:
-        try:
-            parsed = orjson.loads(row.body)
-        except orjson.JSONDecodeError:
-            return NO_KEY
-        event = parsed if isinstance(parsed, dict) else {}
-    return ordering_key(event) or NO_KEY
-
-
-def _insert_rows(cur: psycopg.Cursor[Any], rows: Sequence[OutboxRow]) -> list[int]:
-    seqs: list[int] = []
+def _send_rows(conn: psycopg.Connection[Any], rows: Sequence[OutboxRow]) -> Callable[[], list[int]]:
+    """Send the INSERTs of ``rows``; the returned function reads their seqs. In pipeline mode nothing
+    waits for them until then (the commit's own round trip carries them)."""
+    cursors = []
     for start in range(0, len(rows), _ROWS_PER_STATEMENT):
         chunk = rows[start:start + _ROWS_PER_STATEMENT]
         params: list[Any] = []
         for r in chunk:
-            params += (_t(r.destination), _t(_key(r)), _t(r.event_id), _t(r.event_type), r.body)
+            params += (_t(r.destination), _t(row_key(r)), _t(r.event_id), _t(r.event_type), r.body)
+        cur = conn.cursor()
         cur.execute(
             "INSERT INTO outbox (destination, okey, event_id, event_type, body) VALUES "
             + ", ".join(["(%s, %s, %s, %s, %s)"] * len(chunk)) + " RETURNING seq", params)
-        # identity values are drawn in VALUES order; sorting maps them to the rows whatever order
-        # RETURNING lists them in
-        seqs += sorted(int(r[0]) for r in cur.fetchall())
-    return seqs
+        cursors.append(cur)
+    return lambda: _returned(cursors)
+
+
+def _send_dead(conn: psycopg.Connection[Any], dead: Sequence[DeadLetter]) -> Callable[[], list[int]]:
+    """:func:`_send_rows` for dead letters (their ids)."""
+    cursors = []
+    for start in range(0, len(dead), _ROWS_PER_STATEMENT):
+        params: list[Any] = []
+        for d in dead[start:start + _ROWS_PER_STATEMENT]:
+            params += (d.stage, _t(redact(d.source)), _t(d.destination), _t(d.event_id), d.code, _t(redact(d.reason)),
+                       _t(redact(d.where)) if d.where else None, bytes(d.payload),
+                       orjson.dumps(dict(d.meta)).decode() if d.meta else None)
+        cur = conn.cursor()
+        cur.execute(
+            "INSERT INTO dead_letter (stage, source, destination, event_id, code, reason, location, payload, meta) "
+            "VALUES " + ", ".join(["(%s, %s, %s, %s, %s, %s, %s, %s, %s)"] * (len(params) // 9)) + " RETURNING id",
+            params)
+        cursors.append(cur)
+    return lambda: _returned(cursors)
+
+
+def _returned(cursors: list[psycopg.Cursor[Any]]) -> list[int]:
+    # identity values are drawn in VALUES order; sorting maps them to the rows whatever order
+    # RETURNING lists them in
+    out: list[int] = []
+    for cur in cursors:
+        out += sorted(int(r[0]) for r in cur.fetchall())
+        cur.close()
+    return out
+
+
+def _insert_rows(cur: psycopg.Cursor[Any], rows: Sequence[OutboxRow]) -> list[int]:
+    return _send_rows(cur.connection, rows)()
 
 
 def _insert_dead(cur: psycopg.Cursor[Any], dead: Sequence[DeadLetter]) -> list[int]:
-    ids = []
-    for d in dead:
-        cur.execute(
-            "INSERT INTO dead_letter (stage, source, destination, event_id, code, reason, location, payload, meta) "
-            "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING id",
-            (d.stage, _t(redact(d.source)), _t(d.destination), _t(d.event_id), d.code, _t(redact(d.reason)),
-             _t(redact(d.where)) if d.where else None, bytes(d.payload),
-             orjson.dumps(dict(d.meta)).decode() if d.meta else None))
-        row = cur.fetchone()
-        assert row is not None
-        ids.append(int(row[0]))
-    return ids
+    return _send_dead(cur.connection, dead)()
 
 
 def _apply(cur: psycopg.Cursor[Any], work: _PgInsert, where: str) -> Inserted:
@@ -277,6 +317,7 @@ def _apply(cur: psycopg.Cursor[Any], work: _PgInsert, where: str) -> Inserted:
         cur.execute("DELETE FROM dead_letter WHERE id = %s", (work.replaces,))
         if cur.rowcount != 1:
             raise OutboxError(f"no dead letter with id {work.replaces}", where=where)
+    _PgInsert.decide(cur, [work])
     return Inserted(_insert_rows(cur, work.rows), _insert_dead(cur, work.dead))
 
 
@@ -325,14 +366,18 @@ class _PgCommitter(_Committer):
 
     def _all_at_once(self, conn: psycopg.Connection[Any], works: list[_PgInsert]
                   ) -> list[tuple[Inserted, BaseException | None]]:
-        with conn.transaction(), conn.cursor() as cur:
+        # pipelined: BEGIN travels with the first statement, and the INSERTs (and the state's write)
+        # with the COMMIT -- their RETURNING is read once it is answered: round trips, not statements,
+        # are what a commit costs (one without a gate, two with one: the state must be read first)
+        with conn.pipeline(), conn.transaction(), conn.cursor() as cur:
             for w in works:
                 if w.replaces is not None:
                     _apply(cur, _PgInsert((), (), w.replaces), self._where)
-            seqs = iter(_insert_rows(cur, [r for w in works for r in w.rows]))
-            outcomes: list[tuple[Inserted, BaseException | None]] = [
-                (Inserted([next(seqs) for _ in w.rows], _insert_dead(cur, w.dead)), None) for w in works]
-        return outcomes
+            _PgInsert.decide(cur, works)
+            rows = _send_rows(conn, [r for w in works for r in w.rows])
+            dead = [_send_dead(conn, w.dead) for w in works]
+        seqs = iter(rows())
+        return [(Inserted([next(seqs) for _ in w.rows], d()), None) for w, d in zip(works, dead, strict=True)]
 
     def _with_savepoints(self, conn: psycopg.Connection[Any], works: list[_PgInsert]
                     ) -> list[tuple[Any, BaseException | None]]:
@@ -361,11 +406,6 @@ def _store_error(what: str, exc: Exception, where: str) -> OutboxError:
     if _unavailable(exc):
         return StoreUnavailableError(f"{what}: PostgreSQL is unavailable ({text})", where=where, cause=exc)
     return OutboxError(f"{what}: {text}", where=where, retryable=True, cause=exc)
-
-
-def _t(value: str | None) -> str | None:
-    """PostgreSQL text holds no NUL character; a reason quoting hostile input may (it must still be kept)."""
-    return value.replace("\x00", "\ufffd") if value is not None and "\x00" in value else value
 
 
 class _Listener:
@@ -454,8 +494,18 @@ class PostgresStore:
         self._inflight: dict[int, tuple[str, str]] = {}  # seq -> (destination, key), handed out, unsettled
         self._inflight_lock = threading.Lock()
         self._closed = False
+        #: bounds of the shared dead-letter table (``outbox.dead_letter_max_rows`` / ``_max_bytes``),
+        #: counted over every replica's dead letters
+        self.dead_letter_max_rows = DEAD_LETTER_MAX_ROWS
+        self.dead_letter_max_bytes = DEAD_LETTER_MAX_BYTES
+        self._dl_lock = threading.Lock()
+        self._dl_usage = [0, 0]
+        self._dl_usage_until = 0.0
         self._committer = _PgCommitter(self._connect, self.where)
         self._listener = _Listener(lambda: self._connect(autocommit=True))
+        #: the latest event per subject, in this database, shared by every replica (``core/state_postgres.py``)
+        self.state: StateStore = PostgresStateStore(
+            self._read, lambda work: self._tx(work, "cannot write the subject state"))
         if connect:
             self.ensure_schema()
 
@@ -482,6 +532,7 @@ class PostgresStore:
                 cur.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
                 for statement in _SCHEMA:
                     cur.execute(statement)
+                PostgresStateStore.create(cur)
                 cur.execute("SELECT max(version) FROM schema_version")
                 row = cur.fetchone()
                 version = row[0] if row else None
@@ -551,16 +602,21 @@ class PostgresStore:
 
     # --- intake --------------------------------------------------------------------------------------
 
-    def submit(self, rows: Sequence[OutboxRow], dead: Sequence[DeadLetter] = ()) -> Future[Inserted]:
+    def submit(self, rows: Sequence[OutboxRow], dead: Sequence[DeadLetter] = (),
+               gate: Gate | None = None) -> Future[Inserted]:
+        """Queue for the next group commit. With a ``gate`` the rows inserted are those the gate picks
+        once :attr:`state` has observed its events, in the same transaction."""
         self._ready_for_intake()
-        return self._committer.submit(_PgInsert(rows, dead))  # type: ignore[arg-type]
+        return self._committer.submit(_PgInsert(rows, dead, gate=gate, state=self.state))  # type: ignore[arg-type]
 
-    def asubmit(self, rows: Sequence[OutboxRow], dead: Sequence[DeadLetter] = ()) -> asyncio.Future[Inserted]:
+    def asubmit(self, rows: Sequence[OutboxRow], dead: Sequence[DeadLetter] = (),
+                gate: Gate | None = None) -> asyncio.Future[Inserted]:
         self._ready_for_intake()
-        return self._committer.submit_async(_PgInsert(rows, dead), asyncio.get_running_loop())  # type: ignore[arg-type]
+        work = _PgInsert(rows, dead, gate=gate, state=self.state)
+        return self._committer.submit_async(work, asyncio.get_running_loop())  # type: ignore[arg-type]
 
-    def put(self, rows: Sequence[OutboxRow], dead: Sequence[DeadLetter] = ()) -> Inserted:
-        return self.submit(rows, dead).result()
+    def put(self, rows: Sequence[OutboxRow], dead: Sequence[DeadLetter] = (), gate: Gate | None = None) -> Inserted:
+        return self.submit(rows, dead, gate).result()
 
     def _ready_for_intake(self) -> None:
         if self._closed:
@@ -700,7 +756,64 @@ class PostgresStore:
 
         return self._tx(work, "outbox read failed")
 
+    def unwritable(self) -> str | None:
+        """Why intake cannot be written now (PostgreSQL unreachable), None when it can (``/readyz``)."""
+        try:
+            self._read("SELECT 1")
+        except OutboxError as exc:
+            return exc.reason
+        return None
+
+    def expire(self, max_age: float, reason: str) -> list[DeadLetter]:
+        """Move every row older than ``max_age`` seconds to the dead letters, with its destination, its
+        last error and ``reason``; what was moved. Replicas expiring at once move each row once (the
+        DELETE takes it); a row in flight elsewhere settles as a no-op."""
+        def work(cur: psycopg.Cursor[Any]) -> list[DeadLetter]:
+            cur.execute(
+                "DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox WHERE created < %s ORDER BY seq "
+                "LIMIT 10000 FOR UPDATE SKIP LOCKED) RETURNING seq, destination, event_id, body, attempts, last_error",
+                (time.time() - max_age,))
+            moved = [DeadLetter(PUBLISH, "outbox", PendingTooLongError.code,
+                                f"{reason}; last error: {last}" if last else reason, bytes(body),
+                                f"outbox row {seq}", dest, eid, {"attempts": int(attempts)})
+                     for seq, dest, eid, body, attempts, last in sorted(cur.fetchall())]
+            _insert_dead(cur, moved)
+            return moved
+
+        return self._tx(work, "cannot expire outbox rows")
+
+    def heads(self) -> list[Head]:
+        """Per destination: rows waiting, the age of the oldest, its attempts and its last error (``status``,
+        the backlog gauges), over every replica's rows, in one statement."""
+        rows = self._read(
+            "SELECT c.destination, c.n, extract(epoch FROM now()) - h.created, h.attempts, h.last_error FROM "
+            "(SELECT destination, count(*) AS n FROM outbox GROUP BY destination) AS c CROSS JOIN LATERAL "
+            "(SELECT created, attempts, last_error FROM outbox o WHERE o.destination = c.destination "
+            "ORDER BY seq LIMIT 1) AS h ORDER BY c.destination")
+        return [Head(d, int(n), max(0.0, float(age)), int(a), e) for d, n, age, a, e in rows]
+
     # --- dead letters ---------------------------------------------------------------------------------
+
+    def dead_letter_refusal(self, nbytes: int) -> str | None:
+        """Why a new dead letter of ``nbytes`` may not be stored (None when it may, and then it is counted
+        against the bounds), over the dead letters of every replica; read again at most once a second."""
+        with self._dl_lock:
+            now = time.monotonic()
+            if now >= self._dl_usage_until:
+                rows, size = self._read(
+                    "SELECT count(*), coalesce(sum(octet_length(payload)), 0) FROM dead_letter")[0]
+                self._dl_usage = [int(rows), int(size)]
+                self._dl_usage_until = now + 1.0
+            rows, size = self._dl_usage
+            if rows + 1 > self.dead_letter_max_rows:
+                return (f"the dead-letter store is full ({rows} of {self.dead_letter_max_rows} rows, "
+                        "outbox.dead_letter_max_rows); `batchbridge dlq` replay or purge makes room")
+            if size + nbytes > self.dead_letter_max_bytes:
+                return (f"the dead-letter store is full ({size // 1024} KiB of {self.dead_letter_max_bytes // 1024} "
+                        "KiB, outbox.dead_letter_max_bytes); `batchbridge dlq` replay or purge makes room")
+            self._dl_usage[0] += 1
+            self._dl_usage[1] += nbytes
+            return None
 
     def dead_letters(self, *, limit: int = 100, after: int = 0) -> list[DeadLetterRecord]:
         return [_record(r) for r in self._read(
@@ -723,12 +836,23 @@ class PostgresStore:
 
         return self._tx(work, "cannot purge dead letters")
 
-    def resolve(self, dl_id: int, rows: Sequence[OutboxRow], dead: Sequence[DeadLetter] = ()) -> None:
+    def resolve(self, dl_id: int, rows: Sequence[OutboxRow], dead: Sequence[DeadLetter] = (),
+                gate: Gate | None = None) -> None:
         self._ready_for_intake()
-        self._committer.submit(_PgInsert(rows, dead, replaces=dl_id)).result()  # type: ignore[arg-type]
+        work = _PgInsert(rows, dead, replaces=dl_id, gate=gate, state=self.state)
+        self._committer.submit(work).result()  # type: ignore[arg-type]
 
     def failed_again(self, dl_id: int, error: BatchBridgeError) -> None:
         self._tx(lambda cur: cur.execute(
             "UPDATE dead_letter SET attempts = attempts + 1, code = %s, reason = %s, location = %s WHERE id = %s",
             (error.code, _t(redact(error.reason)), _t(redact(error.where)) if error.where else None, dl_id)),
             "cannot update the dead letter")
+
+
+def _own_state(store: Any) -> StateStore:
+    """The state hook of :mod:`.stores`: a PostgresStore brings its own, in the same database."""
+    state: StateStore = store.state
+    return state
+
+
+register_state_store(POSTGRESQL, _own_state)

@@ -4,8 +4,7 @@ A store's test module subclasses :class:`StoreConformance` and provides a ``stor
 function that opens another store object -- another claimant -- on the *same* fresh outbox each
 time it is called (closed by the fixture at the end). :class:`StoreConformance` holds what every
 store offers (intake, claim/fetch and settle, dead letters); :class:`ClaimConformance` adds the
-invariants of claims, for stores with leases. Today's SQLite outbox has no leases yet, so its module
-subclasses only the first (the claim tests are not collected for it, rather than skipped).
+invariants of claims; both stores (SQLite with its lease table, PostgreSQL) run the whole of it.
 """
 
 from __future__ import annotations

@@ -207,3 +207,59 @@ def test_rows_any_writer_inserts_wake_the_claimants(pg_url: str) -> None:
             other.execute("INSERT INTO outbox (destination, okey, body) VALUES (%s, 'k', '{}')", (DEST,))
         assert b.wait(DEST, 5) is True
         assert b.wait(OTHER, 0.05) is False, "a commit to one destination woke another's claimants"
+
+
+def test_dead_letters_and_backlog_are_shared_and_bounded_over_all_replicas(pg_url: str) -> None:
+    from batchbridge.core.outbox import INTAKE, DeadLetter
+
+    with PostgresStore(pg_url) as a, PostgresStore(pg_url) as b:
+        a.put([row("k", 1), row("k", 2), row("j", 1, OTHER)],
+              [DeadLetter(INTAKE, "api", "invalid_event", f"bad {n}", b"x" * 100) for n in range(3)])
+        assert b.dead_letter_count() == 3 and [d.reason for d in b.dead_letters()] == ["bad 0", "bad 1", "bad 2"]
+        backlog = b.backlog()
+        assert (backlog[DEST].rows, backlog[OTHER].rows) == (2, 1) and backlog[DEST].oldest is not None
+        [claimed, _] = b.claim(DEST, 10)
+        assert a.backlog()[DEST].leased_keys == 1  # b's lease, seen by a
+        b.settle(retry=[(claimed.seq, "destination down")])
+        heads = {h.destination: h for h in a.heads()}
+        assert (heads[DEST].rows, heads[DEST].attempts, heads[DEST].last_error) == (2, 1, "destination down")
+        assert heads[OTHER].rows == 1 and heads[OTHER].oldest_age >= 0
+        # the bounds count every replica's dead letters
+        b.dead_letter_max_rows = 4
+        assert b.dead_letter_refusal(10) is None  # the fourth
+        assert "full (4 of 4 rows" in (b.dead_letter_refusal(10) or "")
+        c = PostgresStore(pg_url)
+        try:
+            c.dead_letter_max_bytes = 350
+            assert "KiB, outbox.dead_letter_max_bytes" in (c.dead_letter_refusal(51) or "")
+            assert c.dead_letter_refusal(50) is None
+        finally:
+            c.close()
+        assert a.purge() == 3 and b.dead_letter_count() == 0
+
+
+def test_replicas_expiring_at_once_move_each_row_once(pg_url: str) -> None:
+    with PostgresStore(pg_url) as a, PostgresStore(pg_url) as b:
+        a.put([row(f"k{n}", n) for n in range(50)])
+        assert a.expire(3600, "too old") == []
+        with psycopg.connect(pg_url, autocommit=True) as admin:
+            admin.execute("UPDATE outbox SET created = created - 7200, last_error = 'down'")
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(2) as pool:
+            moved = [m for f in [pool.submit(s.expire, 3600, "too old") for s in (a, b)] for m in f.result()]
+        assert sorted(m.event_id or "" for m in moved) == sorted(f"k{n}-{n}" for n in range(50))
+        assert a.depth() == 0 and b.dead_letter_count() == 50
+        [first] = a.dead_letters(limit=1)
+        assert first.code == "pending_too_long" and first.reason == "too old; last error: down"
+
+
+def test_unwritable_says_why_while_the_server_is_down(pg_server: PgServer, pg_url: str) -> None:
+    with PostgresStore(pg_url) as s:
+        assert s.unwritable() is None
+        pg_server.stop()
+        try:
+            assert "PostgreSQL is unavailable" in (s.unwritable() or "")
+        finally:
+            pg_server.start()
+        wait_for(lambda: s.unwritable() is None, 10, "the store to reconnect")

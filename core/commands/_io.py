@@ -27,6 +27,10 @@ _READ_BUFFER = 1 << 20
 _LOOKAHEAD = 1000
 
 
+#: ``--outbox`` of every command that opens the outbox (``core/stores.py``)
+OUTBOX_HELP = ("outbox: a file, or postgresql://USER@HOST:PORT/DB (default: outbox.url, else outbox.path, "
+               "from the config)")
+
 def samples_dir() -> Path:
     return Path(str(files("batchbridge.core") / "samples"))
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import signal
 import sys
 import tempfile
@@ -20,7 +21,7 @@ import orjson
 from ..errors import BatchBridgeError, ConfigError
 from ..secrets import redact, redact_uri
 from ..vendors import providers
-from ._io import read_inputs, samples_dir
+from ._io import OUTBOX_HELP, read_inputs, samples_dir
 
 if TYPE_CHECKING:  # the config module is imported when a command runs: `normalize` starts without it
     from ..config import BridgeConfig
@@ -31,10 +32,14 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--config", required=True, help="bridge config file (TOML)")
     p.add_argument("--host", help="address to bind (default: serve.host, else 127.0.0.1)")
     p.add_argument("--port", type=int, help="port (default: serve.port, else 8080)")
-    p.add_argument("--outbox", help="outbox file (default: outbox.path from the config)")
+    p.add_argument("--outbox", help=OUTBOX_HELP)
     p.add_argument("--check", action="store_true",
                    help="before binding, open every destination (as `batchbridge check` does) and refuse to "
                         "start unless all are usable")
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="run N worker processes on the one port and the one outbox, and restart any that dies "
+                        "(default: one process, no supervisor)")
+    p.add_argument("--worker-socket", type=int, default=None, help=argparse.SUPPRESS)
     p.set_defaults(func=run_serve)
 
     p = sub.add_parser("relay", help="consume from one backend, normalise, route and publish via the outbox")
@@ -42,7 +47,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--to", nargs="+", default=[], metavar="URI",
                    help="send every event here (besides the routes of --config)")
     p.add_argument("--config", help="bridge config file (TOML): routes, outbox")
-    p.add_argument("--outbox", help="outbox file (default: outbox.path from the config)")
+    p.add_argument("--outbox", help=OUTBOX_HELP)
     p.add_argument("--provider", choices=providers(), help="skip detection and decode as this vendor")
     p.add_argument("--batch", type=int, default=10, help="messages per receive (default 10)")
     p.add_argument("--drain-timeout", type=float, default=30.0,
@@ -52,7 +57,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("dlq", help="inspect, replay or purge the dead-letter store")
     p.add_argument("action", choices=("list", "replay", "purge"))
     p.add_argument("--config", help="bridge config file (its outbox, and routes for replay)")
-    p.add_argument("--outbox", help="outbox file (default: outbox.path from the config)")
+    p.add_argument("--outbox", help=OUTBOX_HELP)
     p.add_argument("--to", nargs="+", default=[], metavar="URI",
                    help="replay: send an event a destination refused here instead of to that destination; a "
                         "payload that failed at intake is routed by the config and also sent here")
@@ -104,11 +109,17 @@ def _stop_on_signals() -> Iterator[threading.Event]:
 
 # --- serve ------------------------------------------------------------------------------------------
 
+#: how ``serve --workers N`` passes ``--outbox`` to its workers (an environment variable: a command line
+#: is readable by every user of the host, and a PostgreSQL URL may hold a password)
+WORKER_OUTBOX_ENV = "BATCHBRIDGE_SERVE_OUTBOX"
+
 
 def run_serve(args: argparse.Namespace) -> int:
     from ..serve import require_serve_extra, serve
 
     require_serve_extra()
+    if args.worker_socket is not None and os.environ.get(WORKER_OUTBOX_ENV):
+        args.outbox = os.environ[WORKER_OUTBOX_ENV]  # not on the command line: it may hold a password
     config = _config(args)
     host = args.host or config.serve.host
     port = config.serve.port if args.port is None else args.port
@@ -123,10 +134,17 @@ def run_serve(args: argparse.Namespace) -> int:
             return 1
 
     def bound() -> None:
-        print(f"batchbridge serve: http://{host}:{port}/events  outbox {config.outbox.path}  "
+        print(f"batchbridge serve: http://{host}:{port}/events  outbox {config.outbox.where}  "
               f"{len(config.routes)} routes", file=sys.stderr, flush=True)
 
-    serve(config, host=host, port=port, log_level="info" if args.verbose else "warning", on_bound=bound)
+    if args.workers is not None and args.worker_socket is None:
+        from ..serve_workers import supervise
+
+        argv = [*(["-v"] * args.verbose), "--log-format", args.log_format, "serve", "--config", args.config]
+        env = {WORKER_OUTBOX_ENV: args.outbox} if args.outbox else {}
+        return supervise(config, argv, workers=args.workers, host=host, port=port, on_bound=bound, env=env)
+    serve(config, host=host, port=port, log_level="info" if args.verbose else "warning",
+          on_bound=None if args.worker_socket is not None else bound, worker_socket=args.worker_socket)
     return 0
 
 
@@ -185,13 +203,11 @@ def _register_destinations(*groups: Iterable[str | None]) -> None:
 
 def run_dlq(args: argparse.Namespace) -> int:
     from ..bridge import Bridge
-    from ..outbox import Outbox
+    from ..stores import open_store
 
     config = _config(args, to=args.to, secrets=False)
-    if not config.outbox.path.exists():
-        raise ConfigError("no outbox here: pass --config FILE or --outbox PATH", where=str(config.outbox.path))
     if args.action == "list":
-        with Outbox(config.outbox.path, synchronous=config.outbox.synchronous) as ob:
+        with contextlib.closing(open_store(config.outbox, must_exist=True)) as ob:
             records = ob.dead_letters(limit=args.limit)
             _register_destinations(ob.destinations(), (r.destination for r in records))
             wanted = set(args.ids or [])
@@ -214,19 +230,19 @@ def run_dlq(args: argparse.Namespace) -> int:
                         print("    " + redact(next(iter(_payload_text(rec.payload).values())))[:2000])
             total = ob.dead_letter_count()
         if not args.json:
-            print(f"{shown} shown, {total} in the dead-letter store ({config.outbox.path})", file=sys.stderr)
+            print(f"{shown} shown, {total} in the dead-letter store ({config.outbox.where})", file=sys.stderr)
         return 0
     if args.action == "purge":
-        with Outbox(config.outbox.path, synchronous=config.outbox.synchronous) as ob:
+        with contextlib.closing(open_store(config.outbox, must_exist=True)) as ob:
             missing = [i for i in args.ids or [] if ob.dead_letter(i) is None]
             n = ob.purge(args.ids)
         print(f"purged {n} dead letter(s)", file=sys.stderr)
         if missing:
             print(f"batchbridge: error: no dead letter with id {', '.join(map(str, missing))} in "
-                  f"{config.outbox.path}", file=sys.stderr)
+                  f"{config.outbox.where}", file=sys.stderr)
             return 2
         return 0
-    bridge = Bridge(config)
+    bridge = Bridge(config, outbox=open_store(config.outbox, routes=config.routes, must_exist=True))
     try:
         ids = args.ids or [r.id for r in bridge.outbox.dead_letters(limit=1_000_000)]
         ok = failed = 0

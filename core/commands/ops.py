@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 import orjson
 
 from ..errors import ConfigError
+from ._io import OUTBOX_HELP
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -26,7 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                                       "error), and the dead letters",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--config", help="bridge config file (its outbox)")
-    p.add_argument("--outbox", help="outbox file (default: outbox.path from the config)")
+    p.add_argument("--outbox", help=OUTBOX_HELP)
     p.add_argument("--json", action="store_true", help="one JSON document")
     p.set_defaults(func=run_status)
 
@@ -75,18 +77,16 @@ def _age(seconds: float) -> str:
 
 def run_status(args: argparse.Namespace) -> int:
     from ..config import BridgeConfig, load_config
-    from ..outbox import Outbox
+    from ..stores import destination_heads, open_store
 
     config = load_config(args.config, secrets=False) if args.config else BridgeConfig(source="<command line>")
     if args.outbox:
         config = config.with_outbox(args.outbox)
-    path = config.outbox.path
-    if not path.exists():
-        raise ConfigError("no outbox here: pass --config FILE or --outbox PATH", where=str(path))
-    with Outbox(path, synchronous=config.outbox.synchronous) as ob:
-        backlog = ob.backlog()
+    path = config.outbox.where
+    with contextlib.closing(open_store(config.outbox, must_exist=True)) as ob:
+        backlog = destination_heads(ob)
         dead = ob.dead_letter_count()
-    doc = {"outbox": str(path), "checked": time.time(), "pending": sum(b.rows for b in backlog),
+    doc = {"outbox": path, "checked": time.time(), "pending": sum(b.rows for b in backlog),
            "dead_letters": dead, "destinations": [b.to_dict() for b in backlog]}
     if args.json:
         sys.stdout.write(orjson.dumps(doc).decode() + "\n")

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 
 import orjson
 
 from ..errors import ConfigError
+from ._io import OUTBOX_HELP
 
 #: rows printed at most unless ``--limit`` says otherwise
 DEFAULT_LIMIT = 10_000
@@ -19,7 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("subject", nargs="?", metavar="SUBJECT-GLOB",
                    help="only subjects matching this glob, e.g. 'jobs/job-1*' ('*' also crosses '/')")
     p.add_argument("--config", help="bridge config file (its outbox)")
-    p.add_argument("--outbox", metavar="PATH", help="outbox file (default: outbox.path from the config)")
+    p.add_argument("--outbox", metavar="PATH|URL", help=OUTBOX_HELP)
     p.add_argument("--json", action="store_true", help="one JSON object per line: " + ", ".join(_COLUMNS))
     p.add_argument("--limit", type=int, default=DEFAULT_LIMIT, help=f"at most this many (default {DEFAULT_LIMIT})")
     p.set_defaults(func=run_state)
@@ -27,20 +29,15 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 def run_state(args: argparse.Namespace) -> int:
     from ..config import BridgeConfig, load_config
-    from ..outbox import Outbox
+    from ..stores import open_store, state_of
 
     config = load_config(args.config) if args.config else BridgeConfig(source="<command line>")
     if args.outbox:
-        if "://" in args.outbox:
-            raise ConfigError("only an outbox file is supported here so far (a PostgreSQL outbox is not)",
-                              where="--outbox")
         config = config.with_outbox(args.outbox)
-    if not config.outbox.path.exists():
-        raise ConfigError("no outbox here: pass --config FILE or --outbox PATH", where=str(config.outbox.path))
     if args.limit < 1:
         raise ConfigError(f"must be at least 1, got {args.limit}", where="--limit")
-    with Outbox(config.outbox.path, synchronous=config.outbox.synchronous) as ob:
-        rows = ob.state.query(args.subject, limit=args.limit + 1)
+    with contextlib.closing(open_store(config.outbox, must_exist=True)) as ob:
+        rows = state_of(ob).query(args.subject, limit=args.limit + 1)
     more = len(rows) > args.limit
     rows = rows[:args.limit]
     out = sys.stdout

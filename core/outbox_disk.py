@@ -1,0 +1,175 @@
+"""The SQLite outbox's disk and file checks: a full disk (``SQLITE_FULL``) and how room is made again,
+a damaged file, and the watch on the outbox file and its WAL (deleted, replaced or truncated under a
+running bridge). Used by the store (``core/outbox.py``) and its group committer (``core/outbox_commit.py``)."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import sqlite3
+import threading
+from pathlib import Path
+
+from .errors import ConfigError
+from .outbox_rows import OutboxError
+
+log = logging.getLogger("batchbridge.outbox")
+
+#: the environment variable naming the outbox lock descriptor a worker of ``serve --workers N``
+#: inherits from its supervisor (``core/serve_workers.py``)
+LOCK_FD_ENV = "BATCHBRIDGE_OUTBOX_LOCK_FD"
+
+#: intake is refused (503 / nack) while less than this is left for the outbox (``Outbox._room``): the
+#: publisher's deletes and SQLite's checkpoints need room too, and a disk filled to the last byte by
+#: intake could never be drained again
+DISK_RESERVE = 16 * 1024 * 1024
+
+#: after a checkpoint the WAL file is cut back to this size: a burst (e.g. a backend down for hours)
+#: must not keep its disk space once the outbox has drained
+WAL_SIZE_LIMIT = 64 * 1024 * 1024
+
+_SQLITE_FULL = 13
+
+#: how often the outbox file and its WAL are checked for deletion, replacement or truncation, seconds
+WATCH_INTERVAL = 0.5
+
+#: WAL truncations this process made itself (a checkpoint that gives disk space back)
+_wal_truncations = 0
+
+def is_disk_full(exc: sqlite3.Error) -> bool:
+    """SQLITE_FULL: the disk (or a quota) has no room for the write."""
+    code = getattr(exc, "sqlite_errorcode", None)  # Python >= 3.11
+    if code is not None:
+        return bool(code & 0xFF == _SQLITE_FULL)
+    return "database or disk is full" in str(exc)
+
+def _is_damage(exc: sqlite3.Error) -> bool:
+    """SQLITE_CORRUPT or SQLITE_NOTADB."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in (11, 26)
+    text = str(exc)
+    return "malformed" in text or "not a database" in text
+
+def _write_failed(what: str, exc: sqlite3.Error, where: str) -> OutboxError:
+    if is_disk_full(exc):
+        return OutboxError(f"{what}: the disk holding the outbox is full ({exc}); nothing more is accepted until "
+                           "there is room again", where=where, retryable=True)
+    return OutboxError(f"{what}: {exc}", where=where, retryable=True)
+
+def _make_room(conn: sqlite3.Connection) -> None:
+    """On a full disk, most of the space is often the WAL (it grows until a checkpoint, 4 MiB by
+    default, and keeps its size after one): copy it into the database and truncate it, so that the
+    retried write -- and above all the publisher's deletes, which free rows -- can go through."""
+    global _wal_truncations
+    with contextlib.suppress(sqlite3.Error):
+        _wal_truncations += 1  # counted first: a watcher that sees the WAL shrink after this knows why
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+
+class _Watch:
+    """The identity (device, inode) and size of the outbox file and its WAL, checked from a thread and
+    on demand; see :meth:`Outbox.watch`."""
+
+    def __init__(self, path: Path, anchor: sqlite3.Connection) -> None:
+        self._files = {"outbox file": str(path), "WAL": f"{path}-wal"}
+        self._anchor = anchor
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.broken: str | None = None
+        self._known: dict[str, tuple[int, int, int]] = {}
+        self._truncations = _wal_truncations
+        for what, name in self._files.items():
+            with contextlib.suppress(OSError):
+                st = os.stat(name)
+                self._known[what] = (st.st_dev, st.st_ino, st.st_size)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="batchbridge-outbox-watch", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(WATCH_INTERVAL):
+            self.check()
+
+    def check(self) -> str | None:
+        with self._lock:
+            if self.broken is None:
+                self.broken = self._look()
+                if self.broken is not None:
+                    log.critical("intake stopped: %s; events acknowledged from now on would be lost. Stop this "
+                                 "bridge, put the outbox back or start on a new one", self.broken)
+            return self.broken
+
+    def _look(self) -> str | None:
+        truncations = _wal_truncations  # read before the sizes: a truncation after this one is seen next time
+        for what, name in self._files.items():
+            try:
+                st = os.stat(name)
+            except FileNotFoundError:
+                if what in self._known:
+                    return f"the {what} {name} was deleted"
+                continue
+            except OSError as exc:
+                return f"the {what} {name} cannot be examined: {exc.strerror or exc}"
+            known = self._known.get(what)
+            if known is not None and (st.st_dev, st.st_ino) != known[:2]:
+                return f"the {what} {name} was replaced by another file"
+            if known is not None and st.st_size < known[2]:
+                # the database never shrinks (no VACUUM); the WAL only when this process truncated it,
+                # or (journal_size_limit) down to WAL_SIZE_LIMIT
+                own = what == "WAL" and (truncations != self._truncations or st.st_size >= WAL_SIZE_LIMIT)
+                if not own:
+                    return f"the {what} {name} was truncated ({known[2]} -> {st.st_size} bytes)"
+            self._known[what] = (st.st_dev, st.st_ino, st.st_size)
+        self._truncations = truncations
+        return None
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join()
+        with contextlib.suppress(sqlite3.Error):
+            self._anchor.close()
+
+
+def lock_file(path: Path) -> int:
+    """The outbox file's exclusive ``flock``, on the file itself (SQLite's own POSIX locks do not touch
+    it), so it belongs to the file, not its name: a second bridge through a hard link or a symlink is
+    refused like one on the same path. Returns the locked descriptor."""
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except OSError as exc:
+        raise OutboxError(f"cannot open the outbox: {exc.strerror or exc}", where=str(path)) from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise ConfigError("another running bridge (serve or relay) already publishes from this outbox file "
+                          "(perhaps through another name: a hard link or a symlink); give each one its own "
+                          "outbox", where=str(path)) from None
+    return fd
+
+
+def inherited_lock(path: Path) -> int | None:
+    """The outbox lock descriptor this worker inherited from its supervisor, if it is the lock on the
+    file at ``path`` (same device and inode) and held; None when there is none (a plain ``serve``)."""
+    given = os.environ.get(LOCK_FD_ENV)
+    if not given:
+        return None
+    try:
+        fd = int(given)
+        held, here = os.fstat(fd), os.stat(path)
+    except (ValueError, OSError):
+        return None
+    if (held.st_dev, held.st_ino) != (here.st_dev, here.st_ino):
+        return None  # the supervisor's lock is on another outbox: this one must be locked as usual
+    try:
+        # the supervisor's open file description holds the lock: taking it again through it succeeds;
+        # were it not held by this group, it is taken now, so this group owns the file either way
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return None
+    return fd

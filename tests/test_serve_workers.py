@@ -1,0 +1,123 @@
+"""``serve --workers N`` as real processes: one port, one SQLite outbox shared through its leases, a
+supervisor that replaces a worker that dies, and the outbox lock that still refuses an unrelated
+second bridge (``core/serve_workers.py``)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+from fault_tools import CliProcess, ServeProcess, free_port, processes, tencent_payloads, wait_until
+
+
+def config(tmp: Path) -> tuple[Path, Path]:
+    out = tmp / "out.jsonl"
+    cfg = tmp / "bridge.toml"
+    cfg.write_text(f'[[routes]]\nto = "file://{out}"\n\n[outbox]\npath = "{tmp / "outbox.db"}"\n'
+                   "backoff_initial = 0.05\nbackoff_max = 0.5\nlease = 2.0\n\n[serve]\ndrain_timeout = 5\n")
+    return cfg, out
+
+
+def read_events(path: Path) -> list[dict[str, Any]]:
+    """The file:// destination's events (whole lines only: a worker may be mid-write)."""
+    if not path.exists():
+        return []
+    return [orjson.loads(line) for line in path.read_bytes().split(b"\n")[:-1]]
+
+
+def children(pid: int) -> list[int]:
+    """The supervisor's worker processes."""
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return [int(p) for p in f.read().split()]
+
+
+def post_all(url: str, items: list[tuple[bytes, str]]) -> list[str]:
+    """Post from 8 clients; the ids answered 204 (a request that fails is retried, as a sender would)."""
+    def one(item: tuple[bytes, str]) -> str:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                status = httpx.post(f"{url}/events", content=item[0], timeout=10).status_code
+                if status == 204:
+                    return item[1]
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "a request was not accepted within 20s"
+            time.sleep(0.05)
+
+    with ThreadPoolExecutor(8) as pool:
+        return list(pool.map(one, items))
+
+
+def test_two_workers_share_one_port_and_one_outbox_and_deliver_each_event_once(tmp_path: Path) -> None:
+    cfg, out = config(tmp_path)
+    items = tencent_payloads(120, "w")
+    with processes() as started:
+        serve = ServeProcess(cfg, tmp_path / "serve.log", extra=["--workers", "2"])
+        started.append(serve)
+        wait_until(lambda: len(children(serve.proc.pid)) == 2, 20, what="two workers")
+        acked = post_all(serve.url, items)
+        assert sorted(acked) == sorted(i for _, i in items)
+        wait_until(lambda: len(read_events(out)) >= len(items), 30, what="delivery")
+        time.sleep(0.3)  # anything delivered twice would show up now
+        ids = [e["id"] for e in read_events(out)]
+        assert sorted(ids) == sorted(i for _, i in items), "an event was lost or delivered twice"
+        workers = children(serve.proc.pid)
+        assert len(workers) == 2
+        serve.signal(signal.SIGTERM)
+        assert serve.wait(30) == 0, serve.log()
+        for pid in workers:  # the workers stopped with it (reaped by the supervisor)
+            assert not Path(f"/proc/{pid}").exists()
+
+
+def test_a_killed_worker_is_replaced_and_nothing_is_lost(tmp_path: Path) -> None:
+    cfg, out = config(tmp_path)
+    first, second = tencent_payloads(80, "a"), tencent_payloads(80, "b")
+    with processes() as started:
+        serve = ServeProcess(cfg, tmp_path / "serve.log", extra=["--workers", "2"])
+        started.append(serve)
+        wait_until(lambda: len(children(serve.proc.pid)) == 2, 20, what="two workers")
+        post_all(serve.url, first)
+        victim = children(serve.proc.pid)[0]
+        os.kill(victim, signal.SIGKILL)
+        # the other worker keeps accepting while the supervisor starts a new one
+        post_all(serve.url, second)
+        wait_until(lambda: len(children(serve.proc.pid)) == 2 and victim not in children(serve.proc.pid), 20,
+                   what="the supervisor to replace the killed worker")
+        want = {i for _, i in first + second}
+        # the killed worker's claims go to the others once its lease (2 s) has run out
+        wait_until(lambda: want <= {e["id"] for e in read_events(out)}, 40, what="every event delivered")
+        ids = [e["id"] for e in read_events(out)]
+        assert set(ids) == want, "an event was lost"
+        bodies: dict[str, set[str]] = {}
+        for e in read_events(out):
+            bodies.setdefault(e["id"], set()).add(repr(sorted(e.items())))
+        assert all(len(b) == 1 for b in bodies.values()), "a duplicate differs from the original"
+        assert "restarting it" in serve.log()
+        serve.signal(signal.SIGTERM)
+        assert serve.wait(30) == 0, serve.log()
+
+
+def test_an_unrelated_bridge_on_the_same_outbox_is_still_refused(tmp_path: Path) -> None:
+    cfg, _ = config(tmp_path)
+    link = tmp_path / "link.db"
+    with processes() as started:
+        serve = ServeProcess(cfg, tmp_path / "serve.log", extra=["--workers", "2"])
+        started.append(serve)
+        wait_until(lambda: len(children(serve.proc.pid)) == 2, 20, what="two workers")
+        os.link(tmp_path / "outbox.db", link)
+        for outbox, log in ((str(tmp_path / "outbox.db"), "second.log"), (str(link), "link.log")):
+            for extra in ([], ["--workers", "2"]):
+                other = CliProcess(["serve", "--config", str(cfg), "--port", str(free_port()), "--outbox", outbox,
+                                    *extra], tmp_path / log)
+                assert other.wait(30) == 2
+                assert "another running bridge" in other.log(), other.log()
+        assert len(children(serve.proc.pid)) == 2  # the first serve is untouched
+        serve.signal(signal.SIGTERM)
+        assert serve.wait(30) == 0, serve.log()
