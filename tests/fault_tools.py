@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import random
@@ -108,8 +109,10 @@ def record(fig: Figures, config: pytest.Config | None = None) -> Figures:
     print(line)
     if config is not None and not config.pluginmanager.has_plugin("batchbridge-faults-summary"):
         config.pluginmanager.register(_Summary(), "batchbridge-faults-summary")
-    with _results_lock:
-        path = results_path()
+    path = results_path()
+    # the xdist workers append to the same file: a file lock, as well as the lock for this process's threads
+    with _results_lock, open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             existing = json.loads(path.read_text()) if path.exists() else []
         except ValueError:
@@ -127,14 +130,18 @@ NAMES = ("JOB_RUNNING", "JOB_SUCCEED", "JOB_FAILED", "TASK_RUNNING", "TASK_SUCCE
          "TASK_INSTANCE_SUCCEED", "TASK_INSTANCE_FAILED")
 
 
-def tencent_payloads(n: int, tag: str = "f") -> list[tuple[bytes, str]]:
-    """``n`` distinct Tencent CMQ payloads (one event each) and their canonical ids."""
-    out = []
+def iter_tencent_payloads(n: int, tag: str = "f") -> Iterator[tuple[bytes, str]]:
+    """``n`` distinct Tencent CMQ payloads (one event each) and their canonical ids, made as they are
+    taken: an experiment that stops early (a disk that fills) does not normalise the rest up front."""
     for i in range(n):
         body = compact(tencent_message(tencent_element(NAMES[i % len(NAMES)], JobId=f"job-{tag}{i:06d}",
                                                        TaskInstanceIndex=i)))
-        out.append((body, normalize(body)[0]["id"]))
-    return out
+        yield body, normalize(body)[0]["id"]
+
+
+def tencent_payloads(n: int, tag: str = "f") -> list[tuple[bytes, str]]:
+    """``n`` distinct Tencent CMQ payloads (one event each) and their canonical ids."""
+    return list(iter_tencent_payloads(n, tag))
 
 
 def canonical_events(n: int, tag: str = "c") -> list[dict[str, Any]]:

@@ -27,4 +27,12 @@ if [ "${BATCHBRIDGE_SKIP_LOCALSTACK:-0}" != "1" ] && [ -f localstack/install-hos
 fi
 
 export GRPC_VERBOSITY=ERROR
-exec .venv/bin/python -m pytest "$@"
+# Two pytest-xdist workers: the suite spends about half its time waiting on servers and processes,
+# so two workers on a 2-core machine halve the wall time (tests/conftest.py keeps LocalStack and the
+# Pub/Sub emulator on one worker). BATCHBRIDGE_TEST_WORKERS=0 runs it in one process; an -n of your own wins.
+workers=${BATCHBRIDGE_TEST_WORKERS:-2}
+xdist=()
+if [ "$workers" != "0" ] && ! printf '%s\n' "$@" | grep -qE '^(-n|--numprocesses|no:xdist$|-pno:xdist$)'; then
+  xdist=(-n "$workers" --dist loadgroup)
+fi
+exec .venv/bin/python -m pytest ${xdist[@]+"${xdist[@]}"} "$@"

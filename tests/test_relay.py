@@ -148,7 +148,13 @@ def test_relay_nacks_when_the_outbox_cannot_be_written(tmp_path: Path) -> None:
     stop = threading.Event()
     t = threading.Thread(target=r.run, args=(stop,), daemon=True)
     t.start()
-    time.sleep(0.5)
+    source = memory.queue("src", create=False)
+
+    def taken_and_returned() -> bool:
+        with source.cond:
+            return len(source.ready) == 1 and source.ready[0].deliveries >= 1
+
+    wait_for(taken_and_returned)  # the relay received it, could not commit it, and nacked it
     stop.set()
     t.join(10)
     assert r.report.messages == 0
