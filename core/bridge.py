@@ -343,7 +343,7 @@ class Bridge:
                                      max_events=max_events)
         if isinstance(planned, InputError):
             return self._refused(raw, planned, source=source, provider=provider, meta=meta)
-        return self._bounded(planned)
+        return None if planned is None else self._bounded(planned)
 
     async def _on_thread(self, work: Callable[[], _T]) -> _T:
         def off_loop() -> _T:
