@@ -229,11 +229,14 @@ def main() -> int:
     note = f"{repeat} runs, {SENDERS}x{bodies} bodies of {BIG_EVENTS} events, " + \
         ("file route" if args.route else "no route") + f", load average {load:.1f}"
     emit_result("serve: p99 of small pushes while big bodies are decoded", round(p99, 1), "ms",
-                baseline=round(floor, 2), ratio=round(p99 / P99_TARGET_MS, 3), target=f"< {P99_TARGET_MS:.0f} ms",
-                passed=passed_p99, note=note + "; baseline = the prober's p99 against the idle server")
-    emit_result("serve: RSS after a burst of big bodies vs its warmed-up baseline", round(ratio, 3), "x",
+                baseline=round(floor, 2), ratio=round(p99 / P99_TARGET_MS, 3),
+                target=f"< 1 (p99 / {P99_TARGET_MS:.0f} ms)", passed=passed_p99,
+                note=note + "; baseline = the prober's p99 against the idle server; ratio = p99 / 200 ms")
+    emit_result("serve: RSS after a burst of big bodies vs its warmed-up baseline",
+                round(statistics.median(r["after"] for r in runs), 1), "MiB",
                 baseline=round(statistics.median(r["baseline"] for r in runs), 1), ratio=round(ratio, 3),
-                target=f"<= {RSS_TARGET}", passed=passed_rss, note=note + "; baseline in MiB")
+                target=f"<= {RSS_TARGET}", passed=passed_rss,
+                note=note + "; ratio: median of each run's after / baseline")
     return 0
 
 
