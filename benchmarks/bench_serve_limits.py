@@ -66,12 +66,10 @@ def _rss_kib(pid: int) -> int:
     return 0
 
 
-def _children(pid: int) -> list[int]:
-    out: list[int] = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        with contextlib.suppress(OSError):
-            out += [int(c) for c in (task / "children").read_text().split()]
-    return out
+def _decoder(pid: int) -> int | None:
+    """serve's decoding process (its only child)."""
+    found = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True, check=False).stdout.split()
+    return int(found[0]) if found else None
 
 
 def _free_port() -> int:
@@ -177,7 +175,7 @@ def one_run(workdir: Path, bodies: int, route: bool) -> dict[str, float]:
         settle = time.monotonic() + 5
         while (after := _rss_kib(server.pid)) > baseline * RSS_TARGET and time.monotonic() < settle:
             time.sleep(0.2)
-        decoder = next(iter(_children(server.pid)), None)
+        decoder = _decoder(server.pid)
         return {"p99": _p99(latencies) * 1000, "p50": statistics.median(latencies) * 1000, "n": len(latencies),
                 "idle_p99": _p99(idle) * 1000, "baseline": baseline / 1024, "after": after / 1024,
                 "rss_ratio": after / baseline, "decoder": _rss_kib(decoder) / 1024 if decoder else 0.0}
@@ -231,11 +229,14 @@ def main() -> int:
     note = f"{repeat} runs, {SENDERS}x{bodies} bodies of {BIG_EVENTS} events, " + \
         ("file route" if args.route else "no route") + f", load average {load:.1f}"
     emit_result("serve: p99 of small pushes while big bodies are decoded", round(p99, 1), "ms",
-                baseline=round(floor, 2), ratio=round(p99 / P99_TARGET_MS, 3), target=f"< {P99_TARGET_MS:.0f} ms",
-                passed=passed_p99, note=note + "; baseline = the prober's p99 against the idle server")
-    emit_result("serve: RSS after a burst of big bodies vs its warmed-up baseline", round(ratio, 3), "x",
+                baseline=round(floor, 2), ratio=round(p99 / P99_TARGET_MS, 3),
+                target=f"< 1 (p99 / {P99_TARGET_MS:.0f} ms)", passed=passed_p99,
+                note=note + "; baseline = the prober's p99 against the idle server; ratio = p99 / 200 ms")
+    emit_result("serve: RSS after a burst of big bodies vs its warmed-up baseline",
+                round(statistics.median(r["after"] for r in runs), 1), "MiB",
                 baseline=round(statistics.median(r["baseline"] for r in runs), 1), ratio=round(ratio, 3),
-                target=f"<= {RSS_TARGET}", passed=passed_rss, note=note + "; baseline in MiB")
+                target=f"<= {RSS_TARGET}", passed=passed_rss,
+                note=note + "; ratio: median of each run's after / baseline")
     return 0
 
 

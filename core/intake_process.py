@@ -39,6 +39,8 @@ log = logging.getLogger("batchbridge.serve")
 Planned = _Intake | InputError | None
 #: events per piece of a plan sent back (see ``_send``)
 PIECE = 200
+#: how much lower the decoding process's CPU priority is than the server's
+NICE = 10
 #: how long the process may take to start (import, router) before bodies go to a thread
 START_TIMEOUT = 60.0
 
@@ -123,9 +125,9 @@ class DecodingProcess:
         proc = None
         try:
             proc = subprocess.Popen([sys.executable, "-m", "batchbridge.core.intake_process"],
-                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True,
-                                    # its own group: Ctrl-C on serve's terminal is for serve, which stops it
-                                    start_new_session=True)
+                                    # serve's session (not a new one), so the kernel's autogroup
+                                    # scheduling shares serve's CPU with it, where NICE applies
+                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True)
             assert proc.stdin is not None and proc.stdout is not None
             pickle.dump(self._config, proc.stdin)
             proc.stdin.flush()
@@ -205,7 +207,15 @@ def _end(proc: subprocess.Popen[bytes]) -> None:
 
 
 if __name__ == "__main__":
+    # it ends when serve closes the pipe (or dies): Ctrl-C on serve's terminal, or a SIGTERM to serve's
+    # whole group or cgroup, must not take it away while serve still drains
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    with contextlib.suppress(OSError):
+        os.setpgid(0, 0)
+    # a big body may wait; the small requests the server answers meanwhile should not (when CPUs are short)
+    with contextlib.suppress(OSError):
+        os.nice(NICE)
     # the pipes are the protocol: nothing else may write to stdout
     _out = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)

@@ -432,8 +432,9 @@ def serve(config: BridgeConfig, *, host: str | None = None, port: int | None = N
             if self.started and on_bound is not None:
                 on_bound()
 
-    # big bodies are decoded on a worker thread, which holds the GIL while it works: a shorter switch
-    # interval (5 ms by default) lets the event loop in between, so small requests stay fast
+    # a big body's plan is unpickled and committed on threads, which hold the GIL while they work: a
+    # shorter switch interval (5 ms by default) lets the event loop in between, so small requests stay
+    # fast (and a body decoded on a thread, when the decoding process is down, holds it far longer)
     sys.setswitchinterval(0.001)
     _fixed_mmap_threshold()
     app = create_app(config)
