@@ -39,9 +39,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+import orjson
+
 from .dead_letters import DEAD_LETTER_MAX_BYTES, DEAD_LETTER_MAX_ROWS, DeadLetterBounds
 from .errors import BatchBridgeError, ConfigError
 from .outbox_commit import (
+    _ROWS_PER_STATEMENT,
     Gate,
     _Committer,
     _delete_rows,
@@ -206,8 +209,10 @@ class Outbox:
         self._watch: _Watch | None = None
         #: the latest event per subject, in this file (``core/state.py``)
         self.state: StateStore = SqliteStateStore(self._read, self._write)
+        #: one writer at a time within this process (see ``_Committer``); other processes wait on SQLite's lock
+        self._write_lock = threading.Lock()
         self._committer = _Committer(lambda: self._connect(self._intake_sync), self._where, self._no_room,
-                                     self._gone)
+                                     self._gone, self._write_lock)
         self._committer.listeners.append(self._woken)
 
     # --- connections -----------------------------------------------------------------------------
@@ -354,8 +359,12 @@ class Outbox:
         except sqlite3.Error as exc:
             raise _write_failed("outbox write failed", exc, self._where) from None
 
+    def _write_once(self, conn: sqlite3.Connection, work: Callable[[sqlite3.Connection], T]) -> T:
+        with self._write_lock:
+            return self._transaction(conn, work)
+
     @staticmethod
-    def _write_once(conn: sqlite3.Connection, work: Callable[[sqlite3.Connection], T]) -> T:
+    def _transaction(conn: sqlite3.Connection, work: Callable[[sqlite3.Connection], T]) -> T:
         conn.execute("BEGIN IMMEDIATE")
         try:
             result = work(conn)
@@ -505,12 +514,16 @@ class Outbox:
         with self._inflight_lock:
             busy = sorted({k for d, k in self._inflight.values() if d == destination})
         not_busy = f"AND okey NOT IN ({', '.join('?' * len(busy))}) " if busy else ""
-        pick = ("SELECT DISTINCT okey FROM (SELECT okey FROM outbox o WHERE destination = ? " + not_busy +
+        # every statement here answers in one row (JSON built by SQLite): sqlite3 lets go of the GIL
+        # around each step, and under load each step taken back waits for the event loop thread
+        pick = ("SELECT json_group_array(okey) FROM (SELECT DISTINCT okey FROM (SELECT okey FROM outbox o "
+                "WHERE destination = ? " + not_busy +
                 "AND NOT EXISTS (SELECT 1 FROM key_lease l WHERE l.destination = o.destination AND l.okey = o.okey "
-                "AND l.owner <> ? AND l.expires > ?) ORDER BY seq LIMIT ?)")
+                "AND l.owner <> ? AND l.expires > ?) ORDER BY seq LIMIT ?))")
 
         def candidates(conn: sqlite3.Connection) -> list[str]:
-            return sorted(r[0] for r in conn.execute(pick, [destination, *busy, self.owner, time.time(), limit]))
+            found = conn.execute(pick, [destination, *busy, self.owner, time.time(), limit]).fetchone()[0]
+            return sorted(orjson.loads(found))
 
         # a look without the write lock first: idle claimants of N workers must not queue on it
         try:
@@ -524,15 +537,20 @@ class Outbox:
             if not keys:
                 return []
             expires = time.time() + self.lease
-            conn.executemany("INSERT INTO key_lease (destination, okey, owner, expires) VALUES (?, ?, ?, ?) "
-                             "ON CONFLICT (destination, okey) DO UPDATE SET owner = excluded.owner, "
-                             "expires = excluded.expires", [(destination, k, self.owner, expires) for k in keys])
+            for start in range(0, len(keys), _ROWS_PER_STATEMENT):
+                chunk = keys[start:start + _ROWS_PER_STATEMENT]
+                conn.execute("INSERT INTO key_lease (destination, okey, owner, expires) VALUES "
+                             + ", ".join(["(?, ?, ?, ?)"] * len(chunk)) +
+                             " ON CONFLICT (destination, okey) DO UPDATE SET owner = excluded.owner, "
+                             "expires = excluded.expires",
+                             [v for k in chunk for v in (destination, k, self.owner, expires)])
             # the head of each key: the oldest rows, whatever the candidates were
-            rows = conn.execute(
-                f"SELECT seq, destination, event_id, body, attempts, okey FROM outbox WHERE destination = ? "
-                f"AND okey IN ({', '.join('?' * len(keys))}) ORDER BY seq LIMIT ?",
-                [destination, *keys, limit]).fetchall()
-            return [(Pending(int(s), d, e, bytes(b), int(a)), k) for s, d, e, b, a, k in rows]
+            found = conn.execute(
+                "SELECT json_group_array(json_array(seq, event_id, attempts, okey, hex(body))) FROM (SELECT * FROM "
+                f"outbox WHERE destination = ? AND okey IN ({', '.join('?' * len(keys))}) ORDER BY seq LIMIT ?)",
+                [destination, *keys, limit]).fetchone()[0]
+            rows = sorted(orjson.loads(found))
+            return [(Pending(int(s), destination, e, bytes.fromhex(b), int(a)), k) for s, e, a, k, b in rows]
 
         claimed = self._write(work)
         with self._inflight_lock:

@@ -116,12 +116,16 @@ class _Committer:
 
     def __init__(self, connect: Callable[[], sqlite3.Connection], where: str,
                  no_room: Callable[[sqlite3.Connection], str | None] = lambda conn: None,
-                 guard: Callable[[], str | None] = lambda: None) -> None:
+                 guard: Callable[[], str | None] = lambda: None,
+                 write_lock: threading.Lock | None = None) -> None:
         self._connect = connect
         self._where = where
         self._no_room = no_room
         #: why the file is no longer the outbox (deleted, replaced, truncated); None while it is
         self._guard = guard
+        #: held around each transaction: the store's other writers in this process (delivery) queue on
+        #: it instead of on SQLite's lock, whose busy handler sleeps in steps of up to 100 ms
+        self._write_lock: threading.Lock | contextlib.nullcontext[None] = write_lock or contextlib.nullcontext()
         self._cond = threading.Condition()
         self._queue: list[tuple[_Work, _Sink]] = []
         self._closing = False
@@ -193,13 +197,15 @@ class _Committer:
         if full is not None:
             return self._refuse(group, full)
         try:
-            outcomes = self._transaction(conn, group)
+            with self._write_lock:
+                outcomes = self._transaction(conn, group)
         except sqlite3.Error as exc:
             if not is_disk_full(exc):
                 return self._fail(group, exc)
             _make_room(conn)
             try:
-                outcomes = self._transaction(conn, group)
+                with self._write_lock:
+                    outcomes = self._transaction(conn, group)
             except sqlite3.Error as again:
                 return self._fail(group, again)
         gone = self._guard()  # committed into a file that is no longer the outbox: not acknowledged

@@ -19,8 +19,9 @@ A **supervisor** process (this module's :func:`supervise`) does three things and
   is lost; some may be delivered twice, with equal event ids.
 
 SIGTERM/SIGINT to the supervisor are passed to every worker, which drain and stop as a single
-``serve`` does; the supervisor exits once they have. For a PostgreSQL outbox there is no file lock:
-any number of workers and replicas share the database.
+``serve`` does; the supervisor exits once they have. A worker whose supervisor is gone (killed
+outright) stops by itself within a second, so no orphan keeps the port and the lock. For a
+PostgreSQL outbox there is no file lock: any number of workers and replicas share the database.
 """
 
 from __future__ import annotations
@@ -148,3 +149,17 @@ def supervise(config: BridgeConfig, worker_argv: Sequence[str], *, workers: int,
         sock.close()
         if lock_fd is not None:
             os.close(lock_fd)
+
+
+def stop_with_supervisor(poll: float = 1.0) -> None:
+    """In a worker: once the supervisor is gone (SIGKILLed, say), stop as on SIGTERM -- drain and exit --
+    rather than keep its port and outbox lock as an orphan that a new ``serve`` could not replace."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll)
+        log.error("the serve supervisor (pid %d) is gone; this worker stops", parent)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="batchbridge-supervisor-watch", daemon=True).start()

@@ -37,6 +37,14 @@ def children(pid: int) -> list[int]:
         return [int(p) for p in f.read().split()]
 
 
+def alive(pid: int) -> bool:
+    """Running (not gone, not a zombie waiting for its parent)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
 def post_all(url: str, items: list[tuple[bytes, str]]) -> list[str]:
     """Post from 8 clients; the ids answered 204 (a request that fails is retried, as a sender would)."""
     def one(item: tuple[bytes, str]) -> str:
@@ -72,8 +80,7 @@ def test_two_workers_share_one_port_and_one_outbox_and_deliver_each_event_once(t
         assert len(workers) == 2
         serve.signal(signal.SIGTERM)
         assert serve.wait(30) == 0, serve.log()
-        for pid in workers:  # the workers stopped with it (reaped by the supervisor)
-            assert not Path(f"/proc/{pid}").exists()
+        assert not any(alive(pid) for pid in workers)  # the workers stopped with it
 
 
 def test_a_killed_worker_is_replaced_and_nothing_is_lost(tmp_path: Path) -> None:
@@ -121,3 +128,19 @@ def test_an_unrelated_bridge_on_the_same_outbox_is_still_refused(tmp_path: Path)
         assert len(children(serve.proc.pid)) == 2  # the first serve is untouched
         serve.signal(signal.SIGTERM)
         assert serve.wait(30) == 0, serve.log()
+
+
+def test_workers_stop_when_their_supervisor_is_killed(tmp_path: Path) -> None:
+    cfg, _ = config(tmp_path)
+    with processes() as started:
+        serve = ServeProcess(cfg, tmp_path / "serve.log", extra=["--workers", "2"])
+        started.append(serve)
+        wait_until(lambda: len(children(serve.proc.pid)) == 2, 20, what="two workers")
+        workers = children(serve.proc.pid)
+        serve.kill()
+        wait_until(lambda: not any(alive(p) for p in workers), 30, what="the orphaned workers to stop")
+        # and the outbox is free for the next serve
+        again = ServeProcess(cfg, tmp_path / "again.log")
+        started.append(again)
+        again.signal(signal.SIGTERM)
+        assert again.wait(30) == 0, again.log()

@@ -139,6 +139,10 @@ def run_serve(args: argparse.Namespace) -> int:
         argv = [*(["-v"] * args.verbose), "--log-format", args.log_format, "serve", "--config", args.config]
         env = {WORKER_OUTBOX_ENV: args.outbox} if args.outbox else {}
         return supervise(config, argv, workers=args.workers, host=host, port=port, on_bound=bound, env=env)
+    if args.worker_socket is not None:
+        from ..serve_workers import stop_with_supervisor
+
+        stop_with_supervisor()
     serve(config, host=host, port=port, log_level="info" if args.verbose else "warning",
           on_bound=None if args.worker_socket is not None else bound, worker_socket=args.worker_socket)
     return 0
