@@ -14,7 +14,10 @@ machine's load hits all alike; medians are reported.
 
 Targets (issue 16): 2 workers >= 1.4x one worker; one PostgreSQL replica >= 50 % of one SQLite
 process. Nothing is judged when the load generator is the bottleneck: without wrk (the httpx
-fallback saturates at a few hundred requests/s), or when wrk kept >= 90 % of its cores busy.
+fallback saturates at a few hundred requests/s), or when wrk kept >= 90 % of its cores busy. Nor
+when the machine was busy with other work before the run started (1-minute load average above
+``BUSY`` x its cores): the processes measured then share the cores with others, and the more
+processes a shape runs the larger the share the scheduler gives it, so the ratios say nothing.
 """
 
 from __future__ import annotations
@@ -52,6 +55,8 @@ from bench_serve import (  # noqa: E402
 )
 
 WORKERS_TARGET = 1.4
+#: above this 1-minute load average per core before the run, other work competes for the cores
+BUSY = 1.0
 POSTGRES_TARGET = 0.5
 
 Payloads = list[tuple[bytes, int]]
@@ -175,7 +180,10 @@ def main() -> int:
     if bindir is None:
         print("bench_replicas: no PostgreSQL server binaries (apt-get install postgresql): nothing measured")
         return 0
-    print(f"replicas benchmark: {client} x {repeat}, {args.concurrency} connections in all; {machine()}")
+    cores = os.cpu_count() or 1
+    load_before = os.getloadavg()[0]
+    print(f"replicas benchmark: {client} x {repeat}, {args.concurrency} connections in all; {machine()}; "
+          f"load average {load_before:.1f} before the run")
     server = PgServer(bindir, durable=True)
     rows: dict[str, list[float]] = {"sqlite-1": [], "sqlite-2": [], "postgres-1": [], "postgres-2": []}
     loads: list[float] = []
@@ -208,12 +216,15 @@ def main() -> int:
     elif max(loads) >= CLIENT_SATURATED:
         bound = (f"wrk kept {max(loads):.0%} of its cores busy (>= {CLIENT_SATURATED:.0%}): the load generator is "
                  "the bottleneck, so the ratios say nothing about the servers")
+    elif load_before > BUSY * cores:
+        bound = (f"the machine was busy before the run (load average {load_before:.1f} on {cores} cores): the "
+                 "servers shared the cores with other work, so the ratios say nothing")
     print("median: " + ", ".join(f"{k} {v:,.0f} events/s" for k, v in med.items()))
     if bound:
         print(f"NOT JUDGED: {bound}")
     note = f"{client}; {args.concurrency} connections" + (f"; {bound}" if bound else "")
     judged = None if bound else True
-    verdict = "NOT JUDGED (client-bound)" if bound else None
+    verdict = "NOT JUDGED" if bound else None
     w = med["sqlite-2"] / med["sqlite-1"]
     emit_result("serve --workers 2 vs 1 on one SQLite outbox (durable)", round(med["sqlite-2"], 1), "events/s",
                 baseline=round(med["sqlite-1"], 1), ratio=round(w, 3), target=f">= {WORKERS_TARGET}",

@@ -10,9 +10,10 @@ from collections.abc import Sequence
 SQLITE, POSTGRESQL = "sqlite", "postgresql"
 #: ``[outbox] url`` prefixes naming a PostgreSQL outbox; anything else is a path (``sqlite:///PATH`` too)
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
-#: kinds whose store carries a state store: the SQLite outbox has one in its file; a kind is added by
+#: kinds whose store carries a state store: the SQLite outbox has one in its file, the PostgreSQL store
+#: one in its database (``core/state_postgres.py``); a kind is added by
 #: :func:`batchbridge.core.stores.register_state_store` (or here, once its store always has one)
-WITH_STATE: set[str] = {SQLITE}
+WITH_STATE: set[str] = {SQLITE, POSTGRESQL}
 
 
 def kind_of(url: str | None) -> str:

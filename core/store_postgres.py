@@ -43,11 +43,10 @@ from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 import orjson
 
+from .dead_letters import DeadLetterBounds
 from .errors import BatchBridgeError, ConfigError, MissingDependencyError
 from .outbox import (
     _DL_COLUMNS,
-    DEAD_LETTER_MAX_BYTES,
-    DEAD_LETTER_MAX_ROWS,
     PUBLISH,
     DeadLetter,
     DeadLetterRecord,
@@ -68,7 +67,8 @@ from .secrets import redact, redact_uri, remember
 from .state import StateStore
 from .state_postgres import PostgresStateStore, _t
 from .store import IDLE_WAIT, LEASE, Backlog, StoreUnavailableError
-from .stores import POSTGRESQL, register_state_store
+from .store_kinds import POSTGRESQL
+from .stores import register_state_store
 
 if TYPE_CHECKING:
     import psycopg
@@ -496,11 +496,7 @@ class PostgresStore:
         self._closed = False
         #: bounds of the shared dead-letter table (``outbox.dead_letter_max_rows`` / ``_max_bytes``),
         #: counted over every replica's dead letters
-        self.dead_letter_max_rows = DEAD_LETTER_MAX_ROWS
-        self.dead_letter_max_bytes = DEAD_LETTER_MAX_BYTES
-        self._dl_lock = threading.Lock()
-        self._dl_usage = [0, 0]
-        self._dl_usage_until = 0.0
+        self._bounds = DeadLetterBounds(self.dead_letter_usage)
         self._committer = _PgCommitter(self._connect, self.where)
         self._listener = _Listener(lambda: self._connect(autocommit=True))
         #: the latest event per subject, in this database, shared by every replica (``core/state_postgres.py``)
@@ -794,26 +790,31 @@ class PostgresStore:
 
     # --- dead letters ---------------------------------------------------------------------------------
 
+    def dead_letter_usage(self) -> tuple[int, int]:
+        """(rows, payload bytes) of the dead letters of every replica (``core/dead_letters.py``)."""
+        rows, size = self._read("SELECT count(*), coalesce(sum(octet_length(payload)), 0) FROM dead_letter")[0]
+        return int(rows), int(size)
+
     def dead_letter_refusal(self, nbytes: int) -> str | None:
         """Why a new dead letter of ``nbytes`` may not be stored (None when it may, and then it is counted
         against the bounds), over the dead letters of every replica; read again at most once a second."""
-        with self._dl_lock:
-            now = time.monotonic()
-            if now >= self._dl_usage_until:
-                rows, size = self._read(
-                    "SELECT count(*), coalesce(sum(octet_length(payload)), 0) FROM dead_letter")[0]
-                self._dl_usage = [int(rows), int(size)]
-                self._dl_usage_until = now + 1.0
-            rows, size = self._dl_usage
-            if rows + 1 > self.dead_letter_max_rows:
-                return (f"the dead-letter store is full ({rows} of {self.dead_letter_max_rows} rows, "
-                        "outbox.dead_letter_max_rows); `batchbridge dlq` replay or purge makes room")
-            if size + nbytes > self.dead_letter_max_bytes:
-                return (f"the dead-letter store is full ({size // 1024} KiB of {self.dead_letter_max_bytes // 1024} "
-                        "KiB, outbox.dead_letter_max_bytes); `batchbridge dlq` replay or purge makes room")
-            self._dl_usage[0] += 1
-            self._dl_usage[1] += nbytes
-            return None
+        return self._bounds.refusal(nbytes)
+
+    @property
+    def dead_letter_max_rows(self) -> int:
+        return self._bounds.max_rows
+
+    @dead_letter_max_rows.setter
+    def dead_letter_max_rows(self, value: int) -> None:
+        self._bounds.max_rows = value
+
+    @property
+    def dead_letter_max_bytes(self) -> int:
+        return self._bounds.max_bytes
+
+    @dead_letter_max_bytes.setter
+    def dead_letter_max_bytes(self, value: int) -> None:
+        self._bounds.max_bytes = value
 
     def dead_letters(self, *, limit: int = 100, after: int = 0) -> list[DeadLetterRecord]:
         return [_record(r) for r in self._read(
