@@ -4,7 +4,7 @@ damaged outbox file at start.
 * SIGKILL: each run kills the real CLI process at a random moment while events flow, starts it
   again on the same outbox, and checks that everything acknowledged (an HTTP 204; a source message
   deleted) reaches the destination -- duplicates allowed only as the same event with the same id.
-  5 runs each by default; ``BATCHBRIDGE_FAULTS_RUNS=N`` (or ``-m faults``: 25) for more.
+  3 runs each by default; ``BATCHBRIDGE_FAULTS_RUNS=N`` (or ``-m faults``: 25) for more.
   ``BATCHBRIDGE_FAULTS_SEED`` replays a sequence of kill points.
 * Disk full: the outbox on a small tmpfs (``mount -t tmpfs -o size=...``; where mounting is not
   allowed, SQLite's ``max_page_count`` makes the file "full" instead) with the backend down: intake
@@ -63,7 +63,7 @@ def runs(config: pytest.Config) -> int:
     explicit = os.environ.get("BATCHBRIDGE_FAULTS_RUNS")
     if explicit:
         return max(1, int(explicit))
-    return 25 if full_run(config) else 5
+    return 25 if full_run(config) else 3
 
 
 def rng_for(name: str) -> tuple[random.Random, int]:
