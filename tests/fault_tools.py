@@ -130,18 +130,14 @@ NAMES = ("JOB_RUNNING", "JOB_SUCCEED", "JOB_FAILED", "TASK_RUNNING", "TASK_SUCCE
          "TASK_INSTANCE_SUCCEED", "TASK_INSTANCE_FAILED")
 
 
-def iter_tencent_payloads(n: int, tag: str = "f") -> Iterator[tuple[bytes, str]]:
-    """``n`` distinct Tencent CMQ payloads (one event each) and their canonical ids, made as they are
-    taken: an experiment that stops early (a disk that fills) does not normalise the rest up front."""
+def tencent_payloads(n: int, tag: str = "f") -> list[tuple[bytes, str]]:
+    """``n`` distinct Tencent CMQ payloads (one event each) and their canonical ids."""
+    out = []
     for i in range(n):
         body = compact(tencent_message(tencent_element(NAMES[i % len(NAMES)], JobId=f"job-{tag}{i:06d}",
                                                        TaskInstanceIndex=i)))
-        yield body, normalize(body)[0]["id"]
-
-
-def tencent_payloads(n: int, tag: str = "f") -> list[tuple[bytes, str]]:
-    """``n`` distinct Tencent CMQ payloads (one event each) and their canonical ids."""
-    return list(iter_tencent_payloads(n, tag))
+        out.append((body, normalize(body)[0]["id"]))
+    return out
 
 
 def canonical_events(n: int, tag: str = "c") -> list[dict[str, Any]]:

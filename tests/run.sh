@@ -35,4 +35,4 @@ xdist=()
 if [ "$workers" != "0" ] && ! printf '%s\n' "$@" | grep -qE '^(-n|--numprocesses|no:xdist$|-pno:xdist$)'; then
   xdist=(-n "$workers" --dist loadgroup)
 fi
-exec .venv/bin/python -m pytest ${xdist[@]+"${xdist[@]}"} "$@"
+exec .venv/bin/python -m pytest "$@" ${xdist[@]+"${xdist[@]}"}

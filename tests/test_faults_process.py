@@ -4,7 +4,7 @@ damaged outbox file at start.
 * SIGKILL: each run kills the real CLI process at a random moment while events flow, starts it
   again on the same outbox, and checks that everything acknowledged (an HTTP 204; a source message
   deleted) reaches the destination -- duplicates allowed only as the same event with the same id.
-  5 runs each by default; ``BATCHBRIDGE_FAULTS_RUNS=N`` (or ``-m faults``: 25) for more.
+  3 runs each by default; ``BATCHBRIDGE_FAULTS_RUNS=N`` (or ``-m faults``: 25) for more.
   ``BATCHBRIDGE_FAULTS_SEED`` replays a sequence of kill points.
 * Disk full: the outbox on a small tmpfs (``mount -t tmpfs -o size=...``; where mounting is not
   allowed, SQLite's ``max_page_count`` makes the file "full" instead) with the backend down: intake
@@ -44,7 +44,6 @@ from fault_tools import (
     ServeProcess,
     canonical_events,
     full_run,
-    iter_tencent_payloads,
     processes,
     record,
     tencent_payloads,
@@ -63,7 +62,7 @@ def runs(config: pytest.Config) -> int:
     explicit = os.environ.get("BATCHBRIDGE_FAULTS_RUNS")
     if explicit:
         return max(1, int(explicit))
-    return 25 if full_run(config) else 5
+    return 25 if full_run(config) else 3
 
 
 def rng_for(name: str) -> tuple[random.Random, int]:
@@ -336,7 +335,8 @@ def test_disk_full_refuses_with_503_and_recovers(request: pytest.FixtureRequest,
         moto_restartable.stop()  # the backend is down: the outbox only grows
         url, stop = run_uvicorn(create_app(bridge))
         try:
-            items = iter_tencent_payloads(20000, tag="full-")
+            # the disk fills after a few hundred events; made up front, so that they are posted back to back
+            items = tencent_payloads(2000, tag="full-")
             acked: list[str] = []
             refused: list[dict[str, Any]] = []
             with httpx.Client(base_url=url, timeout=30) as client:
