@@ -38,11 +38,12 @@ import hmac
 import logging
 import signal
 import socket
+import sqlite3
 import sys
 import threading
 from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import parse_qsl
 
 import orjson
@@ -63,6 +64,22 @@ if TYPE_CHECKING:
     from starlette.types import Receive, Scope, Send
 
 log = logging.getLogger("batchbridge.serve")
+
+T = TypeVar("T")
+
+#: what reading the outbox for a ``/metrics`` scrape may raise when the file is gone or damaged
+_UNREADABLE = (BatchBridgeError, sqlite3.Error, OSError)
+
+
+def _or_empty(read: Callable[[], T], empty: Callable[[], T]) -> Callable[[], T]:
+    """``read``, or ``empty()`` when the outbox cannot be read (logged at debug: ``/readyz`` says why)."""
+    def reader() -> T:
+        try:
+            return read()
+        except _UNREADABLE as exc:
+            log.debug("a /metrics figure could not be read from the outbox: %s", redact(str(exc)))
+            return empty()
+    return reader
 
 
 class _TooLarge(Exception):
@@ -316,8 +333,17 @@ def create_app(target: Bridge | BridgeConfig | str | Path, *, settings: ServeSet
         failing = {dest: seconds for dest, (seconds, _) in bridge.failing().items()}
         return bridge.unwritable() is None, failing
 
-    registry = prometheus_registry(bridge.stats, bridge.outbox.depths,
-                                   backlog=lambda: destination_heads(bridge.outbox), health=health)
+    def unwritable_health() -> tuple[bool, dict[str, float]]:
+        try:
+            return health()
+        except _UNREADABLE:
+            return False, {}  # flagged: batchbridge_outbox_writable 0
+
+    # figures read from the outbox are left out when it cannot be read (its WAL deleted under a running
+    # serve, a damaged file): a scrape answers with what is known rather than 500
+    registry = prometheus_registry(bridge.stats, _or_empty(bridge.outbox.depths, dict),
+                                   backlog=_or_empty(lambda: destination_heads(bridge.outbox), list),
+                                   health=unwritable_health)
 
     def error(status: int, code: str, reason: str, headers: Mapping[str, str] | None = None) -> Response:
         return Response(_error_json(code, reason), status_code=status, media_type="application/json",

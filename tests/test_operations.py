@@ -566,3 +566,27 @@ def test_run_sh_goes_on_without_localstack_and_says_why(tmp_path: Path, required
         assert done.returncode == 0, done.stderr
         assert "the @localstack tests will be skipped" in done.stderr and "Python >= 3.12" in done.stderr
         assert "-m pytest -q" in calls
+
+
+def test_metrics_answer_when_the_outbox_cannot_be_read(tmp_path: Path) -> None:
+    """Regression: a scrape after the outbox became unreadable (its WAL deleted under a running serve)
+    answered 500; the figures read from the outbox are left out and the outbox is flagged unwritable."""
+    from batchbridge.core.serve import create_app
+    from uvicorn_thread import run_uvicorn
+
+    out = tmp_path / "out.jsonl"
+    bridge = Bridge(config_from_dict({"routes": [{"to": f"file://{out}"}],
+                                      "outbox": {"path": str(tmp_path / "outbox.db")}}))
+    url, stop = run_uvicorn(create_app(bridge))
+    try:
+        with httpx.Client(base_url=url, timeout=10) as client:
+            before = client.get("/metrics")
+            assert before.status_code == 200 and "batchbridge_outbox_writable 1.0" in before.text
+            bridge.outbox.close()  # every read of the outbox now fails (OutboxError)
+            r = client.get("/metrics")
+            assert r.status_code == 200, r.text
+            assert "batchbridge_outbox_writable 0.0" in r.text
+            assert "batchbridge_events_received" in r.text
+    finally:
+        stop()
+        bridge.stop()
