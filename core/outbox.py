@@ -53,13 +53,16 @@ from .outbox_commit import (
 )
 from .outbox_disk import (
     DISK_RESERVE,
+    ROOM_FILE_SHARE,
     WAL_SIZE_LIMIT,
+    DiskFullError,
     _is_damage,
     _make_room,
     _Watch,
     _write_failed,
     inherited_lock,
     is_disk_full,
+    keep_room,
     lock_file,
 )
 from .outbox_rows import (
@@ -153,6 +156,9 @@ CREATE TABLE IF NOT EXISTS dead_letter (
 #: ``PRAGMA`` read, no lock
 WAKE_POLL = 0.05
 
+#: delivered rows deleted per transaction when a settle's one transaction found the disk full
+_SETTLE_PIECE = 25
+
 
 @dataclass(frozen=True, slots=True)
 class Backlog:
@@ -206,6 +212,7 @@ class Outbox:
         self._leased = False
         self._wakes: dict[str, threading.Event] = {}
         self._create()
+        keep_room(self.path, self.reserve_bytes // ROOM_FILE_SHARE)
         self._watch: _Watch | None = None
         #: the latest event per subject, in this file (``core/state.py``)
         self.state: StateStore = SqliteStateStore(self._read, self._write)
@@ -268,23 +275,28 @@ class Outbox:
                 # plenty: no intake burst eats three reserves in a quarter of a second, so the next
                 # commits skip the four system calls (each one a GIL hand-over under load)
                 self._room_ok_until = now + 0.25
+                keep_room(self.path, self.reserve_bytes // ROOM_FILE_SHARE)  # given up on a full disk: back
             return None
         if now - self._last_squeeze >= 1.0:
             # once the outbox has drained, what keeps the disk full is mostly the WAL, which keeps its size
             # after a checkpoint: truncating it gives the room back (tried at most once a second, and
             # without waiting for readers, so a refused request stays cheap)
             self._last_squeeze = now
-            conn.execute("PRAGMA busy_timeout = 50")
-            try:
-                _make_room(conn)
-            finally:
-                conn.execute(f"PRAGMA busy_timeout = {self._busy_ms}")
+            _make_room(conn, wait=0.3)
             free = self._room(conn)
             if free is None or free >= self.reserve_bytes:
                 return None
         return (f"the disk holding the outbox is nearly full ({free // 1024} KiB left; {self.reserve_bytes // 1024} "
                 "KiB are kept for delivering what the outbox already holds): nothing more is accepted until "
                 "there is room again")
+
+    def _low(self, conn: sqlite3.Connection) -> bool:
+        """Less than ``reserve_bytes`` left (:meth:`_room`), without trying to make room: usable inside a
+        transaction, where no checkpoint can run."""
+        if self.reserve_bytes <= 0:
+            return False
+        free = self._room(conn)
+        return free is not None and free < self.reserve_bytes
 
     def _room(self, conn: sqlite3.Connection) -> int | None:
         """Bytes the outbox can still use: free disk space, less what the next checkpoint will take to
@@ -536,9 +548,17 @@ class Outbox:
             keys = candidates(conn)  # again, under the lock: another claimant may have come first
             if not keys:
                 return []
-            expires = time.time() + self.lease
-            for start in range(0, len(keys), _ROWS_PER_STATEMENT):
-                chunk = keys[start:start + _ROWS_PER_STATEMENT]
+            now = time.time()
+            expires = now + self.lease
+            # keys this store already leases for more than half the lease are not written again: while a
+            # destination is down the same keys are claimed every backoff, and each rewrite would only
+            # grow the WAL (on a nearly full disk, into the room kept for the deletes)
+            fresh = {k for (k,) in conn.execute(
+                "SELECT okey FROM key_lease WHERE destination = ? AND owner = ? AND expires > ?",
+                (destination, self.owner, now + self.lease / 2))}
+            stale = [k for k in keys if k not in fresh]
+            for start in range(0, len(stale), _ROWS_PER_STATEMENT):
+                chunk = stale[start:start + _ROWS_PER_STATEMENT]
                 conn.execute("INSERT INTO key_lease (destination, okey, owner, expires) VALUES "
                              + ", ".join(["(?, ?, ?, ?)"] * len(chunk)) +
                              " ON CONFLICT (destination, okey) DO UPDATE SET owner = excluded.owner, "
@@ -618,7 +638,7 @@ class Outbox:
 
         def work(conn: sqlite3.Connection) -> None:
             _delete_rows(conn, done)
-            if again and self._no_room(conn) is None:
+            if again and not self._low(conn):
                 conn.executemany("UPDATE outbox SET attempts = attempts + 1, last_error = ? WHERE seq = ?", again)
             if moved:
                 # a row another claimant already settled is not dead-lettered a second time
@@ -627,13 +647,29 @@ class Outbox:
                 _insert_dead(conn, [d for s, d in moved if s in present])
                 _delete_rows(conn, sorted(present))
             if leased:
-                conn.execute("UPDATE key_lease SET expires = ? WHERE owner = ?", (time.time() + self.lease, self.owner))
+                # only leases past half their time are extended: while a destination is down, settles come
+                # every backoff, and rewriting every lease each time would fill the WAL (and a full disk's
+                # reserve) with nothing but lease updates
+                now = time.time()
+                conn.execute("UPDATE key_lease SET expires = ? WHERE owner = ? AND expires < ?",
+                             (now + self.lease, self.owner, now + self.lease / 2))
                 for d in destinations:
                     conn.execute("DELETE FROM key_lease WHERE owner = ? AND destination = ? AND NOT EXISTS "
                                  "(SELECT 1 FROM outbox o WHERE o.destination = key_lease.destination "
                                  "AND o.okey = key_lease.okey)", (self.owner, d))
 
-        self._write(work)
+        try:
+            self._write(work)
+        except DiskFullError:
+            if len(done) <= _SETTLE_PIECE:
+                raise
+            # the deletes of one big batch need more WAL room than a full disk has; in small pieces,
+            # each its own transaction, they free rows that the next pieces (and the rest) reuse
+            for start in range(0, len(done), _SETTLE_PIECE):
+                piece = done[start:start + _SETTLE_PIECE]
+                self._write(lambda conn, piece=piece: _delete_rows(conn, piece))  # type: ignore[misc]
+            done = []
+            self._write(work)
         with self._inflight_lock:
             for s in seqs:
                 self._inflight.pop(s, None)

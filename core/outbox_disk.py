@@ -10,6 +10,7 @@ import logging
 import os
 import sqlite3
 import threading
+import time
 from pathlib import Path
 
 from .errors import ConfigError
@@ -53,20 +54,107 @@ def _is_damage(exc: sqlite3.Error) -> bool:
     text = str(exc)
     return "malformed" in text or "not a database" in text
 
+class DiskFullError(OutboxError):
+    """A write failed because the disk holding the outbox is full (``SQLITE_FULL``)."""
+
+
 def _write_failed(what: str, exc: sqlite3.Error, where: str) -> OutboxError:
     if is_disk_full(exc):
-        return OutboxError(f"{what}: the disk holding the outbox is full ({exc}); nothing more is accepted until "
+        return DiskFullError(f"{what}: the disk holding the outbox is full ({exc}); nothing more is accepted until "
                            "there is room again", where=where, retryable=True)
     return OutboxError(f"{what}: {exc}", where=where, retryable=True)
 
-def _make_room(conn: sqlite3.Connection) -> None:
+#: how long :func:`_make_room` keeps trying to truncate the WAL while other connections are busy, seconds
+ROOM_WAIT = 2.0
+
+
+def _make_room(conn: sqlite3.Connection, wait: float = ROOM_WAIT) -> bool:
     """On a full disk, most of the space is often the WAL (it grows until a checkpoint, 4 MiB by
     default, and keeps its size after one): copy it into the database and truncate it, so that the
-    retried write -- and above all the publisher's deletes, which free rows -- can go through."""
+    retried write -- and above all the publisher's deletes, which free rows -- can go through.
+
+    The truncation only succeeds once no other connection reads an older snapshot or writes; under
+    load a claimant or reader descheduled mid-statement holds one for a while, and one attempt that
+    gave up at once left the WAL full for good. So it is tried again for up to ``wait`` seconds; and
+    when the copy itself has no room (the database file must grow), the room file is given up
+    (:func:`keep_room`). True once the WAL was truncated."""
+    try:
+        busy_ms = int(conn.execute("PRAGMA busy_timeout").fetchone()[0])
+        # each attempt waits briefly for readers (the busy handler); the loop bounds the whole
+        conn.execute("PRAGMA busy_timeout = 50")
+    except sqlite3.Error:
+        return False
+    try:
+        return _truncate(conn, time.monotonic() + wait)
+    finally:
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute(f"PRAGMA busy_timeout = {busy_ms}")
+
+
+def _truncate(conn: sqlite3.Connection, deadline: float) -> bool:
     global _wal_truncations
-    with contextlib.suppress(sqlite3.Error):
+    pause = 0.01
+    while True:
         _wal_truncations += 1  # counted first: a watcher that sees the WAL shrink after this knows why
-        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        try:
+            busy = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+        except sqlite3.Error as exc:
+            busy = 1  # SQLITE_BUSY / LOCKED: tried again below
+            if is_disk_full(exc) and _give_up_room(conn):
+                continue
+        if not busy:
+            return True
+        if time.monotonic() + pause > deadline:
+            return False
+        time.sleep(pause)
+        pause = min(pause * 2, 0.2)
+
+#: the room file beside the outbox (``<outbox>-room``) takes this share of ``reserve_bytes``
+ROOM_FILE_SHARE = 4
+
+
+def room_file(db: str | Path) -> str:
+    """The room file of the outbox ``db``: disk space held back for the one write nothing else can make
+    room for -- the checkpoint that copies the WAL into the database file."""
+    return f"{db}-room"
+
+
+def keep_room(db: Path, size: int) -> None:
+    """Write the room file (``size`` bytes) if it is missing and the disk has twice that free. Under load,
+    readers keep checkpoints from finishing, the WAL grows over the pages new rows added to the
+    database, and a disk filled to the last byte then holds a WAL that can never be copied back: the
+    checkpoint must grow the database file, and there is no room for it (nor for any delete, as every
+    write goes through the WAL). Deleting this file (:func:`_make_room`) gives the checkpoint its room."""
+    name = room_file(db)
+    if size <= 0 or os.path.exists(name):
+        return
+    try:
+        st = os.statvfs(db.parent)
+        if st.f_bavail * st.f_frsize < 2 * size:
+            return
+        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except OSError:
+        return
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.unlink(name)
+    finally:
+        os.close(fd)
+
+
+def _give_up_room(conn: sqlite3.Connection) -> bool:
+    """Delete the room file of ``conn``'s outbox, if there is one (True then)."""
+    try:
+        db = conn.execute("PRAGMA database_list").fetchall()[0][2]
+        os.unlink(room_file(db))
+    except (sqlite3.Error, OSError, IndexError):
+        return False
+    log.warning("the disk holding the outbox %s is full: its room file was given up so that the WAL can be "
+                "copied back; it is written again once there is room", db)
+    return True
+
 
 class _Watch:
     """The identity (device, inode) and size of the outbox file and its WAL, checked from a thread and
