@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -447,3 +449,34 @@ def test_rows_from_another_writer_and_failed_rows_are_still_read(tmp_path: Path)
         assert bridge.drain(10)
         got = [orjson.loads(b)["id"] for b in SWITCHES["w"].sent]
         assert got == [first, "from-elsewhere", *later]
+
+
+def test_a_full_disk_with_a_wal_that_cannot_be_copied_back_recovers_through_the_room_file(tmp_path: Path) -> None:
+    """Regression (seen under CPU load): the WAL held pages the database file did not have yet and the
+    disk filled to the last byte; the checkpoint then needed room to grow the file, so the WAL could
+    never be truncated and every delete failed "database or disk is full" for good. The room file kept
+    beside the outbox is given up for that checkpoint, and the delivered rows are deleted."""
+    from batchbridge.core.outbox_disk import _make_room, room_file
+    from test_faults_process import small_disk
+
+    with small_disk(tmp_path, "2m") as disk:
+        if disk is None:
+            pytest.fail("this test needs a small tmpfs (mount); CI runs as root")
+        ob = Outbox(disk / "outbox.db", reserve_bytes=512 * 1024)
+        try:
+            assert Path(room_file(ob.path)).stat().st_size == 128 * 1024
+            body = b'{"pad":"%s"}' % (b"x" * 3000)
+            seqs = ob.put([OutboxRow("memory://a", f"e{i}", None, body) for i in range(100)]).seqs
+            assert _make_room(ob._conn())  # copied into the file: the WAL is empty
+            # a few more rows: their pages are only in the WAL, and the database file must grow for them
+            seqs += ob.put([OutboxRow("memory://a", f"f{i}", None, body) for i in range(8)]).seqs
+            filler = os.open(disk / "filler", os.O_WRONLY | os.O_CREAT)  # someone fills the disk
+            with contextlib.suppress(OSError):
+                while True:
+                    os.write(filler, b"\0" * 4096)
+            os.close(filler)
+            ob.settle(delivered=seqs)
+            assert ob.depth() == 0
+            assert not Path(room_file(ob.path)).exists()  # given up for the checkpoint
+        finally:
+            ob.close()
