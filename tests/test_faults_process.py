@@ -354,9 +354,11 @@ def test_disk_full_refuses_with_503_and_recovers(request: pytest.FixtureRequest,
                 # a payload that would be dead-lettered is answered 400 only if it could be kept
                 dead_before = bridge.outbox.dead_letter_count()
                 bad = client.post("/events", content=b"{not json")
-                if disk is not None or bad.status_code != 400:
+                if bad.status_code != 400:
                     assert bad.status_code == 503, bad.text
-                else:  # max_page_count: a small row can still fit into a page the file already has
+                else:
+                    # max_page_count: a small row can still fit into a page the file already has; tmpfs:
+                    # the once-a-second WAL truncation may just have given room back
                     assert bridge.outbox.dead_letter_count() == dead_before + 1
             assert {e["error"] for e in refused} == {"outbox_error"}
             reasons = [r.getMessage() for r in caplog.records if r.name == "batchbridge.serve"]
