@@ -26,7 +26,7 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import orjson
 
@@ -52,9 +52,6 @@ from .store import OutboxStore
 from .stores import open_store
 from .supersede import Candidate, IntakeGate
 from .trust import claims_canonical, trusted_event
-
-if TYPE_CHECKING:
-    from .intake_process import Decoder
 
 log = logging.getLogger("batchbridge.bridge")
 _T = TypeVar("_T")
@@ -243,6 +240,18 @@ def _route(router: Router, events: list[dict[str, Any]], source: str) -> _Intake
     # every event is observed by the state store; the rows are picked at commit (``IntakeGate``)
     result.deliveries = sum(len(c) for _, c in gated)
     return _Intake([], dead, result, [str(e.get("type")) for e in events], dropped, gated)
+
+
+#: what a decoder gives back for one payload: its plan, the input error it found, or None (it could not
+#: say: the payload is then decoded here, on a thread)
+Planned = _Intake | InputError | None
+
+
+class Decoder(Protocol):
+    """Decodes and routes big payloads elsewhere (``core/intake_process.py``: a process of its own)."""
+
+    async def plan(self, raw: bytes, *, source: str, provider: str | None, attributes: Mapping[str, str] | None,
+                   max_events: int | None) -> Planned: ...
 
 
 class Bridge:

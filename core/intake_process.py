@@ -26,9 +26,9 @@ import subprocess
 import sys
 import threading
 from collections.abc import Mapping
-from typing import IO, Any, Protocol
+from typing import IO, Any
 
-from .bridge import _Intake, plan_intake
+from .bridge import Planned, _Intake, plan_intake
 from .config import BridgeConfig
 from .errors import InputError
 from .routing import Router
@@ -36,18 +36,12 @@ from .routing import Router
 log = logging.getLogger("batchbridge.serve")
 
 #: what a decoder answers: the plan, the typed error for bad input, or None (decode it here instead)
-Planned = _Intake | InputError | None
 #: events per piece of a plan sent back (see ``_send``)
 PIECE = 200
 #: how much lower the decoding process's CPU priority is than the server's
 NICE = 10
 #: how long the process may take to start (import, router) before bodies go to a thread
 START_TIMEOUT = 60.0
-
-
-class Decoder(Protocol):
-    async def plan(self, raw: bytes, *, source: str, provider: str | None, attributes: Mapping[str, str] | None,
-                   max_events: int | None) -> Planned: ...
 
 
 def _plan(router: Router, request: tuple[bytes, str, str | None, Mapping[str, str] | None, int | None]) -> Planned:

@@ -56,6 +56,7 @@ from .outbox_disk import (
     ROOM_FILE_SHARE,
     WAL_SIZE_LIMIT,
     DiskFullError,
+    WriterLock,
     _is_damage,
     _make_room,
     _Watch,
@@ -216,8 +217,8 @@ class Outbox:
         self._watch: _Watch | None = None
         #: the latest event per subject, in this file (``core/state.py``)
         self.state: StateStore = SqliteStateStore(self._read, self._write)
-        #: one writer at a time within this process (see ``_Committer``); other processes wait on SQLite's lock
-        self._write_lock = threading.Lock()
+        #: one writer at a time, in this process and across the workers sharing the file
+        self._write_lock = WriterLock(self.path, busy_timeout)
         self._committer = _Committer(lambda: self._connect(self._intake_sync), self._where, self._no_room,
                                      self._gone, self._write_lock)
         self._committer.listeners.append(self._woken)
@@ -461,6 +462,7 @@ class Outbox:
         for conn in conns:
             with contextlib.suppress(sqlite3.Error):
                 conn.close()
+        self._write_lock.close()
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None

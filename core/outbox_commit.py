@@ -117,7 +117,7 @@ class _Committer:
     def __init__(self, connect: Callable[[], sqlite3.Connection], where: str,
                  no_room: Callable[[sqlite3.Connection], str | None] = lambda conn: None,
                  guard: Callable[[], str | None] = lambda: None,
-                 write_lock: threading.Lock | None = None) -> None:
+                 write_lock: contextlib.AbstractContextManager[Any] | None = None) -> None:
         self._connect = connect
         self._where = where
         self._no_room = no_room
@@ -125,7 +125,7 @@ class _Committer:
         self._guard = guard
         #: held around each transaction: the store's other writers in this process (delivery) queue on
         #: it instead of on SQLite's lock, whose busy handler sleeps in steps of up to 100 ms
-        self._write_lock: threading.Lock | contextlib.nullcontext[None] = write_lock or contextlib.nullcontext()
+        self._write_lock: contextlib.AbstractContextManager[Any] = write_lock or contextlib.nullcontext()
         self._cond = threading.Condition()
         self._queue: list[tuple[_Work, _Sink]] = []
         self._closing = False

@@ -261,3 +261,62 @@ def inherited_lock(path: Path) -> int | None:
     except OSError:
         return None
     return fd
+
+
+class WriterLock:
+    """One writer at a time on an outbox file, across threads *and* processes (``serve --workers N``).
+    SQLite's own lock makes a writer that finds it taken sleep in steps of 1, 2, 5 ... 100 ms, so N
+    processes committing side by side mostly wait on each other's sleeps; here the waiter asks again
+    within a fraction of a millisecond. The ``flock`` is on a file beside the outbox (the outbox file's
+    own ``flock`` is the single-bridge lock, and POSIX locks on it belong to SQLite). A holder that
+    stalls is waited for at most ``timeout``; then SQLite's busy handler decides, as before."""
+
+    def __init__(self, path: Path, timeout: float) -> None:
+        self._path = Path(f"{path}-writer")
+        self._timeout = timeout
+        self._threads = threading.Lock()
+        self._fd: int | None = None
+        self._held = False
+
+    def _descriptor(self) -> int | None:
+        if self._fd is None:
+            try:
+                self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600)
+            except OSError:
+                return None  # a read-only or full directory: SQLite's lock alone, as before
+        return self._fd
+
+    def __enter__(self) -> None:
+        self._threads.acquire()
+        fd = self._descriptor()
+        if fd is None:
+            return
+        deadline = time.monotonic() + self._timeout
+        pause = 0.0001
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                self._held = True
+                return
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    return
+                time.sleep(pause)
+                pause = min(pause * 2, 0.002)
+            except OSError:
+                return
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            if self._held and self._fd is not None:
+                self._held = False
+                with contextlib.suppress(OSError):
+                    fcntl.flock(self._fd, fcntl.LOCK_UN)
+        finally:
+            self._threads.release()
+
+    def close(self) -> None:
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+            self._fd = None

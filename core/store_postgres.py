@@ -67,8 +67,6 @@ from .secrets import redact, redact_uri, remember
 from .state import StateStore
 from .state_postgres import PostgresStateStore, _t
 from .store import IDLE_WAIT, LEASE, Backlog, StoreUnavailableError
-from .store_kinds import POSTGRESQL
-from .stores import register_state_store
 
 if TYPE_CHECKING:
     import psycopg
@@ -848,12 +846,3 @@ class PostgresStore:
             "UPDATE dead_letter SET attempts = attempts + 1, code = %s, reason = %s, location = %s WHERE id = %s",
             (error.code, _t(redact(error.reason)), _t(redact(error.where)) if error.where else None, dl_id)),
             "cannot update the dead letter")
-
-
-def _own_state(store: Any) -> StateStore:
-    """The state hook of :mod:`.stores`: a PostgresStore brings its own, in the same database."""
-    state: StateStore = store.state
-    return state
-
-
-register_state_store(POSTGRESQL, _own_state)
