@@ -406,10 +406,38 @@ class Outbox:
             # a worker of ``serve --workers N``: its supervisor holds the lock for the group
             # (``core/serve_workers.py``); the leases in the file share the rows among the workers
             self._lock_fd = os.dup(inherited)
+            self._reap_dead_leases()
             self.watch()
             return
         self._lock_fd = lock_file(self.path)
+        self._reap_dead_leases()
         self.watch()
+
+    def _reap_dead_leases(self) -> None:
+        """Give up the leases of processes on this host that are gone (a bridge or worker SIGKILLed):
+        one host shares a SQLite file, so a lease whose owner's pid is dead will never be renewed, and its
+        keys need not wait out the lease (30 s by default) before this process delivers them."""
+        host = socket.gethostname()
+        try:
+            owners = [r[0] for r in self._read("SELECT DISTINCT owner FROM key_lease")]
+        except OutboxError:
+            return
+        dead = []
+        for owner in owners:
+            where, _, rest = owner.rpartition(":")[0].rpartition(":")
+            if where != host or not rest.isdigit() or int(rest) == os.getpid():
+                continue
+            try:
+                os.kill(int(rest), 0)
+            except ProcessLookupError:
+                dead.append(owner)
+            except OSError:
+                pass  # alive, someone else's
+        if dead:
+            with contextlib.suppress(OutboxError):
+                self._write(lambda conn: conn.executemany("DELETE FROM key_lease WHERE owner = ?",
+                                                          [(o,) for o in dead]))
+            log.info("released the leases of %d gone process(es) on this outbox", len(dead))
 
     def watch(self) -> None:
         """Check, every :data:`WATCH_INTERVAL` seconds and before each commit group is acknowledged, that

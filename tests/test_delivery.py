@@ -201,3 +201,37 @@ def test_claimants_on_one_file_share_the_work_once_each_in_order(tmp_path: Path,
     assert sorted(got) == sorted(expected), "a row was lost or published twice"
     for k in range(10):
         assert [i for i in got if i.startswith(f"job{k}-")] == [f"job{k}-{n}" for n in range(30)]
+
+
+def test_the_leases_of_a_killed_process_do_not_hold_its_keys_back(tmp_path: Path) -> None:
+    """A bridge SIGKILLed mid-batch leaves leases on its keys (30 s by default). The next process to
+    lock the file on this host gives up the leases of pids that are gone, so it delivers those rows at
+    once instead of after the lease; live holders keep theirs."""
+    import signal
+    import subprocess
+    import sys
+
+    path = tmp_path / "o.db"
+    with Outbox(path) as store:
+        store.put([OutboxRow.of(DEST, event(f"j{n % 4}", n)) for n in range(20)])
+    claimer = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, time\nfrom batchbridge.core.outbox import Outbox\n"
+         f"ob = Outbox({str(path)!r}, lease=30.0)\nob.lock()\n"
+         f"print(len(ob.claim({DEST!r}, 100)), flush=True)\ntime.sleep(60)\n"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert claimer.stdout is not None
+        assert int(claimer.stdout.readline()) == 20  # it holds every key now
+        with Outbox(path, lease=30.0) as alive:  # a holder that is alive keeps its leases
+            assert alive.claim(DEST, 100) == []
+        claimer.send_signal(signal.SIGKILL)
+        claimer.wait(10)
+        with Outbox(path, lease=30.0) as store:
+            store.lock()
+            assert sorted(p.seq for p in store.claim(DEST, 100)) == sorted(
+                r[0] for r in store._read("SELECT seq FROM outbox"))
+            assert len(store.claim(DEST, 100)) == 0 and store.depth() == 20
+    finally:
+        claimer.kill()
+        claimer.wait(10)
