@@ -211,12 +211,23 @@ class _Committer:
         gone = self._guard()  # committed into a file that is no longer the outbox: not acknowledged
         if gone is not None:
             return self._refuse(group, gone)
+        return self._acknowledge(group, outcomes)
+
+    @staticmethod
+    def _rows_of(work: Any) -> Sequence[OutboxRow] | None:
+        """The rows an intake request wrote (None for other work: settles, purges)."""
+        return work.rows if isinstance(work, _Insert) else None
+
+    def _acknowledge(self, group: list[tuple[Any, Any]], outcomes: Sequence[tuple[Any, BaseException | None]]
+                     ) -> None:
+        """After the group's transaction is durable: count it, tell the listeners (the delivery workers)
+        which rows it committed, then resolve each request -- for every store built on this committer."""
         self.commits += 1
         self.requests += len(group)
         if self.listeners:
             committed = [(seq, row) for (work, _), (result, error) in zip(group, outcomes, strict=True)
-                         if error is None and isinstance(work, _Insert) for seq, row in zip(result.seqs, work.rows,
-                                                                                             strict=True)]
+                         if error is None and (rows := self._rows_of(work)) is not None
+                         for seq, row in zip(result.seqs, rows, strict=True)]
             for listener in self.listeners:
                 try:
                     listener(committed)
@@ -228,7 +239,6 @@ class _Committer:
             else:
                 sink.set_exception(error if isinstance(error, BatchBridgeError) else
                                    OutboxError(f"outbox write failed: {error}", where=self._where))
-        return None
 
     def _fail(self, group: list[tuple[_Work, _Sink]], exc: sqlite3.Error) -> None:
         err = _write_failed("could not commit to the outbox", exc, self._where)

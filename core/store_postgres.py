@@ -346,21 +346,11 @@ class _PgCommitter(_Committer):
             for _, sink in group:
                 sink.set_exception(err)
             return
-        self.commits += 1
-        self.requests += len(group)
-        if self.listeners:
-            committed = [(seq, row) for w, (result, error) in zip(works, outcomes, strict=True) if error is None
-                         for seq, row in zip(result.seqs, w.rows, strict=True)]
-            for listener in self.listeners:
-                try:
-                    listener(committed)
-                except Exception:  # a listener only speeds delivery up; the rows are durable regardless
-                    log.exception("an outbox commit listener failed")
-        for (_, sink), (result, error) in zip(group, outcomes, strict=True):
-            if error is None:
-                sink.set_result(result)
-            else:
-                sink.set_exception(error)
+        self._acknowledge(group, outcomes)
+
+    @staticmethod
+    def _rows_of(work: Any) -> Sequence[OutboxRow] | None:
+        return work.rows if isinstance(work, _PgInsert) else None
 
     def _all_at_once(self, conn: psycopg.Connection[Any], works: list[_PgInsert]
                   ) -> list[tuple[Inserted, BaseException | None]]:
