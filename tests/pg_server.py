@@ -27,8 +27,9 @@ import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fault_tools import free_port
@@ -154,3 +155,20 @@ def pg_url(pg_server: PgServer) -> Iterator[str]:
             if not pg_server.running:
                 pg_server.start()
             time.sleep(0.1)
+
+
+@pytest.fixture
+def pg_stores(pg_url: str) -> Iterator[Callable[..., Any]]:
+    """Opens PostgresStores (keyword arguments passed on) on this test's database, all closed after it."""
+    from batchbridge.core.store_postgres import PostgresStore
+
+    opened: list[PostgresStore] = []
+
+    def open_store(**kw: Any) -> PostgresStore:
+        s = PostgresStore(pg_url, **kw)
+        opened.append(s)
+        return s
+
+    yield open_store
+    for s in opened:
+        s.close()

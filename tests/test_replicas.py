@@ -255,26 +255,17 @@ def read_destination(path: Path) -> Arrivals:
     return arrivals
 
 
-def outbox_depth(url_or_path: str) -> int:
+def count_rows(url_or_path: str, table: str) -> int:
+    """Rows of ``table`` in the outbox at ``url_or_path`` (a PostgreSQL URL or a SQLite file), read apart
+    from the processes under test."""
     if url_or_path.startswith("postgresql://"):
         import psycopg
 
         with psycopg.connect(url_or_path, connect_timeout=5) as conn:
-            row = conn.execute("SELECT count(*) FROM outbox").fetchone()
+            row = conn.execute(f"SELECT count(*) FROM {table}").fetchone()
             return int(row[0]) if row else 0
     with sqlite3.connect(f"file:{url_or_path}?mode=ro", uri=True, timeout=30) as conn:
-        return int(conn.execute("SELECT count(*) FROM outbox").fetchone()[0])
-
-
-def dead_letters(url_or_path: str) -> int:
-    if url_or_path.startswith("postgresql://"):
-        import psycopg
-
-        with psycopg.connect(url_or_path, connect_timeout=5) as conn:
-            row = conn.execute("SELECT count(*) FROM dead_letter").fetchone()
-            return int(row[0]) if row else 0
-    with sqlite3.connect(f"file:{url_or_path}?mode=ro", uri=True, timeout=30) as conn:
-        return int(conn.execute("SELECT count(*) FROM dead_letter").fetchone()[0])
+        return int(conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
 
 
 # --- the experiment -----------------------------------------------------------------------------------
@@ -346,7 +337,7 @@ def experiment(tmp_path: Path, size: Size, outbox: str, *, serve_workers: int, s
             restart_database()
             restarted_db = True
         want = {eid for events in [*posted.values(), *relayed.values()] for _, eid in events}
-        wait_until(lambda: want <= read_destination(dest).ids() and outbox_depth(outbox) == 0, 300, poll=0.5,
+        wait_until(lambda: want <= read_destination(dest).ids() and count_rows(outbox, "outbox") == 0, 300, poll=0.5,
                    what="every event at the destination and the outbox empty")
         delivered_in = time.monotonic() - started
     except BaseException:
@@ -362,7 +353,7 @@ def experiment(tmp_path: Path, size: Size, outbox: str, *, serve_workers: int, s
     assert not arrivals.inconsistent_duplicates(), "an id arrived twice with different content"
     assert arrivals.ids() <= want, "an event arrived that nobody sent"
     assert not [e for p in posters for e in p.errors], [e for p in posters for e in p.errors][:5]
-    assert dead_letters(outbox) == 0
+    assert count_rows(outbox, "dead_letter") == 0
     # every job's events, first arrivals, in intake order: acknowledged order for posted jobs, queue
     # order for relayed ones
     first: dict[str, list[str]] = {}

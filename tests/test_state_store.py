@@ -29,19 +29,8 @@ class TestSqliteState(StateConformance):
 
 class TestPostgresState(StateConformance):
     @pytest.fixture
-    def stores(self, pg_url: str) -> Iterator[Opener]:
-        from batchbridge.core.store_postgres import PostgresStore
-
-        opened: list[PostgresStore] = []
-
-        def open_store(**kw: Any) -> PostgresStore:
-            s = PostgresStore(pg_url, **kw)
-            opened.append(s)
-            return s
-
-        yield open_store
-        for s in opened:
-            s.close()
+    def stores(self, pg_stores: Opener) -> Opener:
+        return pg_stores
 
 
 def test_a_bridge_on_postgresql_keeps_stale_events_from_supersede_routes(pg_url: str, tmp_path: Path) -> None:

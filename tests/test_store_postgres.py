@@ -7,7 +7,6 @@ import os
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,17 +24,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 class TestPostgresStore(ClaimConformance):
     @pytest.fixture
-    def stores(self, pg_url: str) -> Iterator[Opener]:
-        opened: list[PostgresStore] = []
-
-        def open_store(**kw: Any) -> PostgresStore:
-            s = PostgresStore(pg_url, **kw)
-            opened.append(s)
-            return s
-
-        yield open_store
-        for s in opened:
-            s.close()
+    def stores(self, pg_stores: Opener) -> Opener:
+        return pg_stores
 
 
 def test_it_is_an_outbox_store(pg_url: str) -> None:
