@@ -546,6 +546,7 @@ def test_run_sh_goes_on_without_localstack_and_says_why(tmp_path: Path, required
     root = Path(__file__).resolve().parent.parent
     (tmp_path / "tests").mkdir()
     shutil.copy(root / "tests" / "run.sh", tmp_path / "tests" / "run.sh")
+    shutil.copy(root / "pyproject.toml", tmp_path / "pyproject.toml")
     (tmp_path / "localstack").mkdir()
     (tmp_path / "localstack" / "install-host-localstack.sh").write_text(
         'echo "error: LocalStack host mode needs Python >= 3.12 and none was found." >&2\nexit 1\n')
@@ -566,6 +567,37 @@ def test_run_sh_goes_on_without_localstack_and_says_why(tmp_path: Path, required
         assert done.returncode == 0, done.stderr
         assert "the @localstack tests will be skipped" in done.stderr and "Python >= 3.12" in done.stderr
         assert "-m pytest -q" in calls
+
+
+def test_run_sh_installs_only_when_pyproject_changes(tmp_path: Path) -> None:
+    """A rerun of ``tests/run.sh`` goes straight to pytest; a changed ``pyproject.toml`` (new dependencies,
+    entry points) or ``BATCHBRIDGE_REINSTALL=1`` installs again."""
+    root = Path(__file__).resolve().parent.parent
+    (tmp_path / "tests").mkdir()
+    shutil.copy(root / "tests" / "run.sh", tmp_path / "tests" / "run.sh")
+    shutil.copy(root / "pyproject.toml", tmp_path / "pyproject.toml")
+    venv = tmp_path / ".venv" / "bin"
+    venv.mkdir(parents=True)
+    calls = tmp_path / "calls"
+    (venv / "python").write_text(f'#!/bin/sh\necho "$@" >> {calls}\n')
+    (venv / "python").chmod(0o755)
+
+    def run(**extra: str) -> list[str]:
+        calls.write_text("")
+        env = {k: v for k, v in os.environ.items() if k != "BATCHBRIDGE_REINSTALL"}
+        env.update(BATCHBRIDGE_SKIP_LOCALSTACK="1", **extra)
+        done = subprocess.run(["bash", str(tmp_path / "tests" / "run.sh"), "-q"], capture_output=True,
+                              text=True, env=env, timeout=60, check=False)
+        assert done.returncode == 0, done.stderr
+        return [line for line in calls.read_text().splitlines() if "pip install" in line]
+
+    assert len(run()) == 2  # pip itself, then the package with [dev]
+    assert run() == []
+    with (tmp_path / "pyproject.toml").open("a") as f:
+        f.write("\n# a change\n")
+    assert len(run()) == 2
+    assert run() == []
+    assert len(run(BATCHBRIDGE_REINSTALL="1")) == 2
 
 
 def test_metrics_answer_when_the_outbox_cannot_be_read(tmp_path: Path) -> None:
