@@ -1,7 +1,7 @@
 """Shared fixtures. Backend servers (moto, LocalStack, Pub/Sub emulator, Service Bus stand-in) are
 started by fixtures in their own modules under ``tests/`` on free ports and stopped at the end.
 
-``bash tests/run.sh`` runs the tests in three pytest-xdist workers (``--dist loadgroup``). Each worker is
+``bash tests/run.sh`` runs the tests in four pytest-xdist workers (``--dist loadgroup``). Each worker is
 its own session with its own servers, so the tests that need an expensive server process (LocalStack,
 the Pub/Sub emulator's JVM) are grouped onto one worker: that server starts once per run, not once per
 worker. The figures the experiments print at the end are sent from the workers to the run's summary."""
