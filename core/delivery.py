@@ -48,7 +48,7 @@ from .errors import BatchBridgeError, ConfigError, MalformedPayloadError
 from .metrics import Stats
 from .outbox_rows import PUBLISH, DeadLetter, OutboxRow, Pending
 from .outcomes import PublishResult
-from .publisher import Publisher, wrap_error
+from .publisher import Publisher, Stored, wrap_error
 from .registry import check_uri
 from .retry import Backoff, ErrorCode, waits_for_destination
 from .secrets import redact, redact_uri
@@ -193,11 +193,13 @@ class _Worker:
         self._cache: OrderedDict[int, Mapping[str, Any]] = OrderedDict()
         self._cache_lock = threading.Lock()
         self._cache_limit = max(4 * delivery.settings.batch_size, CACHE_MIN)
+        #: the publisher sends the stored bytes as they are (``Publisher.takes_stored``): no events cached
+        self._stored = False
 
     def offer(self, items: list[tuple[int, OutboxRow]]) -> None:
         with self._cache_lock:
             for seq, row in items:
-                if row.event is not None:
+                if row.event is not None and not self._stored:
                     self._cache[seq] = row.event
             while len(self._cache) > self._cache_limit:
                 self._cache.popitem(last=False)  # the oldest: the row is parsed from its body instead
@@ -213,6 +215,23 @@ class _Worker:
         except orjson.JSONDecodeError:
             return None
         return parsed if isinstance(parsed, dict) else None
+
+    def _as_stored(self, p: Pending) -> Stored | None:
+        """The row as it is stored, for a publisher that sends those bytes; None when they are not a JSON
+        object (dead-lettered, as :meth:`_event` finds). Parsed only to check it, and dropped at once:
+        holding a batch of parsed events is what made delivery the server's largest cost under a burst."""
+        with self._cache_lock:
+            self._cache.pop(p.seq, None)
+        try:
+            ok = orjson.loads(p.body).__class__ is dict
+        except orjson.JSONDecodeError:
+            return None
+        return Stored(p.event_id, p.body) if ok else None
+
+    def _takes_stored(self) -> bool:
+        takes: Callable[[], bool] | None = getattr(self._publisher, "takes_stored", None)
+        self._stored = takes is not None and takes()
+        return self._stored
 
     def _run(self) -> None:
         d = self.delivery
@@ -273,10 +292,12 @@ class _Worker:
     def _send(self, rows: list[Pending]) -> None:
         d = self.delivery
         stats = d.stats
-        events: list[tuple[Pending, Mapping[str, Any]]] = []
+        # file:// (a publisher that stores the body alone) gets the rows' bytes as they are; else events
+        stored = self._publisher is not None and self._takes_stored()
+        events: list[tuple[Pending, Any]] = []
         dead: list[tuple[int, DeadLetter]] = []
         for p in rows:
-            event = self._event(p)
+            event = self._as_stored(p) if stored else self._event(p)
             if event is None:
                 dead.append(self._dead(p, MalformedPayloadError("outbox row is not a JSON object",
                                                                 where=f"outbox row {p.seq}")))
@@ -292,6 +313,7 @@ class _Worker:
                 return
             try:
                 self._publisher = d.opener(self.destination)
+                self._takes_stored()  # from the next batch on: its rows' bytes, and no events cached
             except BatchBridgeError as exc:
                 # whatever stops the client from opening (endpoint down, queue missing, bad credentials)
                 # is about the destination, not the events: they wait for it instead of being dead-lettered,
@@ -302,7 +324,8 @@ class _Worker:
         try:
             started = time.monotonic()
             try:
-                results = self._publisher.publish([e for _, e in events])
+                publish = self._publisher.publish_stored if stored else self._publisher.publish
+                results = publish([e for _, e in events])
             finally:
                 stats.observe_publish(self.destination, time.monotonic() - started)
         except BatchBridgeError as exc:
