@@ -19,7 +19,7 @@ import logging
 import threading
 import time
 import zlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -342,8 +342,9 @@ class Publisher(_Base):
 
 
 class _Parsed(Sequence[Mapping[str, Any]]):
-    """Stored events, each parsed only when a log record asks for its fields (a debug record per event, a
-    warning per refused one): a batch that goes through unlogged is never parsed."""
+    """Stored events for the log records of a publish call (:func:`~batchbridge.core.logs.published`):
+    each is parsed only when a record asks for its fields (a debug record per event, a warning per
+    refused one), so a batch that goes through unlogged is never parsed."""
 
     def __init__(self, items: Sequence[Stored]) -> None:
         self._items = items
@@ -353,12 +354,36 @@ class _Parsed(Sequence[Mapping[str, Any]]):
 
     def __getitem__(self, i: Any) -> Any:
         if isinstance(i, slice):
-            return [self[j] for j in range(*i.indices(len(self)))]
-        try:
-            event = orjson.loads(self._items[i].body)
-        except orjson.JSONDecodeError:
-            event = None
-        return event if isinstance(event, dict) else {"id": self._items[i].event_id}
+            return [_Lazy(item) for item in self._items[i]]
+        return _Lazy(self._items[i])
+
+
+class _Lazy(Mapping[str, Any]):
+    """One stored event, parsed on first look."""
+
+    __slots__ = ("_event", "_item")
+
+    def __init__(self, item: Stored) -> None:
+        self._item = item
+        self._event: dict[str, Any] | None = None
+
+    def _parsed(self) -> dict[str, Any]:
+        if self._event is None:
+            try:
+                event = orjson.loads(self._item.body)
+            except orjson.JSONDecodeError:
+                event = None
+            self._event = event if isinstance(event, dict) else {"id": self._item.event_id}
+        return self._event
+
+    def __getitem__(self, key: str) -> Any:
+        return self._parsed()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._parsed())
+
+    def __len__(self) -> int:
+        return len(self._parsed())
 
 
 class _ThreadedAsyncDriver:
