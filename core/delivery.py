@@ -289,38 +289,46 @@ class _Worker:
         return p.seq, DeadLetter.of(PUBLISH, "outbox", p.body, error, destination=self.destination,
                                     event_id=p.event_id)
 
+    def _malformed(self, p: Pending) -> tuple[int, DeadLetter]:
+        return self._dead(p, MalformedPayloadError("outbox row is not a JSON object", where=f"outbox row {p.seq}"))
+
+    def _open(self, rows: list[Pending]) -> bool:
+        """Open the destination's publisher; False when it cannot be, ``rows`` then settled for it."""
+        try:
+            check_uri(self.destination)
+        except ConfigError as exc:
+            # a URI no publisher can ever open (written by an older config): waiting would be for
+            # ever, so the rows go to the dead letters, where `dlq replay --to` can redirect them
+            self._settle(_Outcome([], [], [self._dead(p, exc) if self._event(p) is not None else self._malformed(p)
+                                           for p in rows]))
+            return False
+        try:
+            self._publisher = self.delivery.opener(self.destination)
+        except BatchBridgeError as exc:
+            # whatever stops the client from opening (endpoint down, queue missing, bad credentials)
+            # is about the destination, not the events: they wait for it instead of being dead-lettered,
+            # with the attempt and the reason noted on them for `batchbridge status`
+            if self._settle(_Outcome([], [(p.seq, f"{exc.code}: {exc}") for p in rows], [])):
+                self._backoff(exc)
+            return False
+        return True
+
     def _send(self, rows: list[Pending]) -> None:
         d = self.delivery
         stats = d.stats
+        if self._publisher is None and not self._open(rows):
+            return
+        assert self._publisher is not None
         # file:// (a publisher that stores the body alone) gets the rows' bytes as they are; else events
-        stored = self._publisher is not None and self._takes_stored()
+        stored = self._takes_stored()
         events: list[tuple[Pending, Any]] = []
         dead: list[tuple[int, DeadLetter]] = []
         for p in rows:
             event = self._as_stored(p) if stored else self._event(p)
             if event is None:
-                dead.append(self._dead(p, MalformedPayloadError("outbox row is not a JSON object",
-                                                                where=f"outbox row {p.seq}")))
+                dead.append(self._malformed(p))
             else:
                 events.append((p, event))
-        if self._publisher is None:
-            try:
-                check_uri(self.destination)
-            except ConfigError as exc:
-                # a URI no publisher can ever open (written by an older config): waiting would be for
-                # ever, so the rows go to the dead letters, where `dlq replay --to` can redirect them
-                self._settle(_Outcome([], [], dead + [self._dead(p, exc) for p, _ in events]))
-                return
-            try:
-                self._publisher = d.opener(self.destination)
-                self._takes_stored()  # from the next batch on: its rows' bytes, and no events cached
-            except BatchBridgeError as exc:
-                # whatever stops the client from opening (endpoint down, queue missing, bad credentials)
-                # is about the destination, not the events: they wait for it instead of being dead-lettered,
-                # with the attempt and the reason noted on them for `batchbridge status`
-                if self._settle(_Outcome([], [(p.seq, f"{exc.code}: {exc}") for p in rows], [])):
-                    self._backoff(exc)
-                return
         try:
             started = time.monotonic()
             try:
