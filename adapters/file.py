@@ -100,6 +100,9 @@ class FilePublisher:
     attribute_prefix = "ce-"
     max_attributes = 64
     max_batch_count = 1000
+    #: a line is the message body alone (no attributes, key or id kept): the outbox's stored bytes are
+    #: already the line, so delivery sends them as they are (``Publisher.publish_stored``)
+    stores_body = True
 
     def __init__(self, uri: BackendURI) -> None:
         self._path = _publisher_path(uri)

@@ -48,7 +48,7 @@ from .errors import BatchBridgeError, ConfigError, MalformedPayloadError
 from .metrics import Stats
 from .outbox_rows import PUBLISH, DeadLetter, OutboxRow, Pending
 from .outcomes import PublishResult
-from .publisher import Publisher, wrap_error
+from .publisher import Publisher, Stored, wrap_error
 from .registry import check_uri
 from .retry import Backoff, ErrorCode, waits_for_destination
 from .secrets import redact, redact_uri
@@ -193,11 +193,13 @@ class _Worker:
         self._cache: OrderedDict[int, Mapping[str, Any]] = OrderedDict()
         self._cache_lock = threading.Lock()
         self._cache_limit = max(4 * delivery.settings.batch_size, CACHE_MIN)
+        #: the publisher sends the stored bytes as they are (``Publisher.takes_stored``): no events cached
+        self._stored = False
 
     def offer(self, items: list[tuple[int, OutboxRow]]) -> None:
         with self._cache_lock:
             for seq, row in items:
-                if row.event is not None:
+                if row.event is not None and not self._stored:
                     self._cache[seq] = row.event
             while len(self._cache) > self._cache_limit:
                 self._cache.popitem(last=False)  # the oldest: the row is parsed from its body instead
@@ -213,6 +215,23 @@ class _Worker:
         except orjson.JSONDecodeError:
             return None
         return parsed if isinstance(parsed, dict) else None
+
+    def _as_stored(self, p: Pending) -> Stored | None:
+        """The row as it is stored, for a publisher that sends those bytes; None when they are not a JSON
+        object (dead-lettered, as :meth:`_event` finds). Parsed only to check it, and dropped at once:
+        holding a batch of parsed events is what made delivery the server's largest cost under a burst."""
+        with self._cache_lock:
+            self._cache.pop(p.seq, None)
+        try:
+            ok = orjson.loads(p.body).__class__ is dict
+        except orjson.JSONDecodeError:
+            return None
+        return Stored(p.event_id, p.body) if ok else None
+
+    def _takes_stored(self) -> bool:
+        takes: Callable[[], bool] | None = getattr(self._publisher, "takes_stored", None)
+        self._stored = takes is not None and takes()
+        return self._stored
 
     def _run(self) -> None:
         d = self.delivery
@@ -270,39 +289,51 @@ class _Worker:
         return p.seq, DeadLetter.of(PUBLISH, "outbox", p.body, error, destination=self.destination,
                                     event_id=p.event_id)
 
+    def _malformed(self, p: Pending) -> tuple[int, DeadLetter]:
+        return self._dead(p, MalformedPayloadError("outbox row is not a JSON object", where=f"outbox row {p.seq}"))
+
+    def _open(self, rows: list[Pending]) -> bool:
+        """Open the destination's publisher; False when it cannot be, ``rows`` then settled for it."""
+        try:
+            check_uri(self.destination)
+        except ConfigError as exc:
+            # a URI no publisher can ever open (written by an older config): waiting would be for
+            # ever, so the rows go to the dead letters, where `dlq replay --to` can redirect them
+            self._settle(_Outcome([], [], [self._dead(p, exc) if self._event(p) is not None else self._malformed(p)
+                                           for p in rows]))
+            return False
+        try:
+            self._publisher = self.delivery.opener(self.destination)
+        except BatchBridgeError as exc:
+            # whatever stops the client from opening (endpoint down, queue missing, bad credentials)
+            # is about the destination, not the events: they wait for it instead of being dead-lettered,
+            # with the attempt and the reason noted on them for `batchbridge status`
+            if self._settle(_Outcome([], [(p.seq, f"{exc.code}: {exc}") for p in rows], [])):
+                self._backoff(exc)
+            return False
+        return True
+
     def _send(self, rows: list[Pending]) -> None:
         d = self.delivery
         stats = d.stats
-        events: list[tuple[Pending, Mapping[str, Any]]] = []
+        if self._publisher is None and not self._open(rows):
+            return
+        assert self._publisher is not None
+        # file:// (a publisher that stores the body alone) gets the rows' bytes as they are; else events
+        stored = self._takes_stored()
+        events: list[tuple[Pending, Any]] = []
         dead: list[tuple[int, DeadLetter]] = []
         for p in rows:
-            event = self._event(p)
+            event = self._as_stored(p) if stored else self._event(p)
             if event is None:
-                dead.append(self._dead(p, MalformedPayloadError("outbox row is not a JSON object",
-                                                                where=f"outbox row {p.seq}")))
+                dead.append(self._malformed(p))
             else:
                 events.append((p, event))
-        if self._publisher is None:
-            try:
-                check_uri(self.destination)
-            except ConfigError as exc:
-                # a URI no publisher can ever open (written by an older config): waiting would be for
-                # ever, so the rows go to the dead letters, where `dlq replay --to` can redirect them
-                self._settle(_Outcome([], [], dead + [self._dead(p, exc) for p, _ in events]))
-                return
-            try:
-                self._publisher = d.opener(self.destination)
-            except BatchBridgeError as exc:
-                # whatever stops the client from opening (endpoint down, queue missing, bad credentials)
-                # is about the destination, not the events: they wait for it instead of being dead-lettered,
-                # with the attempt and the reason noted on them for `batchbridge status`
-                if self._settle(_Outcome([], [(p.seq, f"{exc.code}: {exc}") for p in rows], [])):
-                    self._backoff(exc)
-                return
         try:
             started = time.monotonic()
             try:
-                results = self._publisher.publish([e for _, e in events])
+                publish = self._publisher.publish_stored if stored else self._publisher.publish
+                results = publish([e for _, e in events])
             finally:
                 stats.observe_publish(self.destination, time.monotonic() - started)
         except BatchBridgeError as exc:

@@ -5,8 +5,8 @@ server it holds the GIL against the event loop (small requests wait behind it), 
 server's heap fragmented: pymalloc frees an arena only when every object in it is gone, and a burst of
 big decodes scatters a few long-lived objects over the arenas it added, so RSS stays near its peak. In
 a process of its own, the decode's garbage never enters the server's heap and the server's GIL is
-free; the server only unpickles the plan (the rows and the events the state store observes), a
-fraction of the decode's cost.
+free; the server only unpickles the plan -- the rows as the bytes the outbox stores, and what the
+state store observes of each event, never the events themselves -- a fraction of the decode's cost.
 
 The process is ``python -m batchbridge.core.intake_process`` on pipes (not multiprocessing, whose
 children re-import the parent's ``__main__``: a script calling ``serve()`` unguarded would recurse). It
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import pickle
@@ -31,7 +32,10 @@ from typing import IO, Any
 from .bridge import Planned, _Intake, plan_intake
 from .config import BridgeConfig
 from .errors import InputError
+from .outbox_rows import OutboxRow, row_key
 from .routing import Router
+from .state import Observation
+from .supersede import Candidate
 
 log = logging.getLogger("batchbridge.serve")
 
@@ -72,9 +76,15 @@ def _child(inp: IO[bytes], out: IO[bytes]) -> None:
 def _send(planned: Planned, out: IO[bytes]) -> None:
     """The plan, its events in pieces of PIECE: one ``pickle.load`` holds the GIL from start to end, so
     the server unpickles a body of thousands of events piece by piece, letting its event loop in
-    between (measured: one load of 2,800 events, 10-30 ms; a piece, well under 1 ms)."""
+    between (measured: one load of 2,800 events, 10-30 ms; a piece, well under 1 ms).
+
+    Each event goes as plain tuples: its observation and its rows as bytes ready for the outbox, each
+    with its ordering key -- never the parsed event. The server then holds no event objects for a big
+    body (their unpickling was most of its cost, and a burst of them left its heap fragmented: measured
+    at 2,800 events, 5.8 MB pickled and ~100 ms to load with the events, see ``docs/reliability.md``),
+    and delivery reads the events from the stored bytes as it does after a restart."""
     gated = planned.gated if isinstance(planned, _Intake) else None
-    if not gated or len(gated) <= PIECE:
+    if not gated:
         pickle.dump((planned, 0), out, protocol=pickle.HIGHEST_PROTOCOL)
         return
     assert isinstance(planned, _Intake)
@@ -82,15 +92,35 @@ def _send(planned: Planned, out: IO[bytes]) -> None:
     pieces = range(0, len(gated), PIECE)
     pickle.dump((planned, len(pieces)), out, protocol=pickle.HIGHEST_PROTOCOL)
     for start in pieces:
-        pickle.dump(gated[start:start + PIECE], out, protocol=pickle.HIGHEST_PROTOCOL)
+        pickle.dump([_flat(o, c) for o, c in gated[start:start + PIECE]], out, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+_OBSERVED = tuple(f.name for f in dataclasses.fields(Observation))
+#: one event of a plan on the wire: its observation's fields (or None), and per row: destination,
+#: event id, event type, body, ordering key, and the supersede policy (label, stale_to, retention)
+FlatRow = tuple[str, str | None, str | None, bytes, str, str | None, str | None, float]
+Flat = tuple[tuple[Any, ...] | None, list[FlatRow]]
+
+
+def _flat(observation: Observation | None, candidates: list[Candidate]) -> Flat:
+    o = None if observation is None else tuple(getattr(observation, n) for n in _OBSERVED)
+    return o, [(c.row.destination, c.row.event_id, c.row.event_type, c.row.body, row_key(c.row), c.supersede,
+                c.stale_to, c.retention) for c in candidates]
+
+
+def _unflat(flat: Flat) -> tuple[Observation | None, list[Candidate]]:
+    o, rows = flat
+    return (None if o is None else Observation(*o),
+            [Candidate(OutboxRow(d, i, t, body, None, key), label, stale_to, retention)
+             for d, i, t, body, key, label, stale_to, retention in rows])
 
 
 def _receive(inp: IO[bytes]) -> Planned:
     planned, pieces = pickle.load(inp)
     if pieces:
-        gated: list[Any] = []
+        gated: list[tuple[Observation | None, list[Candidate]]] = []
         for _ in range(pieces):
-            gated += pickle.load(inp)
+            gated += [_unflat(f) for f in pickle.load(inp)]
         planned.gated = gated
     return planned  # type: ignore[no-any-return]
 

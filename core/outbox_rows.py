@@ -39,6 +39,9 @@ class OutboxRow:
     #: the event ``body`` serialises, when the caller has it (not stored: it spares the publisher a
     #: parse when the row is handed over in memory)
     event: Mapping[str, Any] | None = field(default=None, compare=False, repr=False)
+    #: its ordering key (:func:`row_key`), when the caller computed it: a row that comes without its
+    #: event (from the decoding process, ``core/intake_process.py``) is then not parsed for it
+    key: str | None = field(default=None, compare=False, repr=False)
 
     @classmethod
     def of(cls, destination: str, event: Mapping[str, Any]) -> OutboxRow:
@@ -141,6 +144,8 @@ NO_KEY = ""
 def row_key(row: OutboxRow) -> str:
     """The ordering key a row is claimed by (``core/store.py``): its event's job id, else its environment
     id, else :data:`NO_KEY` (also for a body that is not a JSON object: it is dead-lettered when claimed)."""
+    if row.key is not None:
+        return row.key
     event = row.event
     if event is None:
         try:

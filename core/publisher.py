@@ -19,12 +19,14 @@ import logging
 import threading
 import time
 import zlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
-from . import binding, tracing
+import orjson
+
+from . import binding, logs, tracing
 from .driver import AsyncPublisherDriver, Message, PublisherDriver
 from .errors import BackendError, BatchBridgeError, ClosedError, MessageTooLargeError
 from .keyfanout import fanned
@@ -77,20 +79,52 @@ class _Settings:
         )
 
 
+class Stored(NamedTuple):
+    """An event as the outbox keeps it: its id and its structured JSON, byte for byte the body
+    :func:`~batchbridge.core.binding.to_message` makes of it (the outbox stores ``orjson.dumps(event)``)."""
+
+    event_id: str | None
+    body: bytes
+
+
+#: the ordering key of every message of :meth:`Publisher.publish_stored` (see :meth:`_Batches.stored`)
+_STORED_KEY = "stored"
+
+
 class _Batches:
     """Events bound to messages, refused ones recorded, the rest split into ordered lanes of batches."""
 
     def __init__(self, events: Sequence[Mapping[str, Any]], s: _Settings, where: str) -> None:
-        self.results: list[PublishResult | None] = [None] * len(events)
-        self.ids: list[str | None] = [str(e.get("id")) if e.get("id") else None for e in events]
+        def bound() -> Iterable[Message | BatchBridgeError]:
+            for event in events:
+                try:
+                    yield binding.to_message(event, mode=s.mode, prefix=s.prefix, max_attributes=s.max_attributes,
+                                             content_type_attribute=s.content_type_attribute)
+                except BatchBridgeError as exc:
+                    yield exc
+
+        self._plan([str(e.get("id")) if e.get("id") else None for e in events], bound(), s, where)
+
+    @classmethod
+    def stored(cls, items: Sequence[Stored], s: _Settings, where: str) -> _Batches:
+        """Stored events as the messages of a driver that keeps the body alone (``stores_body``). They
+        share one ordering key: one lane, in order, and after a retryable failure the rest of the call
+        is held back -- the order of the whole call is kept, whatever the events' own keys."""
+        plan = cls.__new__(cls)
+        plan._plan([i.event_id for i in items],
+                   (Message(i.body, {}, binding.STRUCTURED_CONTENT_TYPE, _STORED_KEY, i.event_id) for i in items),
+                   s, where)
+        return plan
+
+    def _plan(self, ids: list[str | None], messages: Iterable[Message | BatchBridgeError], s: _Settings,
+              where: str) -> None:
+        self.results: list[PublishResult | None] = [None] * len(ids)
+        self.ids = ids
         lanes: list[list[tuple[int, Message]]] = [[] for _ in range(s.concurrency)]
         spread = 0
-        for i, event in enumerate(events):
-            try:
-                msg = binding.to_message(event, mode=s.mode, prefix=s.prefix, max_attributes=s.max_attributes,
-                                         content_type_attribute=s.content_type_attribute)
-            except BatchBridgeError as exc:
-                self.results[i] = PublishResult(self.ids[i], exc)
+        for i, msg in enumerate(messages):
+            if isinstance(msg, BatchBridgeError):
+                self.results[i] = PublishResult(ids[i], msg)
                 continue
             self._add(i, msg, s, lanes, where, spread)
             spread += 1
@@ -254,6 +288,23 @@ class Publisher(_Base):
     def publish_one(self, event: Mapping[str, Any]) -> PublishResult:
         return self.publish([event])[0]
 
+    def takes_stored(self) -> bool:
+        """Whether :meth:`publish_stored` sends what :meth:`publish` would: the driver keeps the body
+        alone (``stores_body``: file://), the mode is structured, and no trace context is to be added."""
+        return (bool(getattr(self._driver, "stores_body", False)) and self._settings.mode == "structured"
+                and not tracing.is_enabled())
+
+    def publish_stored(self, items: Sequence[Stored]) -> list[PublishResult]:
+        """:meth:`publish` for events already serialised (the outbox's rows), when :meth:`takes_stored`:
+        the bytes go out as they are, never parsed and serialised again. One result per item, in order."""
+        self._check_open()
+        plan = _Batches.stored(items, self._settings, self._where)
+        for lane in plan.lanes:
+            self._send_lane(plan, lane)
+        results = plan.final()
+        logs.published(self._where, _Parsed(items), results)
+        return results
+
     def _send_lane(self, plan: _Batches, lane: list[list[tuple[int, Message]]]) -> None:
         held: set[str] = set()
         for batch in lane:
@@ -288,6 +339,51 @@ class Publisher(_Base):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class _Parsed(Sequence[Mapping[str, Any]]):
+    """Stored events for the log records of a publish call (:func:`~batchbridge.core.logs.published`):
+    each is parsed only when a record asks for its fields (a debug record per event, a warning per
+    refused one), so a batch that goes through unlogged is never parsed."""
+
+    def __init__(self, items: Sequence[Stored]) -> None:
+        self._items = items
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __getitem__(self, i: Any) -> Any:
+        if isinstance(i, slice):
+            return [_Lazy(item) for item in self._items[i]]
+        return _Lazy(self._items[i])
+
+
+class _Lazy(Mapping[str, Any]):
+    """One stored event, parsed on first look."""
+
+    __slots__ = ("_event", "_item")
+
+    def __init__(self, item: Stored) -> None:
+        self._item = item
+        self._event: dict[str, Any] | None = None
+
+    def _parsed(self) -> dict[str, Any]:
+        if self._event is None:
+            try:
+                event = orjson.loads(self._item.body)
+            except orjson.JSONDecodeError:
+                event = None
+            self._event = event if isinstance(event, dict) else {"id": self._item.event_id}
+        return self._event
+
+    def __getitem__(self, key: str) -> Any:
+        return self._parsed()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._parsed())
+
+    def __len__(self) -> int:
+        return len(self._parsed())
 
 
 class _ThreadedAsyncDriver:

@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import gc
 import hmac
 import logging
 import signal
@@ -471,6 +472,11 @@ def serve(config: BridgeConfig, *, host: str | None = None, port: int | None = N
     decoder = DecodingProcess(config)
     decoder.start()
     app.state.bridge.decoder = decoder
+    # what is built by now lives as long as the process: frozen out of the collector's generations, a
+    # full collection during a burst scans only what the burst made (it stops every thread, the event
+    # loop's too)
+    gc.collect()
+    gc.freeze()
     server = _Server(uvicorn_config(app, config.serve, host=host, port=port, log_level=log_level))
     # uvicorn re-raises the signal that stopped it once it has shut down; a graceful stop on SIGTERM
     # or SIGINT is a normal exit for us, so the re-raised signal lands in a handler that ignores it

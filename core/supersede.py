@@ -82,7 +82,7 @@ class IntakeGate:
                         stale_for.add(c.supersede)
                         if c.stale_to is not None:
                             r = c.row
-                            out.append(OutboxRow(c.stale_to, r.event_id, r.event_type, r.body, r.event))
+                            out.append(OutboxRow(c.stale_to, r.event_id, r.event_type, r.body, r.event, r.key))
                         continue
                     out.append(c.row)
                 counts.update(stale_for)
