@@ -22,15 +22,15 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.set_defaults(func=run)
 
 
-def normalized(source: str | None, provider: str | None) -> Iterator[tuple[str, list[dict[str, Any]] | InputError]]:
+def normalized(source: str | None, provider: str | None) -> Iterator[list[dict[str, Any]] | InputError]:
     """Every payload in ``source``: its events, or its typed error with the file and line in ``where``."""
     for name, fh in open_inputs(source):
         payloads = 0
-        for where, outcome in normalized_stream(fh, provider):
+        for _, outcome in normalized_stream(fh, provider):
             payloads += 1
-            if isinstance(outcome, InputError) and name != "stdin":
-                outcome.located(name)
-            yield where, outcome
+            if outcome.__class__ is not list and name != "stdin":
+                outcome.located(name)  # type: ignore[union-attr]
+            yield outcome
         if not payloads:
             note(f"{name} holds no payloads (it is empty or blank)")
 
@@ -44,16 +44,17 @@ def run(args: argparse.Namespace) -> int:
     dumps, newline = orjson.dumps, orjson.OPT_APPEND_NEWLINE  # no copy to append b"\n"
     bad = 0
     chunk: list[bytes] = []
-    for _, outcome in normalized(args.source, args.provider):
-        if isinstance(outcome, InputError):
+    append = chunk.append
+    for outcome in normalized(args.source, args.provider):
+        if outcome.__class__ is list:
+            for event in outcome:
+                append(dumps(event, option=newline))
+            if len(chunk) >= _WRITE_EVERY:
+                out.write(b"".join(chunk))
+                chunk.clear()
+        else:
             bad += 1
-            print(f"batchbridge: {outcome.code}: {outcome}", file=sys.stderr)
-            continue
-        for event in outcome:
-            chunk.append(dumps(event, option=newline))
-        if len(chunk) >= _WRITE_EVERY:
-            out.write(b"".join(chunk))
-            chunk.clear()
+            print(f"batchbridge: {outcome.code}: {outcome}", file=sys.stderr)  # type: ignore[union-attr]
     out.write(b"".join(chunk))
     out.flush()
     return 1 if bad else 0
