@@ -28,8 +28,8 @@ def normalized(source: str | None, provider: str | None) -> Iterator[list[dict[s
         payloads = 0
         for _, outcome in normalized_stream(fh, provider):
             payloads += 1
-            if outcome.__class__ is not list and name != "stdin":
-                outcome.located(name)  # type: ignore[union-attr]
+            if isinstance(outcome, InputError) and name != "stdin":
+                outcome.located(name)
             yield outcome
         if not payloads:
             note(f"{name} holds no payloads (it is empty or blank)")
@@ -46,15 +46,15 @@ def run(args: argparse.Namespace) -> int:
     chunk: list[bytes] = []
     append = chunk.append
     for outcome in normalized(args.source, args.provider):
-        if outcome.__class__ is list:
-            for event in outcome:
-                append(dumps(event, option=newline))
-            if len(chunk) >= _WRITE_EVERY:
-                out.write(b"".join(chunk))
-                chunk.clear()
-        else:
+        if isinstance(outcome, InputError):
             bad += 1
-            print(f"batchbridge: {outcome.code}: {outcome}", file=sys.stderr)  # type: ignore[union-attr]
+            print(f"batchbridge: {outcome.code}: {outcome}", file=sys.stderr)
+            continue
+        for event in outcome:  # a vendor's sequence of events (a third party's need not be a list)
+            append(dumps(event, option=newline))
+        if len(chunk) >= _WRITE_EVERY:
+            out.write(b"".join(chunk))
+            chunk.clear()
     out.write(b"".join(chunk))
     out.flush()
     return 1 if bad else 0
