@@ -364,14 +364,33 @@ class Reader:
     ``as_*`` functions, and only then is the field's path formatted.
     """
 
-    __slots__ = ("obj", "where")
+    __slots__ = ("_at", "_key", "obj")
 
-    def __init__(self, obj: Mapping[str, Any], where: str) -> None:
+    def __init__(self, obj: Mapping[str, Any], where: str | Reader, key: str | None = None) -> None:
         self.obj = obj
-        self.where = where
+        # a nested object's path is its parent's and its key, joined only when asked for: nearly every
+        # read succeeds, and its path is then never written out
+        self._at = where
+        self._key = key
+
+    @property
+    def where(self) -> str:
+        """The JSON path of this object (``$.detail.container``)."""
+        at = self._at
+        if self._key is None:
+            return at if at.__class__ is str else at.where  # type: ignore[union-attr]
+        return f"{at if at.__class__ is str else at.where}.{self._key}"  # type: ignore[union-attr]
 
     def path(self, key: str) -> str:
         return f"{self.where}.{key}"
+
+    def region(self, key: str) -> str | None:
+        """:func:`as_region` of the field, its path formatted only for an error."""
+        value = self.obj.get(key)
+        if value.__class__ is str and value in _KNOWN_REGIONS:
+            known: str = value
+            return known
+        return as_region(value, self.path(key))
 
     def first(self, keys: tuple[str, ...]) -> tuple[str, Any]:
         """The first of ``keys`` with a non-empty value (vendors spell some fields several ways)."""
@@ -467,12 +486,12 @@ class Reader:
         """The nested object at ``key``; an absent or null one reads as empty."""
         value = self.obj.get(key)
         if value.__class__ is dict:
-            return Reader(value, f"{self.where}.{key}")
+            return Reader(value, self, key)
         if value is None:
-            return Reader(_EMPTY, self.path(key))
+            return Reader(_EMPTY, self, key)
         if not isinstance(value, Mapping):
             raise _malformed(f"expected an object, got {_json_type(value)}", self.path(key))
-        return Reader(value, self.path(key))
+        return Reader(value, self, key)
 
     def array(self, key: str) -> list[Any]:
         value = self.obj.get(key)

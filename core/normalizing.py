@@ -57,7 +57,7 @@ def _forget() -> None:
 on_reload(_forget)
 
 
-def _check_provider(provider: str | None) -> Vendor | None:
+def check_provider(provider: str | None) -> Vendor | None:
     if provider is None:
         return None
     name = provider.strip().lower()
@@ -102,7 +102,7 @@ def normalize(payload: Payload, *, provider: str | None = None, skip_unsupported
     ``records`` export) instead of failing the whole payload. Raises only InputError subclasses —
     and ConfigError for an unknown ``provider``.
     """
-    return _normalize(payload, _check_provider(provider), skip_unsupported)
+    return _normalize(payload, check_provider(provider), skip_unsupported)
 
 
 def _normalize(payload: Payload, forced: Vendor | None, skip_unsupported: bool) -> list[dict[str, Any]]:
@@ -133,21 +133,27 @@ def _normalize_as(payload: Payload, forced: Vendor | None, skip_unsupported: boo
         _load()
     if (forced is None and payload.__class__ is bytes and payload[:1] == b"{"
             and len(payload) <= envelopes.MAX_PAYLOAD_BYTES):  # read here: a test may lower it
-        # The common case -- a JSON object one vendor claims as its own event -- straight to that
-        # vendor, without the leaves of the general path (unwrap's own fast path, inlined).
-        obj = load_json(payload.strip(), "$")
-        claims = _claims(obj)
-        if len(claims) != 1:
-            leaves = unwrap_object(obj, claims, is_native=_claims)
-        else:
-            try:
-                events: list[Any] = _NORMALIZERS[claims[0]](obj, "$")
-            except InputError as exc:
-                return _refused(exc, claims[0], skip_unsupported)
-            return events
-    else:
-        leaves = unwrap(payload, is_native=forced.matches if forced else _claims, keep_unknown=forced is not None)
-    events = []
+        return _detected(load_json(payload.strip(), "$"), skip_unsupported)
+    leaves = unwrap(payload, is_native=forced.matches if forced else _claims, keep_unknown=forced is not None)
+    return _from_leaves(leaves, forced, skip_unsupported)
+
+
+def _detected(obj: Any, skip_unsupported: bool) -> list[dict[str, Any]]:
+    """The events of a top-level JSON value (parsed by ``load_json``), its vendor detected. The common
+    case -- a JSON object one vendor claims as its own event -- goes straight to that vendor, without
+    the leaves of the general path (unwrap's own fast path, inlined)."""
+    claims = _claims(obj)
+    if len(claims) == 1:
+        try:
+            events: list[Any] = _NORMALIZERS[claims[0]](obj, "$")
+        except InputError as exc:
+            return _refused(exc, claims[0], skip_unsupported)
+        return events
+    return _from_leaves(unwrap_object(obj, claims, is_native=_claims), None, skip_unsupported)
+
+
+def _from_leaves(leaves: list[Leaf], forced: Vendor | None, skip_unsupported: bool) -> list[dict[str, Any]]:
+    events: list[Any] = []
     for leaf in leaves:
         vendor = forced.provider if forced else _vendor_for(leaf)
         to_events = forced.normalize if forced else _NORMALIZERS[vendor]
@@ -286,7 +292,7 @@ def normalize_stream(
     A bad payload never stops the stream, and its error's ``where`` starts with its line. An unknown
     ``provider`` raises ConfigError at once, before any input is read.
     """
-    forced = _check_provider(provider)
+    forced = check_provider(provider)
     return _stream(iter_payloads(data), forced, skip_unsupported)
 
 
@@ -300,8 +306,39 @@ def normalize_lines(
     flat however long the stream. Unlike :func:`normalize_stream`, the input is never read as one
     multi-line document: a pretty-printed document fails line by line.
     """
-    forced = _check_provider(provider)
-    return _stream(numbered_lines(lines), forced, skip_unsupported)
+    forced = check_provider(provider)
+    return ((f"line {number}", outcome) for number, outcome in line_outcomes(lines, forced, skip_unsupported))
+
+
+def line_outcomes(
+    lines: Iterable[bytes], forced: Vendor | None = None, skip_unsupported: bool = False
+) -> Iterator[tuple[int, list[dict[str, Any]] | InputError]]:
+    """:func:`normalize_lines` with each payload named by its line number alone (``forced`` a vendor
+    from the registry, or None to detect): the CLI's loop, which formats ``line N`` only for an error.
+
+    One generator from the line to its events: a stream of a million lines pays for each layer of
+    generators, and for each name it formats, a million times over."""
+    if not _NORMALIZERS:
+        _load()
+    limit = envelopes.MAX_PAYLOAD_BYTES
+    number = 0
+    for line in lines:
+        number += 1
+        if number == 1 and line.startswith(b"\xef\xbb\xbf"):
+            line = line[3:]
+        body = line.strip()
+        if not body:
+            continue
+        try:
+            if forced is None and body[:1] == b"{" and len(body) <= limit:
+                events = _detected(load_json(body, "$"), skip_unsupported)  # _normalize_as's fast path
+            else:
+                events = _normalize(body, forced, skip_unsupported)
+        except InputError as exc:
+            exc.located(f"line {number}")
+            yield number, exc
+        else:
+            yield number, events
 
 
 def numbered_lines(lines: Iterable[bytes]) -> Iterator[tuple[str, bytes]]:

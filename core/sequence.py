@@ -58,14 +58,6 @@ def _minute_micros(minute: str) -> int:
     return micros
 
 
-def _canonical_micros(time: str) -> int:
-    """``time`` already in the normaliser's form, ``YYYY-MM-DDTHH:MM:SS[.f...]Z``."""
-    if time[19] == "Z":
-        return _minute_micros(time[:16]) + int(time[17:19]) * 1_000_000
-    fraction = time[20:26] if len(time) > 26 else time[20:-1]  # digits past the sixth are cut
-    return _minute_micros(time[:16]) + int(time[17:19] + fraction + _PAD[len(fraction)])
-
-
 def time_micros(time: str) -> int | None:
     """Microseconds since the epoch of a ``time`` in RFC 3339 UTC with ``Z`` (digits past the sixth
     fractional one are cut, not rounded); None when ``time`` is not in that form."""
@@ -97,11 +89,26 @@ def sequence(time: str | None, state: str) -> str | None:
     rank = _RANK_TEXT.get(state)
     if rank is None:
         return None
-    if len(time) >= 20 and time[10] == "T" and time[4] == "-" and time[19] in ".Z":
+    # One function for the time already in the normaliser's form, ``YYYY-MM-DDTHH:MM:SS[.f...]Z``
+    # (every event goes through here); anything else takes the validating parser.
+    if len(time) >= 20 and time[10] == "T" and time[4] == "-":
+        end = time[19]
+        micros: int | None = None
         try:
-            return _text(_canonical_micros(time), rank)
+            minute = _MINUTE_MICROS.get(time[:16])
+            if minute is None:
+                minute = _minute_micros(time[:16])
+            if end == "Z":
+                micros = minute + int(time[17:19]) * 1_000_000
+            elif end == ".":
+                fraction = time[20:26] if len(time) > 26 else time[20:-1]  # digits past the sixth are cut
+                micros = minute + int(time[17:19] + fraction + _PAD[len(fraction)])
         except ValueError:
             pass
+        if micros is not None:
+            if 0 <= micros <= _MAX_MICROS:
+                return str(micros).zfill(17) + "." + rank  # cheaper than a format spec, the same text
+            return _text(micros, rank)
     micros = time_micros(time)
     return None if micros is None else _text(micros, rank)
 

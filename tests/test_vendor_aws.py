@@ -195,3 +195,29 @@ def test_failure_reason_falls_back_to_the_last_attempt() -> None:
     event["detail"]["container"]["reason"] = ""
     event["detail"]["attempts"][0]["statusReason"] = "Host EC2 (instance i-0a1b) terminated."
     assert one(event)["data"]["error"] == {"code": None, "message": "Host EC2 (instance i-0a1b) terminated."}
+
+
+@pytest.mark.parametrize(("change", "where"), [
+    (lambda d: d["container"].update(exitCode="x"), "$.detail.container.exitCode"),
+    (lambda d: d.update(attempts=[{"container": {"exitCode": "y"}}]) or d["container"].pop("exitCode"),
+     "$.detail.attempts[0].container.exitCode"),
+    (lambda d: d["container"].update(resourceRequirements=[{"type": "MEMORY", "value": 1},
+                                                           {"type": "VCPU", "value": "-1"}]),
+     "$.detail.container.resourceRequirements[1].value"),
+    (lambda d: d["container"].update(logConfiguration={"options": []}), "$.detail.container.logConfiguration.options"),
+])
+def test_a_bad_nested_field_is_named_by_its_whole_path(change: Any, where: str) -> None:
+    # nested readers join their path only for an error: it must still be the field's whole JSON path
+    event = aws_event("SUCCEEDED")
+    change(event["detail"])
+    with pytest.raises(MalformedPayloadError) as caught:
+        normalize(compact(event))
+    assert caught.value.where == where
+
+
+def test_a_bad_region_is_named_by_its_path() -> None:
+    event = aws_event("SUCCEEDED")
+    event["region"] = "bad region!"
+    with pytest.raises(MalformedPayloadError, match="not a region name") as caught:
+        normalize(compact(event))
+    assert caught.value.where == "$.region"

@@ -102,14 +102,18 @@ def _split(fh: IO[bytes]) -> tuple[bool, Iterator[bytes]]:
     return seen >= 2 and first is not None and _json_line(first), itertools.chain(head, fh)
 
 
-def normalized_stream(fh: IO[bytes], provider: str | None) -> Iterator[tuple[str, list[dict[str, Any]] | InputError]]:
-    """Every payload of one input with its events or its typed error, as ``normalize_stream`` splits
-    them -- but JSON Lines a line at a time (:func:`_split`)."""
-    from ..normalizing import normalize_lines, normalize_stream
+def normalized_stream(
+    fh: IO[bytes], provider: str | None
+) -> Iterator[tuple[int | str, list[dict[str, Any]] | InputError]]:
+    """Every payload of one input with its events or its typed error (whose ``where`` starts with its
+    line), as ``normalize_stream`` splits them -- but JSON Lines a line at a time (:func:`_split`),
+    each payload then named by its line number alone."""
+    from ..normalizing import check_provider, line_outcomes, normalize_stream
 
+    forced = check_provider(provider)
     lines_, lines = _split(fh)
     if lines_:
-        return normalize_lines(lines, provider=provider)
+        return line_outcomes(lines, forced)
     return normalize_stream(b"".join(lines), provider=provider)
 
 

@@ -22,15 +22,15 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.set_defaults(func=run)
 
 
-def normalized(source: str | None, provider: str | None) -> Iterator[tuple[str, list[dict[str, Any]] | InputError]]:
+def normalized(source: str | None, provider: str | None) -> Iterator[list[dict[str, Any]] | InputError]:
     """Every payload in ``source``: its events, or its typed error with the file and line in ``where``."""
     for name, fh in open_inputs(source):
         payloads = 0
-        for where, outcome in normalized_stream(fh, provider):
+        for _, outcome in normalized_stream(fh, provider):
             payloads += 1
             if isinstance(outcome, InputError) and name != "stdin":
                 outcome.located(name)
-            yield where, outcome
+            yield outcome
         if not payloads:
             note(f"{name} holds no payloads (it is empty or blank)")
 
@@ -44,13 +44,14 @@ def run(args: argparse.Namespace) -> int:
     dumps, newline = orjson.dumps, orjson.OPT_APPEND_NEWLINE  # no copy to append b"\n"
     bad = 0
     chunk: list[bytes] = []
-    for _, outcome in normalized(args.source, args.provider):
+    append = chunk.append
+    for outcome in normalized(args.source, args.provider):
         if isinstance(outcome, InputError):
             bad += 1
             print(f"batchbridge: {outcome.code}: {outcome}", file=sys.stderr)
             continue
-        for event in outcome:
-            chunk.append(dumps(event, option=newline))
+        for event in outcome:  # a vendor's sequence of events (a third party's need not be a list)
+            append(dumps(event, option=newline))
         if len(chunk) >= _WRITE_EVERY:
             out.write(b"".join(chunk))
             chunk.clear()

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from typing import Any, Final
 
 from ..errors import MalformedPayloadError, UnsupportedEventError
-from ..event import CloudEvent, Draft, Reader, State, as_region, build_event
+from ..event import CloudEvent, Draft, Reader, State, build_event
 from . import vendor
 
 PROVIDER: Final = "aws"
@@ -53,11 +53,10 @@ def matches(obj: Mapping[str, Any]) -> bool:
 def _resources(container: Reader) -> tuple[int | None, int | float | None]:
     cpu: int | None = None
     memory_mib: int | float | None = None
-    where = container.path("resourceRequirements")
     for index, item in enumerate(container.array("resourceRequirements")):
         if not isinstance(item, dict):
             continue
-        req = Reader(item, f"{where}[{index}]")
+        req = Reader(item, container, f"resourceRequirements[{index}]")
         kind = req.text("type")
         if kind == "VCPU":
             vcpus = req.number("value", minimum=0)
@@ -101,12 +100,13 @@ def normalize(obj: dict[str, Any], where: str) -> list[CloudEvent]:
     if state is None:
         raise UnsupportedEventError(f"AWS Batch status {status[:40]!r} is not mapped", where=detail.path("status"))
 
-    region = as_region(obj.get("region"), r.path("region"))
+    region = r.region("region")
     job_id = detail.require("jobId")
     index = detail.sub("arrayProperties").integer("index", minimum=0)
     if index is None and "nodeDetails" in detail.obj:
         index = detail.sub("nodeDetails").integer("nodeIndex", minimum=0)
-    child = _CHILD.fullmatch(job_id)
+    # most ids are a plain uuid: the pattern needs one of its separators
+    child = _CHILD.fullmatch(job_id) if ":" in job_id or "#" in job_id else None
     parent_id = job_id
     if child is not None:
         parent_id = child["parent"]
@@ -115,7 +115,7 @@ def normalize(obj: dict[str, Any], where: str) -> list[CloudEvent]:
     container = detail.sub("container")
     attempts = detail.array("attempts")
     last_attempt = attempts[-1] if attempts and isinstance(attempts[-1], dict) else {}
-    attempt_container = Reader(last_attempt, f"{detail.path('attempts')}[{len(attempts) - 1}]").sub("container")
+    attempt_container = Reader(last_attempt, detail, f"attempts[{len(attempts) - 1}]").sub("container")
     exit_code = container.integer("exitCode")
     if exit_code is None:
         exit_code = attempt_container.integer("exitCode")

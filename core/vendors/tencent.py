@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from typing import Any, Final
 
 from ..errors import MalformedPayloadError, UnsupportedEventError
-from ..event import CloudEvent, Draft, Kind, Reader, State, as_region, build_event
+from ..event import CloudEvent, Draft, Kind, Reader, State, build_event
 from . import vendor
 
 PROVIDER: Final = "tencent"
@@ -141,7 +141,7 @@ def _event(element: dict[str, Any], where: str) -> CloudEvent:
         native_state=batch.text(_STATE_FIELD[kind]),
         raw=element,
         where=where,
-        region=as_region(element.get("Region"), top.path("Region")),
+        region=top.region("Region"),
         time=top.time("EventTime"),
         job_id=batch.text("JobId"),
         job_name=batch.text("JobName"),
