@@ -4,6 +4,7 @@ second bridge (``core/serve_workers.py``)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -148,14 +149,22 @@ def test_workers_stop_when_their_supervisor_is_killed(tmp_path: Path) -> None:
         assert again.wait(30) == 0, again.log()
 
 
-def accepted(pid: int) -> int:
-    """The TCP connections (sockets) process ``pid`` holds."""
-    count = 0
+def accepted(pid: int, port: int) -> int:
+    """The established connections to ``port`` that process ``pid`` holds (its socket descriptors'
+    inodes looked up in the kernel's TCP table)."""
+    inodes = set()
     for fd in os.listdir(f"/proc/{pid}/fd"):
-        try:
-            count += os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:")
-        except OSError:
-            pass
+        with contextlib.suppress(OSError):
+            link = os.readlink(f"/proc/{pid}/fd/{fd}")
+            if link.startswith("socket:["):
+                inodes.add(link[8:-1])
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError), open(table) as f:
+            for line in f.readlines()[1:]:
+                fields = line.split()
+                local_port, state, inode = int(fields[1].rsplit(":", 1)[1], 16), fields[3], fields[9]
+                count += local_port == port and state == "01" and inode in inodes
     return count
 
 
@@ -169,17 +178,13 @@ def test_a_burst_of_connections_is_spread_over_the_workers(tmp_path: Path) -> No
         started.append(serve)
         wait_until(lambda: len(children(serve.proc.pid)) == 2, 20, what="two workers")
         workers = children(serve.proc.pid)
-        for pid in workers:  # both up and serving, so that neither is slower to wake for its start
-            wait_until(lambda pid=pid: accepted(pid) >= 1, 20, what="a worker listening")
-        time.sleep(0.5)  # noqa: the workers' start-up connections (outbox, publisher) settle
-        before = {pid: accepted(pid) for pid in workers}
         conns = [socket.create_connection(("127.0.0.1", serve.port), timeout=10) for _ in range(24)]
         try:
             for c in conns:  # an answer on every connection: each has been accepted by a worker
                 c.sendall(b"GET /healthz HTTP/1.1\r\nHost: test\r\n\r\n")
             for c in conns:
                 assert c.recv(64).startswith(b"HTTP/1.1 200")
-            got = {pid: accepted(pid) - before[pid] for pid in workers}
+            got = {pid: accepted(pid, serve.port) for pid in workers}
             # hashed over two sockets, 24 connections leave fewer than 2 to one worker once in ~30,000 runs
             assert sum(got.values()) == 24 and min(got.values()) >= 2, got
         finally:
