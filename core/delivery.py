@@ -346,14 +346,8 @@ class _Worker:
         """Write what the backend said to the store; False (after backing off) when that failed -- the
         outcome is then kept and written first on the next turn, and its rows are not published again
         unless the process stops first (then they go out again: same ids, consumers can dedupe)."""
-        try:
-            self.delivery.store.settle(outcome.delivered, outcome.retry, outcome.dead)
-        except BatchBridgeError as exc:
-            self._unsettled = outcome
-            self._backoff(exc)
-            return False
-        self._count(outcome)
-        return True
+        store = self.delivery.store
+        return self._write(outcome, lambda: store.settle(outcome.delivered, outcome.retry, outcome.dead))
 
     def _settle_and_claim(self, outcome: _Outcome) -> bool:
         """:meth:`_settle` a batch that went through (no retries), and claim the next rows in the same
@@ -364,8 +358,15 @@ class _Worker:
         both = getattr(d.store, "settle_and_claim", None)
         if both is None:
             return self._settle(outcome)
-        try:
+
+        def write() -> None:
             self._claimed = both(self.destination, d.settings.batch_size, outcome.delivered, outcome.dead)
+
+        return self._write(outcome, write)
+
+    def _write(self, outcome: _Outcome, write: Callable[[], None]) -> bool:
+        try:
+            write()
         except BatchBridgeError as exc:
             self._unsettled = outcome
             self._backoff(exc)

@@ -65,13 +65,19 @@ def post_all(url: str, items: list[tuple[bytes, str]]) -> list[str]:
         return list(pool.map(one, items))
 
 
+def two_workers(started: list[CliProcess], cfg: Path, tmp: Path) -> ServeProcess:
+    """``serve --workers 2`` on ``cfg``, up, with both workers started."""
+    serve = ServeProcess(cfg, tmp / "serve.log", extra=["--workers", "2"])
+    started.append(serve)
+    wait_until(lambda: len(children(serve.proc.pid)) == 2, 20, what="two workers")
+    return serve
+
+
 def test_two_workers_share_one_port_and_one_outbox_and_deliver_each_event_once(tmp_path: Path) -> None:
     cfg, out = config(tmp_path)
     items = tencent_payloads(120, "w")
     with processes() as started:
-        serve = ServeProcess(cfg, tmp_path / "serve.log", extra=["--workers", "2"])
-        started.append(serve)
-        wait_until(lambda: len(children(serve.proc.pid)) == 2, 20, what="two workers")
+        serve = two_workers(started, cfg, tmp_path)
         acked = post_all(serve.url, items)
         assert sorted(acked) == sorted(i for _, i in items)
         wait_until(lambda: len(read_events(out)) >= len(items), 30, what="delivery")
@@ -89,9 +95,7 @@ def test_a_killed_worker_is_replaced_and_nothing_is_lost(tmp_path: Path) -> None
     cfg, out = config(tmp_path)
     first, second = tencent_payloads(80, "a"), tencent_payloads(80, "b")
     with processes() as started:
-        serve = ServeProcess(cfg, tmp_path / "serve.log", extra=["--workers", "2"])
-        started.append(serve)
-        wait_until(lambda: len(children(serve.proc.pid)) == 2, 20, what="two workers")
+        serve = two_workers(started, cfg, tmp_path)
         post_all(serve.url, first)
         victim = children(serve.proc.pid)[0]
         os.kill(victim, signal.SIGKILL)
@@ -118,9 +122,7 @@ def test_an_unrelated_bridge_on_the_same_outbox_is_still_refused(tmp_path: Path)
     cfg, _ = config(tmp_path)
     link = tmp_path / "link.db"
     with processes() as started:
-        serve = ServeProcess(cfg, tmp_path / "serve.log", extra=["--workers", "2"])
-        started.append(serve)
-        wait_until(lambda: len(children(serve.proc.pid)) == 2, 20, what="two workers")
+        serve = two_workers(started, cfg, tmp_path)
         os.link(tmp_path / "outbox.db", link)
         for outbox, log in ((str(tmp_path / "outbox.db"), "second.log"), (str(link), "link.log")):
             for extra in ([], ["--workers", "2"]):
@@ -136,9 +138,7 @@ def test_an_unrelated_bridge_on_the_same_outbox_is_still_refused(tmp_path: Path)
 def test_workers_stop_when_their_supervisor_is_killed(tmp_path: Path) -> None:
     cfg, _ = config(tmp_path)
     with processes() as started:
-        serve = ServeProcess(cfg, tmp_path / "serve.log", extra=["--workers", "2"])
-        started.append(serve)
-        wait_until(lambda: len(children(serve.proc.pid)) == 2, 20, what="two workers")
+        serve = two_workers(started, cfg, tmp_path)
         workers = children(serve.proc.pid)
         serve.kill()
         wait_until(lambda: not any(alive(p) for p in workers), 30, what="the orphaned workers to stop")
@@ -174,9 +174,7 @@ def test_a_burst_of_connections_is_spread_over_the_workers(tmp_path: Path) -> No
     socket of its own on the port, and the kernel spreads new connections over them."""
     cfg, _ = config(tmp_path)
     with processes() as started:
-        serve = ServeProcess(cfg, tmp_path / "serve.log", extra=["--workers", "2"])
-        started.append(serve)
-        wait_until(lambda: len(children(serve.proc.pid)) == 2, 20, what="two workers")
+        serve = two_workers(started, cfg, tmp_path)
         workers = children(serve.proc.pid)
         conns = [socket.create_connection(("127.0.0.1", serve.port), timeout=10) for _ in range(24)]
         try:
