@@ -555,6 +555,25 @@ class Outbox:
             return []
         with self._inflight_lock:
             busy = sorted({k for d, k in self._inflight.values() if d == destination})
+        candidates, work = self._claim_work(destination, limit, busy)
+        # a look without the write lock first: idle claimants of N workers must not queue on it
+        try:
+            if not candidates(self._conn()):
+                return []
+        except sqlite3.Error as exc:
+            raise OutboxError(f"outbox read failed: {exc}", where=self._where, retryable=True) from None
+        return self._claimed(self._write(work))
+
+    def _claimed(self, claimed: list[tuple[Pending, str]]) -> list[Pending]:
+        with self._inflight_lock:
+            self._leased = True
+            for p, k in claimed:
+                self._inflight[p.seq] = (p.destination, k)
+        return [p for p, _ in claimed]
+
+    def _claim_work(self, destination: str, limit: int, busy: Sequence[str]) -> tuple[
+            Callable[[sqlite3.Connection], list[str]], Callable[[sqlite3.Connection], list[tuple[Pending, str]]]]:
+        """(the keys with rows to claim now, the claim's transaction) -- see :meth:`claim`."""
         not_busy = f"AND okey NOT IN ({', '.join('?' * len(busy))}) " if busy else ""
         # every statement here answers in one row (JSON built by SQLite): sqlite3 lets go of the GIL
         # around each step, and under load each step taken back waits for the event loop thread
@@ -566,13 +585,6 @@ class Outbox:
         def candidates(conn: sqlite3.Connection) -> list[str]:
             found = conn.execute(pick, [destination, *busy, self.owner, time.time(), limit]).fetchone()[0]
             return sorted(orjson.loads(found))
-
-        # a look without the write lock first: idle claimants of N workers must not queue on it
-        try:
-            if not candidates(self._conn()):
-                return []
-        except sqlite3.Error as exc:
-            raise OutboxError(f"outbox read failed: {exc}", where=self._where, retryable=True) from None
 
         def work(conn: sqlite3.Connection) -> list[tuple[Pending, str]]:
             keys = candidates(conn)  # again, under the lock: another claimant may have come first
@@ -602,12 +614,7 @@ class Outbox:
             rows = sorted(orjson.loads(found))
             return [(Pending(int(s), destination, e, bytes.fromhex(b), int(a)), k) for s, e, a, k, b in rows]
 
-        claimed = self._write(work)
-        with self._inflight_lock:
-            self._leased = True
-            for p, k in claimed:
-                self._inflight[p.seq] = (destination, k)
-        return [p for p, _ in claimed]
+        return candidates, work
 
     def renew(self) -> None:
         """Extend the lease on every key this store object holds."""
@@ -658,10 +665,59 @@ class Outbox:
         let go. On a nearly full disk the attempt counts are not written: while a destination is down
         they are rewritten on every retry, and would eat the room kept for the deletes that free the disk
         once it is back (then no checkpoint could ever run: stuck for good)."""
-        done = list(delivered)
+        done, retried, moved = list(delivered), list(retry), list(dead)
+        seqs, work = self._settle_work(done, retried, moved)
+        try:
+            self._write(work)
+        except DiskFullError:
+            if len(done) <= _SETTLE_PIECE:
+                raise
+            # the deletes of one big batch need more WAL room than a full disk has; in small pieces,
+            # each its own transaction, they free rows that the next pieces (and the rest) reuse
+            for start in range(0, len(done), _SETTLE_PIECE):
+                piece = done[start:start + _SETTLE_PIECE]
+                self._write(lambda conn, piece=piece: _delete_rows(conn, piece))  # type: ignore[misc]
+            self._write(self._settle_work([], retried, moved)[1])
+        self._settled(seqs)
+
+    def settle_and_claim(self, destination: str, limit: int, delivered: Iterable[int] = (),
+                         dead: Iterable[tuple[int, DeadLetter]] = ()) -> list[Pending]:
+        """:meth:`settle` a batch of ``destination`` that went through (delivered or refused rows, no
+        retries), then :meth:`claim` its next rows -- in one transaction. A delivery worker under load
+        otherwise takes the file's one write lock twice per batch, and with ``serve --workers N`` every
+        turn at that lock is a wait for the other workers' commits. Its caller must hold no other rows
+        of ``destination`` in flight (one delivery worker per destination in a process). On a full disk
+        the batch is settled as :meth:`settle` does, in pieces, and nothing is claimed."""
+        done, moved = list(delivered), list(dead)
+        seqs, settle = self._settle_work(done, (), moved)
+        gone = set(seqs)
+        with self._inflight_lock:
+            busy = sorted({k for s, (d, k) in self._inflight.items() if d == destination and s not in gone})
+        _, claim = self._claim_work(destination, limit, busy)
+
+        def work(conn: sqlite3.Connection) -> list[tuple[Pending, str]]:
+            settle(conn)
+            return claim(conn)
+
+        try:
+            claimed = self._write(work)
+        except DiskFullError:
+            self.settle(done, (), moved)
+            return []
+        self._settled(seqs)
+        return self._claimed(claimed)
+
+    def _settled(self, seqs: Sequence[int]) -> None:
+        with self._inflight_lock:
+            for s in seqs:
+                self._inflight.pop(s, None)
+
+    def _settle_work(self, done: Sequence[int], retry: Iterable[tuple[int, str]],
+                     dead: Iterable[tuple[int, DeadLetter]]) -> tuple[list[int], Callable[[sqlite3.Connection], None]]:
+        """(the seqs settled, the settle's transaction) -- see :meth:`settle`."""
         again = [(redact(err)[:2000], s) for s, err in retry]
         moved = list(dead)
-        seqs = done + [s for _, s in again] + [s for s, _ in moved]
+        seqs = list(done) + [s for _, s in again] + [s for s, _ in moved]
         with self._inflight_lock:
             leased = self._leased
             destinations = sorted({self._inflight[s][0] for s in seqs if s in self._inflight})
@@ -688,21 +744,7 @@ class Outbox:
                                  "(SELECT 1 FROM outbox o WHERE o.destination = key_lease.destination "
                                  "AND o.okey = key_lease.okey)", (self.owner, d))
 
-        try:
-            self._write(work)
-        except DiskFullError:
-            if len(done) <= _SETTLE_PIECE:
-                raise
-            # the deletes of one big batch need more WAL room than a full disk has; in small pieces,
-            # each its own transaction, they free rows that the next pieces (and the rest) reuse
-            for start in range(0, len(done), _SETTLE_PIECE):
-                piece = done[start:start + _SETTLE_PIECE]
-                self._write(lambda conn, piece=piece: _delete_rows(conn, piece))  # type: ignore[misc]
-            done = []
-            self._write(work)
-        with self._inflight_lock:
-            for s in seqs:
-                self._inflight.pop(s, None)
+        return seqs, work
 
     def depth(self) -> int:
         return int(self._read("SELECT count(*) FROM outbox")[0][0])

@@ -198,6 +198,7 @@ class _Committer:
             return self._refuse(group, full)
         try:
             with self._write_lock:
+                self._join(group)
                 outcomes = self._transaction(conn, group)
         except sqlite3.Error as exc:
             if not is_disk_full(exc):
@@ -212,6 +213,19 @@ class _Committer:
         if gone is not None:
             return self._refuse(group, gone)
         return self._acknowledge(group, outcomes)
+
+    def _join(self, group: list[tuple[_Work, _Sink]]) -> None:
+        """Once the write lock is held: the requests queued while this thread waited for it join the
+        group (in place, so that the caller wakes them too). With several writers on the file (the
+        delivery threads, the other workers of ``serve --workers N``) the wait is often longer than the
+        commit itself; a request that came meanwhile had to wait for the next turn at the lock, and each
+        worker's groups stayed small -- one fsync per handful of requests. Their disk checks are the
+        group's, made a moment before; the file is checked again before the group is acknowledged."""
+        room = _MAX_GROUP - len(group)
+        if room > 0 and self._queue:
+            with self._cond:
+                group += self._queue[:room]
+                del self._queue[:room]
 
     @staticmethod
     def _rows_of(work: Any) -> Sequence[OutboxRow] | None:

@@ -263,6 +263,14 @@ def inherited_lock(path: Path) -> int | None:
     return fd
 
 
+#: the first and the longest pause between two looks at a taken writer lock, seconds. The file's one
+#: writer is what ``serve --workers N`` waits on (a group commit holds it ~1-5 ms, a delivery
+#: transaction ~1 ms): a waiter that slept 2 ms between looks, as before, left it free for up to that
+#: long after each hand-over. A look costs a few microseconds of CPU.
+_POLL_FIRST = 0.00005
+_POLL_MAX = 0.00025
+
+
 class WriterLock:
     """One writer at a time on an outbox file, across threads *and* processes (``serve --workers N``).
     SQLite's own lock makes a writer that finds it taken sleep in steps of 1, 2, 5 ... 100 ms, so N
@@ -292,7 +300,7 @@ class WriterLock:
         if fd is None:
             return
         deadline = time.monotonic() + self._timeout
-        pause = 0.0001
+        pause = _POLL_FIRST
         while True:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -302,7 +310,7 @@ class WriterLock:
                 if time.monotonic() >= deadline:
                     return
                 time.sleep(pause)
-                pause = min(pause * 2, 0.002)
+                pause = min(pause * 2, _POLL_MAX)
             except OSError:
                 return
 

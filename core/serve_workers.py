@@ -2,9 +2,14 @@
 
 A **supervisor** process (this module's :func:`supervise`) does three things and nothing else:
 
-* it binds the listening socket once and hands it to every worker (inherited descriptor): all of them
-  accept on the one port, the kernel spreads the connections -- what uvicorn's own ``--workers``
-  does, with our workers instead of uvicorn's;
+* it binds the port and hands each worker a listening socket on it (inherited descriptor). On Linux
+  each worker slot has a socket of its own, all bound to the one port with ``SO_REUSEPORT``, and the
+  kernel spreads new connections over them: with one socket shared by all (what uvicorn's own
+  ``--workers`` does) the first worker to wake accepted a whole burst -- a load generator's 32
+  connections all went to one worker in about every other run, the other idling. The supervisor
+  keeps every socket open, so connections that arrive for a worker being restarted wait in its
+  socket's queue for the replacement. The port is first bound plainly, once, so a port already in
+  use is refused as before. Elsewhere all workers share one socket;
 * for a SQLite outbox, it takes the outbox's exclusive ``flock`` (``Outbox.lock``) and hands the
   locked descriptor down too (``BATCHBRIDGE_OUTBOX_LOCK_FD``). A ``flock`` belongs to the open file
   description, which the workers share: each worker's ``Outbox.lock`` checks that the inherited
@@ -53,19 +58,52 @@ MAX_WORKERS = 64
 LISTEN_BACKLOG = 1024
 
 
-def bind(host: str, port: int) -> socket.socket:
-    """The listening socket every worker accepts on (inheritable)."""
+def bind(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
+    """A listening socket on ``host:port`` for the workers (inheritable); ``reuse_port``: one of a group
+    on the same port (``SO_REUSEPORT``)."""
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
         family, kind, proto, _, address = infos[0]
         sock = socket.socket(family, kind, proto)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(address)
-        sock.listen(LISTEN_BACKLOG)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.bind(address)
+            sock.listen(LISTEN_BACKLOG)
+        except OSError:
+            sock.close()
+            raise
     except OSError as exc:
         raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}", where="serve.port") from None
     sock.set_inheritable(True)
     return sock
+
+
+def spreads() -> bool:
+    """Whether the kernel spreads a port's connections over ``SO_REUSEPORT`` sockets (Linux)."""
+    return sys.platform.startswith("linux") and hasattr(socket, "SO_REUSEPORT")
+
+
+def bind_all(host: str, port: int, workers: int) -> list[socket.socket]:
+    """The listening socket of each worker slot (see the module docstring): ``workers`` sockets in one
+    ``SO_REUSEPORT`` group where the kernel spreads connections over them, else one shared by all."""
+    if workers == 1 or not spreads():
+        return [bind(host, port)]
+    # a plain bind first: it fails on a port anything holds, whereas a SO_REUSEPORT bind would join
+    # another same-user server's group on it and take half its connections
+    probe = bind(host, port)
+    port = probe.getsockname()[1]  # port 0: the group takes the port the probe was given
+    probe.close()
+    socks: list[socket.socket] = []
+    try:
+        for _ in range(workers):
+            socks.append(bind(host, port, reuse_port=True))
+    except ConfigError:
+        for s in socks:
+            s.close()
+        raise
+    return socks
 
 
 def lock_outbox(path: Path) -> int:
@@ -94,17 +132,18 @@ def supervise(config: BridgeConfig, worker_argv: Sequence[str], *, workers: int,
     if not 1 <= workers <= MAX_WORKERS:
         raise ConfigError(f"must be between 1 and {MAX_WORKERS}, got {workers}", where="--workers")
     lock_fd = None if config.outbox.url else lock_outbox(config.outbox.path)
-    sock = bind(host, port)
+    socks = bind_all(host, port, workers)
     child_env = {**os.environ, **(env or {})}
     if lock_fd is not None:
         child_env[LOCK_FD_ENV] = str(lock_fd)
-    fds = (sock.fileno(),) if lock_fd is None else (sock.fileno(), lock_fd)
-    argv = [sys.executable, "-m", "batchbridge.core.cli", *worker_argv, "--worker-socket", str(sock.fileno())]
+    argv = [sys.executable, "-m", "batchbridge.core.cli", *worker_argv, "--worker-socket"]
     stop = threading.Event()
     children = [_Child(i) for i in range(workers)]
 
     def spawn(c: _Child) -> None:
-        c.proc = subprocess.Popen(argv, pass_fds=fds, env=child_env)
+        sock = socks[c.index % len(socks)]  # a restarted worker takes over its slot's socket and queue
+        fds = (sock.fileno(),) if lock_fd is None else (sock.fileno(), lock_fd)
+        c.proc = subprocess.Popen([*argv, str(sock.fileno())], pass_fds=fds, env=child_env)
         c.started = time.monotonic()
         log.info("worker %d started (pid %d)", c.index, c.proc.pid)
 
@@ -146,7 +185,8 @@ def supervise(config: BridgeConfig, worker_argv: Sequence[str], *, workers: int,
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
-        sock.close()
+        for sock in socks:
+            sock.close()
         if lock_fd is not None:
             os.close(lock_fd)
 

@@ -116,13 +116,21 @@ def test_a_retried_row_goes_out_before_the_rows_of_its_key_behind_it(tmp_path: P
 
 
 class _SettleFailsOnce(Outbox):  # type: ignore[misc]
+    """The first settle fails, whichever way it is made (alone, or with the next claim)."""
     failures = 1
 
-    def settle(self, *args: Any, **kwargs: Any) -> None:
+    def _fail_once(self) -> None:
         if self.failures:
             self.failures -= 1
             raise OutboxError("disk full (test)", where=self.where, retryable=True)
+
+    def settle(self, *args: Any, **kwargs: Any) -> None:
+        self._fail_once()
         super().settle(*args, **kwargs)
+
+    def settle_and_claim(self, *args: Any, **kwargs: Any) -> Any:
+        self._fail_once()
+        return super().settle_and_claim(*args, **kwargs)
 
 
 def test_a_failed_settle_is_written_first_and_nothing_goes_out_twice(tmp_path: Path) -> None:
@@ -135,6 +143,33 @@ def test_a_failed_settle_is_written_first_and_nothing_goes_out_twice(tmp_path: P
         d.stop()
         assert store.failures == 0
     assert dest.ids() == [f"k-{n}" for n in range(20)], "a row went out twice, or out of order"
+
+
+class _CountsWrites(Outbox):  # type: ignore[misc]
+    writes = 0
+
+    def _write(self, work: Any) -> Any:
+        self.writes += 1
+        return super()._write(work)
+
+
+def test_a_batch_that_went_through_is_settled_with_the_next_claim_in_one_transaction(tmp_path: Path) -> None:
+    """One turn at the file's write lock per batch, not two (a claim, then a settle): under ``serve
+    --workers N`` every turn is a wait for the other workers' commits. Order and once-only hold."""
+    dest = Recorder()
+    with _CountsWrites(tmp_path / "o.db") as store:
+        store.put([OutboxRow.of(DEST, event(f"j{n % 3}", n)) for n in range(70)])  # 10 batches of 7
+        store.writes = 0
+        d = delivery(store, dest)
+        d.start([DEST])
+        wait_for(lambda: store.depth() == 0 and len(dest.sent) == 70, what="delivery")
+        writes = store.writes
+        d.stop()
+    assert writes <= 12, writes  # the first claim, then one per batch (two each before: 20)
+    got = dest.ids()
+    assert sorted(got) == sorted(f"j{n % 3}-{n}" for n in range(70)), "lost or twice"
+    for j in range(3):
+        assert [i for i in got if i.startswith(f"j{j}-")] == [f"j{j}-{n}" for n in range(j, 70, 3)]
 
 
 def test_rows_are_read_back_after_an_outage_and_a_restart(tmp_path: Path) -> None:

@@ -143,6 +143,25 @@ def test_concurrent_intake_is_group_committed(tmp_path: Path) -> None:
         assert ob.depth() == 400
 
 
+def test_requests_that_come_while_a_group_waits_for_the_write_lock_join_it(tmp_path: Path) -> None:
+    """Another writer (a delivery thread, another worker of ``serve --workers N``) holds the file's write
+    lock: the group the committer took waits for it, and what is submitted meanwhile commits with that
+    group -- one transaction, one fsync -- rather than queueing for a turn of its own."""
+    with Outbox(tmp_path / "o.db") as ob:
+        with ob._write_lock:
+            first = ob.submit([OutboxRow("memory://a", "first", None, b"{}")])
+            deadline = time.monotonic() + 10
+            while ob._committer._queue:  # taken: the committer now waits for the lock
+                assert time.monotonic() < deadline, "the committer did not take the first request"
+                time.sleep(0.005)
+            later = [ob.submit([OutboxRow("memory://a", str(i), None, b"{}")]) for i in range(9)]
+            assert not first.done()
+        seqs = [first.result().seqs[0]] + [f.result().seqs[0] for f in later]
+        assert ob.group_commit_stats == (1, 10)
+        assert seqs == sorted(seqs)  # in the order they were submitted
+        assert [p.event_id for p in ob.fetch("memory://a", 20)] == ["first"] + [str(i) for i in range(9)]
+
+
 def test_a_failing_request_does_not_sink_its_group(tmp_path: Path) -> None:
     with Outbox(tmp_path / "o.db") as ob:
         def boom(conn: Any) -> None:
