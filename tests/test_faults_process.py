@@ -132,6 +132,7 @@ def post_until_killed(url: str, items: list[tuple[bytes, str]], kill: threading.
     return acked, other
 
 
+@pytest.mark.solo  # its kills and refusals are timed against a serve under load: run alone
 def test_sigkill_serve_at_random_points(request: pytest.FixtureRequest, tmp_path: Path) -> None:
     rng, seed = rng_for("serve")
     total = Figures("SIGKILL of serve at random points", "file://", "", 0, 0, 0, 0, extra={"seed": seed})
@@ -315,6 +316,7 @@ class CappedOutbox(Outbox):
         return conn
 
 
+@pytest.mark.solo  # its kills and refusals are timed against a serve under load: run alone
 def test_disk_full_refuses_with_503_and_recovers(request: pytest.FixtureRequest, tmp_path: Path,
                                                   moto_restartable: RestartableMoto,
                                                   caplog: pytest.LogCaptureFixture) -> None:

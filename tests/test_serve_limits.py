@@ -79,6 +79,7 @@ def payload(n: int, tag: str = "p") -> bytes:
     return compact(tencent_message(*(tencent_element("JOB_RUNNING", JobId=f"job-{tag}-{i}") for i in range(n))))
 
 
+@pytest.mark.solo  # times pushes and RSS: run alone (tests/conftest.py)
 def test_idle_and_slow_header_connections_do_not_starve_genuine_pushes(served: Served) -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard < 4096:
@@ -183,6 +184,7 @@ def _new_decoder(served: Served, old: int) -> int:
     return _decoder(served)
 
 
+@pytest.mark.solo  # times pushes and RSS: run alone (tests/conftest.py)
 @pytest.mark.parametrize("route", [False, True], ids=["no-route", "file-route"])
 def test_big_bodies_do_not_stall_small_pushes_and_memory_comes_back(tmp_path: Path, route: bool) -> None:
     """Without a route (intake alone) and with a ``file://`` route, as every deployment has one: then
