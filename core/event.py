@@ -377,9 +377,8 @@ class Reader:
     def where(self) -> str:
         """The JSON path of this object (``$.detail.container``)."""
         at = self._at
-        if self._key is None:
-            return at if at.__class__ is str else at.where  # type: ignore[union-attr]
-        return f"{at if at.__class__ is str else at.where}.{self._key}"  # type: ignore[union-attr]
+        base: str = at if at.__class__ is str else at.where  # type: ignore[union-attr]
+        return base if self._key is None else f"{base}.{self._key}"
 
     def path(self, key: str) -> str:
         return f"{self.where}.{key}"

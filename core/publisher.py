@@ -94,30 +94,8 @@ _STORED_KEY = "stored"
 class _Batches:
     """Events bound to messages, refused ones recorded, the rest split into ordered lanes of batches."""
 
-    def __init__(self, events: Sequence[Mapping[str, Any]], s: _Settings, where: str) -> None:
-        def bound() -> Iterable[Message | BatchBridgeError]:
-            for event in events:
-                try:
-                    yield binding.to_message(event, mode=s.mode, prefix=s.prefix, max_attributes=s.max_attributes,
-                                             content_type_attribute=s.content_type_attribute)
-                except BatchBridgeError as exc:
-                    yield exc
-
-        self._plan([str(e.get("id")) if e.get("id") else None for e in events], bound(), s, where)
-
-    @classmethod
-    def stored(cls, items: Sequence[Stored], s: _Settings, where: str) -> _Batches:
-        """Stored events as the messages of a driver that keeps the body alone (``stores_body``). They
-        share one ordering key: one lane, in order, and after a retryable failure the rest of the call
-        is held back -- the order of the whole call is kept, whatever the events' own keys."""
-        plan = cls.__new__(cls)
-        plan._plan([i.event_id for i in items],
-                   (Message(i.body, {}, binding.STRUCTURED_CONTENT_TYPE, _STORED_KEY, i.event_id) for i in items),
-                   s, where)
-        return plan
-
-    def _plan(self, ids: list[str | None], messages: Iterable[Message | BatchBridgeError], s: _Settings,
-              where: str) -> None:
+    def __init__(self, ids: list[str | None], messages: Iterable[Message | BatchBridgeError], s: _Settings,
+                 where: str) -> None:
         self.results: list[PublishResult | None] = [None] * len(ids)
         self.ids = ids
         lanes: list[list[tuple[int, Message]]] = [[] for _ in range(s.concurrency)]
@@ -129,6 +107,28 @@ class _Batches:
             self._add(i, msg, s, lanes, where, spread)
             spread += 1
         self.lanes = [self._batches(lane, s) for lane in lanes if lane]
+
+    @classmethod
+    def of_events(cls, events: Sequence[Mapping[str, Any]], s: _Settings, where: str) -> _Batches:
+        """Events bound to messages by the binding; one that cannot be is refused with its typed error."""
+        def bound() -> Iterable[Message | BatchBridgeError]:
+            for event in events:
+                try:
+                    yield binding.to_message(event, mode=s.mode, prefix=s.prefix, max_attributes=s.max_attributes,
+                                             content_type_attribute=s.content_type_attribute)
+                except BatchBridgeError as exc:
+                    yield exc
+
+        return cls([str(e.get("id")) if e.get("id") else None for e in events], bound(), s, where)
+
+    @classmethod
+    def stored(cls, items: Sequence[Stored], s: _Settings, where: str) -> _Batches:
+        """Stored events as the messages of a driver that keeps the body alone (``stores_body``). They
+        share one ordering key: one lane, in order, and after a retryable failure the rest of the call
+        is held back -- the order of the whole call is kept, whatever the events' own keys."""
+        return cls([i.event_id for i in items],
+                   (Message(i.body, {}, binding.STRUCTURED_CONTENT_TYPE, _STORED_KEY, i.event_id) for i in items),
+                   s, where)
 
     def _add(
         self, i: int, msg: Message, s: _Settings, lanes: list[list[tuple[int, Message]]], where: str, spread: int
@@ -276,7 +276,7 @@ class Publisher(_Base):
         """Send every event; return one result per event, in input order."""
         self._check_open()
         with tracing.publishing(self.uri, self._where, list(events)) as obs:
-            plan = _Batches(obs.events, self._settings, self._where)
+            plan = _Batches.of_events(obs.events, self._settings, self._where)
             if len(plan.lanes) == 1:  # nothing to overlap: spare the hand-over to a pool thread
                 self._send_lane(plan, plan.lanes[0])
             else:
@@ -421,7 +421,7 @@ class AsyncPublisher(_Base):
     async def publish(self, events: Iterable[Mapping[str, Any]]) -> list[PublishResult]:
         self._check_open()
         with tracing.publishing(self.uri, self._where, list(events)) as obs:
-            plan = _Batches(obs.events, self._settings, self._where)
+            plan = _Batches.of_events(obs.events, self._settings, self._where)
             await asyncio.gather(*(self._send_lane(plan, lane) for lane in plan.lanes))
             obs.results = plan.final()
         return obs.results

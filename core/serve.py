@@ -334,17 +334,11 @@ def create_app(target: Bridge | BridgeConfig | str | Path, *, settings: ServeSet
         failing = {dest: seconds for dest, (seconds, _) in bridge.failing().items()}
         return bridge.unwritable() is None, failing
 
-    def unwritable_health() -> tuple[bool, dict[str, float]]:
-        try:
-            return health()
-        except _UNREADABLE:
-            return False, {}  # flagged: batchbridge_outbox_writable 0
-
     # figures read from the outbox are left out when it cannot be read (its WAL deleted under a running
     # serve, a damaged file): a scrape answers with what is known rather than 500
     registry = prometheus_registry(bridge.stats, _or_empty(bridge.outbox.depths, dict),
                                    backlog=_or_empty(lambda: destination_heads(bridge.outbox), list),
-                                   health=unwritable_health)
+                                   health=_or_empty(health, lambda: (False, {})))  # flagged: writable 0
 
     def error(status: int, code: str, reason: str, headers: Mapping[str, str] | None = None) -> Response:
         return Response(_error_json(code, reason), status_code=status, media_type="application/json",
