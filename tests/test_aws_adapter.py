@@ -489,6 +489,27 @@ def test_profile_credentials_never_shown(moto_server: AwsServer, tmp_path: Path,
     assert "no-such-profile" in str(info.value)
 
 
+def test_connections_share_the_parsed_service_model_and_keep_their_own_credentials(
+        moto_server: AwsServer) -> None:
+    """Re-opening a publisher (after every failed open, during an outage) must not parse botocore's
+    service model again, nor grow the loader's search path, nor mix up two URIs' credentials."""
+    q = moto_server.queue()
+    loaders = []
+    keys = []
+    for n in range(6):
+        uri = parse_uri(moto_server.uri("sqs", q.name, aws_access_key_id=f"AKIABATCHBRIDGE{n:05d}",
+                                        aws_secret_access_key=f"secret-{n}"))[1]
+        conn = aws_adapter._Connection("sqs", uri)
+        loaders.append(conn.session._session.get_component("data_loader"))
+        keys.append(conn.session.get_credentials().access_key)
+        conn.client.close()
+    assert all(loader is loaders[0] for loader in loaders)
+    paths = loaders[0].search_paths
+    assert len(paths) <= len(set(paths)) + 1  # boto3 appends its folder again per session; not more
+    assert keys == [f"AKIABATCHBRIDGE{n:05d}" for n in range(6)]
+    assert loaders[0].load_service_model("sqs", "service-2") is loaders[0].load_service_model("sqs", "service-2")
+
+
 # --- classification, packaging -------------------------------------------------------------------------
 
 
