@@ -34,6 +34,11 @@ if [ "${BATCHBRIDGE_SKIP_LOCALSTACK:-0}" != "1" ] && [ -f localstack/install-hos
 fi
 
 export GRPC_VERBOSITY=ERROR
+# bytecode is cached (__pycache__, ignored by git) even where the environment turns that off
+# (PYTHONDONTWRITEBYTECODE=1, as in many CI images): otherwise every xdist worker compiles and
+# rewrites every test module again (collection: 8 s of CPU per worker, 4 s cached), and every serve,
+# relay and CLI process that a test starts compiles batchbridge again
+unset PYTHONDONTWRITEBYTECODE
 # Four pytest-xdist workers: the suite spends most of its time waiting on servers, SDK handshakes and
 # processes (two workers kept a 2-core machine 55 % busy; 9 min 14 s, three 8 min 22 s, four 6 min 47 s
 # there under the same background load), so more workers than cores still cut the wall time
