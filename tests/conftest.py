@@ -28,6 +28,10 @@ _SERVER_GROUPS = {"localstack_server": "localstack", "pubsub_emulator": "pubsub-
 _WORKER_LINES: list[str] = []
 
 
+# tryfirst: pytest-xdist's own hook turns xdist_group marks into the node-id suffix that --dist
+# loadgroup schedules by, so the marks must be on before it runs; added after it, they were ignored and
+# every worker started a LocalStack and a Pub/Sub emulator of its own
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     # tests/run.sh runs the suite in two phases: everything but the @solo tests on several workers, then
     # the @solo tests (they time latency, memory or recovery) alone, so that what they time is the
