@@ -29,8 +29,8 @@ _WORKER_LINES: list[str] = []
 
 
 # tryfirst: pytest-xdist's own hook turns xdist_group marks into the node-id suffix that --dist
-# loadgroup schedules by, so the marks must be on before it runs; added after it, they were ignored and
-# every worker started a LocalStack and a Pub/Sub emulator of its own
+# loadgroup schedules by, so the marks must be on before it runs (and pytest must be < 9.2, see
+# pyproject.toml: without the suffix every worker started a LocalStack and an emulator JVM of its own)
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     # tests/run.sh runs the suite in two phases: everything but the @solo tests on several workers, then
