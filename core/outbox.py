@@ -56,6 +56,7 @@ from .outbox_disk import (
     ROOM_FILE_SHARE,
     WAL_SIZE_LIMIT,
     DiskFullError,
+    WalSync,
     WriterLock,
     _is_damage,
     _make_room,
@@ -219,8 +220,10 @@ class Outbox:
         self.state: StateStore = SqliteStateStore(self._read, self._write)
         #: one writer at a time, in this process and across the workers sharing the file
         self._write_lock = WriterLock(self.path, busy_timeout)
-        self._committer = _Committer(lambda: self._connect(self._intake_sync), self._where, self._no_room,
-                                     self._gone, self._write_lock)
+        #: FULL: intake commits with NORMAL and the committer syncs the WAL once the write lock is free
+        self._wal_sync = WalSync(self.path) if self._intake_sync == "FULL" else None
+        self._committer = _Committer(lambda: self._connect("NORMAL" if self._wal_sync else self._intake_sync),
+                                     self._where, self._no_room, self._gone, self._write_lock, self._wal_sync)
         self._committer.listeners.append(self._woken)
 
     # --- connections -----------------------------------------------------------------------------
@@ -491,6 +494,8 @@ class Outbox:
             with contextlib.suppress(sqlite3.Error):
                 conn.close()
         self._write_lock.close()
+        if self._wal_sync is not None:
+            self._wal_sync.close()
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
@@ -528,7 +533,7 @@ class Outbox:
 
     def on_commit(self, listener: Callable[[list[tuple[int, OutboxRow]]], None]) -> None:
         """Call ``listener`` on the committer thread after every intake commit, with the (seq, row) pairs
-        that commit made durable, in seq order (the bridge hands them to its publishers in memory). They
+        that commit wrote, in seq order (the bridge hands them to its publishers in memory). They
         run before this store's own wake-up of idle claimants, so a woken claimant finds what they prepared."""
         self._committer.listeners.insert(len(self._committer.listeners) - 1, listener)
 

@@ -263,6 +263,48 @@ def inherited_lock(path: Path) -> int | None:
     return fd
 
 
+class WalSync:
+    """Makes an outbox's WAL durable: ``fdatasync`` on the ``-wal`` file, what SQLite's
+    ``synchronous=FULL`` does inside each COMMIT. Done by the group committer after the COMMIT, outside
+    the file's one write lock, and before the group is acknowledged: the fsync is most of a commit's
+    time, and with ``serve --workers N`` every other writer waited for it. The WAL is append-only between
+    checkpoints, and a checkpoint syncs it (and the database file) itself before the WAL is reused, so
+    one fdatasync after the COMMIT makes that transaction and everything before it durable.
+
+    The descriptor is kept open (closing any descriptor of a file drops the process's POSIX locks on it)
+    and opened again when the WAL is another file than the one it names (deleted and recreated); each
+    time it is opened, the directory is synced too, so that a WAL created since is itself durable."""
+
+    def __init__(self, db: Path) -> None:
+        self._path = f"{db}-wal"
+        self._dir = str(db.parent)
+        self._fd: int | None = None
+        self._lock = threading.Lock()
+
+    def __call__(self) -> None:
+        """Raises OSError (a missing WAL is one: the commit cannot be vouched for)."""
+        with self._lock:
+            st = os.stat(self._path)
+            if self._fd is not None and os.fstat(self._fd).st_ino != st.st_ino:
+                os.close(self._fd)
+                self._fd = None
+            if self._fd is None:
+                self._fd = os.open(self._path, os.O_RDONLY)
+                dir_fd = os.open(self._dir, os.O_RDONLY)
+                try:
+                    os.fsync(dir_fd)
+                finally:
+                    os.close(dir_fd)
+            os.fdatasync(self._fd)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._fd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(self._fd)
+                self._fd = None
+
+
 #: the first and the longest pause between two looks at a taken writer lock, seconds. The file's one
 #: writer is what ``serve --workers N`` waits on (a group commit holds it ~1-5 ms, a delivery
 #: transaction ~1 ms): a waiter that slept 2 ms between looks, as before, left it free for up to that

@@ -18,7 +18,7 @@ from batchbridge.core.bridge import Bridge
 from batchbridge.core.config import config_from_dict
 from batchbridge.core.driver import Message
 from batchbridge.core.errors import ConfigError
-from batchbridge.core.outbox import DeadLetter, Outbox, OutboxRow
+from batchbridge.core.outbox import DeadLetter, Outbox, OutboxError, OutboxRow
 from batchbridge.core.registry import BackendURI
 from vendor_payloads import alibaba_job, compact, tencent_element, tencent_message
 
@@ -124,13 +124,42 @@ def test_rows_survive_reopen_and_settle_atomically(tmp_path: Path) -> None:
             "publish", "message_too_large", "too big", "q", "id2", b'{"n":2}')
 
 
-def test_wal_and_full_sync_for_intake(tmp_path: Path) -> None:
+def test_intake_is_acknowledged_only_once_its_wal_is_synced(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``synchronous = "full"``: the COMMIT itself does not fsync (the file's one write lock is not held
+    for it); the committer fdatasyncs the WAL after it and only then resolves the request."""
+    synced: list[tuple[str, bool]] = []
+    real = os.fdatasync
+    pending: list[Any] = []
+
+    def spy(fd: int) -> None:
+        real(fd)
+        synced.append((os.readlink(f"/proc/self/fd/{fd}"), all(f.done() for f in pending)))
+
+    monkeypatch.setattr(os, "fdatasync", spy)
     with Outbox(tmp_path / "o.db") as ob:
         mode, sync = ob._committer.submit(lambda c: (c.execute("PRAGMA journal_mode").fetchone()[0],
                                                      c.execute("PRAGMA synchronous").fetchone()[0])).result()
-        assert (mode, sync) == ("wal", 2)  # 2 = FULL
+        assert (mode, sync) == ("wal", 1)  # 1 = NORMAL: the sync is the committer's
+        synced.clear()
+        pending.append(ob.submit([OutboxRow("memory://a", "e1", None, b"{}")]))
+        pending[0].result()
+        assert synced == [(str(tmp_path / "o.db-wal"), False)]  # synced before it was acknowledged
+    synced.clear()
     with Outbox(tmp_path / "n.db", synchronous="normal") as ob:
         assert ob._committer.submit(lambda c: c.execute("PRAGMA synchronous").fetchone()[0]).result() == 1
+        ob.put([OutboxRow("memory://a", "e1", None, b"{}")])
+        assert synced == []  # normal: durable at the next checkpoint, as documented
+
+
+def test_intake_is_refused_when_the_wal_cannot_be_synced(tmp_path: Path) -> None:
+    """A WAL that is gone after the COMMIT cannot vouch for it: the request is refused (retryable), not
+    acknowledged -- even without the file watch that a running bridge adds (``Outbox.watch``)."""
+    with Outbox(tmp_path / "o.db") as ob:
+        ob.put([OutboxRow("memory://a", "e1", None, b"{}")])
+        os.unlink(tmp_path / "o.db-wal")
+        with pytest.raises(OutboxError, match="WAL could not be made durable") as caught:
+            ob.put([OutboxRow("memory://a", "e2", None, b"{}")])
+        assert caught.value.retryable
 
 
 def test_concurrent_intake_is_group_committed(tmp_path: Path) -> None:
