@@ -124,9 +124,20 @@ def test_rows_survive_reopen_and_settle_atomically(tmp_path: Path) -> None:
             "publish", "message_too_large", "too big", "q", "id2", b'{"n":2}')
 
 
-def test_intake_is_acknowledged_only_once_its_wal_is_synced(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """``synchronous = "full"``: the COMMIT itself does not fsync (the file's one write lock is not held
-    for it); the committer fdatasyncs the WAL after it and only then resolves the request."""
+def test_wal_and_full_sync_for_intake(tmp_path: Path) -> None:
+    with Outbox(tmp_path / "o.db") as ob:
+        mode, sync = ob._committer.submit(lambda c: (c.execute("PRAGMA journal_mode").fetchone()[0],
+                                                     c.execute("PRAGMA synchronous").fetchone()[0])).result()
+        assert (mode, sync) == ("wal", 2)  # 2 = FULL
+    with Outbox(tmp_path / "n.db", synchronous="normal") as ob:
+        assert ob._committer.submit(lambda c: c.execute("PRAGMA synchronous").fetchone()[0]).result() == 1
+
+
+def test_a_shared_writer_is_acknowledged_only_once_its_wal_is_synced(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker of ``serve --workers N`` (``share_writer``), ``synchronous = "full"``: the COMMIT itself
+    does not fsync (the file's one write lock is not held for it); the committer fdatasyncs the WAL
+    after it and only then resolves the request. With ``normal`` nothing is synced."""
     synced: list[tuple[str, bool]] = []
     real = os.fdatasync
     pending: list[Any] = []
@@ -136,25 +147,23 @@ def test_intake_is_acknowledged_only_once_its_wal_is_synced(tmp_path: Path, monk
         synced.append((os.readlink(f"/proc/self/fd/{fd}"), all(f.done() for f in pending)))
 
     monkeypatch.setattr(os, "fdatasync", spy)
-    with Outbox(tmp_path / "o.db") as ob:
-        mode, sync = ob._committer.submit(lambda c: (c.execute("PRAGMA journal_mode").fetchone()[0],
-                                                     c.execute("PRAGMA synchronous").fetchone()[0])).result()
-        assert (mode, sync) == ("wal", 1)  # 1 = NORMAL: the sync is the committer's
-        synced.clear()
-        pending.append(ob.submit([OutboxRow("memory://a", "e1", None, b"{}")]))
-        pending[0].result()
-        assert synced == [(str(tmp_path / "o.db-wal"), False)]  # synced before it was acknowledged
-    synced.clear()
-    with Outbox(tmp_path / "n.db", synchronous="normal") as ob:
-        assert ob._committer.submit(lambda c: c.execute("PRAGMA synchronous").fetchone()[0]).result() == 1
-        ob.put([OutboxRow("memory://a", "e1", None, b"{}")])
-        assert synced == []  # normal: durable at the next checkpoint, as documented
+    for name, level in (("o.db", "full"), ("n.db", "normal")):
+        with Outbox(tmp_path / name, synchronous=level) as ob:
+            ob.share_writer()
+            sync = ob._committer.submit(lambda c: c.execute("PRAGMA synchronous").fetchone()[0]).result()
+            assert sync == 1  # NORMAL: with full, the sync is the committer's
+            synced.clear()
+            pending[:] = [ob.submit([OutboxRow("memory://a", "e1", None, b"{}")])]
+            pending[0].result()
+            expected = [(str(tmp_path / "o.db-wal"), False)] if level == "full" else []
+            assert synced == expected  # synced before it was acknowledged; normal: at the next checkpoint
 
 
-def test_intake_is_refused_when_the_wal_cannot_be_synced(tmp_path: Path) -> None:
+def test_a_shared_writer_refuses_intake_when_the_wal_cannot_be_synced(tmp_path: Path) -> None:
     """A WAL that is gone after the COMMIT cannot vouch for it: the request is refused (retryable), not
     acknowledged -- even without the file watch that a running bridge adds (``Outbox.watch``)."""
     with Outbox(tmp_path / "o.db") as ob:
+        ob.share_writer()
         ob.put([OutboxRow("memory://a", "e1", None, b"{}")])
         os.unlink(tmp_path / "o.db-wal")
         with pytest.raises(OutboxError, match="WAL could not be made durable") as caught:
@@ -528,3 +537,24 @@ def test_a_full_disk_with_a_wal_that_cannot_be_copied_back_recovers_through_the_
             assert not Path(room_file(ob.path)).exists()  # given up for the checkpoint
         finally:
             ob.close()
+
+
+def test_a_worker_of_serve_workers_shares_the_writer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The outbox lock inherited from a ``serve --workers N`` supervisor makes the outbox a shared
+    writer (its WAL synced after the write lock); one locked alone keeps the COMMIT's own fsync."""
+    from batchbridge.core.outbox_disk import LOCK_FD_ENV
+    from batchbridge.core.serve_workers import lock_outbox
+
+    fd = lock_outbox(tmp_path / "w.db")
+    try:
+        monkeypatch.setenv(LOCK_FD_ENV, str(fd))
+        with Outbox(tmp_path / "w.db") as ob:
+            ob.lock()
+            assert ob._committer.submit(lambda c: c.execute("PRAGMA synchronous").fetchone()[0]).result() == 1
+            assert ob.put([OutboxRow("memory://a", "e1", None, b"{}")]).seqs == [1]
+    finally:
+        os.close(fd)
+    monkeypatch.delenv(LOCK_FD_ENV)
+    with Outbox(tmp_path / "alone.db") as ob:
+        ob.lock()
+        assert ob._committer.submit(lambda c: c.execute("PRAGMA synchronous").fetchone()[0]).result() == 2
