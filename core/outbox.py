@@ -17,7 +17,9 @@ One SQLite file in WAL mode (stdlib ``sqlite3``) holds two tables:
 Durability: intake goes through one committer thread that groups every request waiting at that
 moment into one transaction (group commit), on a connection with ``synchronous=FULL`` -- in WAL mode
 that fsyncs the log on each commit, so an acknowledged event survives a power cut, not only a crash
-of the process. The publisher side deletes delivered rows with ``synchronous=NORMAL``: losing such a
+of the process (a worker of ``serve --workers N`` commits with NORMAL and syncs the WAL itself after
+the file's write lock is let go, before answering: :meth:`Outbox.share_writer`). The publisher side
+deletes delivered rows with ``synchronous=NORMAL``: losing such a
 delete to a power cut means a redelivery with the same event id, never a loss. ``docs/bridge.md``
 has the measured cost of FULL against NORMAL.
 """
