@@ -5,6 +5,7 @@ running bridge). Used by the store (``core/outbox.py``) and its group committer 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import logging
 import os
@@ -271,9 +272,11 @@ class WalSync:
     checkpoints, and a checkpoint syncs it (and the database file) itself before the WAL is reused, so
     one fdatasync after the COMMIT makes that transaction and everything before it durable.
 
-    The descriptor is kept open (closing any descriptor of a file drops the process's POSIX locks on it)
-    and opened again when the WAL is another file than the one it names (deleted and recreated); each
-    time it is opened, the directory is synced too, so that a WAL created since is itself durable."""
+    The descriptor is kept open (closing any descriptor of a file drops the process's POSIX locks on it).
+    While the committer's connection is open SQLite never replaces the WAL (it deletes it only when the
+    last connection closes), so a WAL that is another file than the descriptor's was replaced by someone:
+    this process's commits went to the old one, and syncing the new one would vouch for nothing. When
+    the descriptor is opened, the directory is synced too, so that the WAL's own name is durable."""
 
     def __init__(self, db: Path) -> None:
         self._path = f"{db}-wal"
@@ -282,12 +285,9 @@ class WalSync:
         self._lock = threading.Lock()
 
     def __call__(self) -> None:
-        """Raises OSError (a missing WAL is one: the commit cannot be vouched for)."""
+        """Raises OSError (a missing or replaced WAL is one: the commit cannot be vouched for)."""
         with self._lock:
             st = os.stat(self._path)
-            if self._fd is not None and os.fstat(self._fd).st_ino != st.st_ino:
-                os.close(self._fd)
-                self._fd = None
             if self._fd is None:
                 self._fd = os.open(self._path, os.O_RDONLY)
                 dir_fd = os.open(self._dir, os.O_RDONLY)
@@ -295,6 +295,8 @@ class WalSync:
                     os.fsync(dir_fd)
                 finally:
                     os.close(dir_fd)
+            elif os.fstat(self._fd).st_ino != st.st_ino:
+                raise OSError(errno.ESTALE, f"{self._path} was replaced by another file")
             os.fdatasync(self._fd)
 
     def close(self) -> None:

@@ -165,10 +165,15 @@ def test_a_shared_writer_refuses_intake_when_the_wal_cannot_be_synced(tmp_path: 
     with Outbox(tmp_path / "o.db") as ob:
         ob.share_writer()
         ob.put([OutboxRow("memory://a", "e1", None, b"{}")])
-        os.unlink(tmp_path / "o.db-wal")
-        with pytest.raises(OutboxError, match="WAL could not be made durable") as caught:
+        wal = tmp_path / "o.db-wal"
+        os.rename(wal, tmp_path / "old-wal")
+        wal.write_bytes(b"")  # another file under the WAL's name: SQLite still writes the old one
+        with pytest.raises(OutboxError, match=r"WAL could not be made durable.*replaced") as caught:
             ob.put([OutboxRow("memory://a", "e2", None, b"{}")])
         assert caught.value.retryable
+        os.unlink(wal)
+        with pytest.raises(OutboxError, match="WAL could not be made durable"):
+            ob.put([OutboxRow("memory://a", "e3", None, b"{}")])
 
 
 def test_concurrent_intake_is_group_committed(tmp_path: Path) -> None:
