@@ -17,7 +17,9 @@ One SQLite file in WAL mode (stdlib ``sqlite3``) holds two tables:
 Durability: intake goes through one committer thread that groups every request waiting at that
 moment into one transaction (group commit), on a connection with ``synchronous=FULL`` -- in WAL mode
 that fsyncs the log on each commit, so an acknowledged event survives a power cut, not only a crash
-of the process. The publisher side deletes delivered rows with ``synchronous=NORMAL``: losing such a
+of the process (a worker of ``serve --workers N`` commits with NORMAL and syncs the WAL itself after
+the file's write lock is let go, before answering: :meth:`Outbox.share_writer`). The publisher side
+deletes delivered rows with ``synchronous=NORMAL``: losing such a
 delete to a power cut means a redelivery with the same event id, never a loss. ``docs/bridge.md``
 has the measured cost of FULL against NORMAL.
 """
@@ -56,6 +58,7 @@ from .outbox_disk import (
     ROOM_FILE_SHARE,
     WAL_SIZE_LIMIT,
     DiskFullError,
+    WalSync,
     WriterLock,
     _is_damage,
     _make_room,
@@ -219,8 +222,12 @@ class Outbox:
         self.state: StateStore = SqliteStateStore(self._read, self._write)
         #: one writer at a time, in this process and across the workers sharing the file
         self._write_lock = WriterLock(self.path, busy_timeout)
-        self._committer = _Committer(lambda: self._connect(self._intake_sync), self._where, self._no_room,
-                                     self._gone, self._write_lock)
+        #: set by :meth:`share_writer`: intake (FULL) commits with NORMAL and syncs the WAL after the lock
+        self._wal_sync: WalSync | None = None
+        #: whether the committer's connection was opened so (then each of its commits is synced)
+        self._syncs_after_commit = False
+        self._committer = _Committer(self._intake_connection, self._where, self._no_room, self._gone,
+                                     self._write_lock, self._sync_wal)
         self._committer.listeners.append(self._woken)
 
     # --- connections -----------------------------------------------------------------------------
@@ -261,6 +268,26 @@ class Outbox:
             raise OutboxError(f"cannot open the outbox: {exc}", where=self._where) from None
         finally:
             conn.close()
+
+    def share_writer(self) -> None:
+        """Other processes write this file all the time (the workers of ``serve --workers N``): with
+        ``synchronous = "full"``, the WAL's fsync is made after the file's write lock is let go, so that
+        they do not wait for it -- each worker's commits still answer no request before it
+        (:class:`WalSync`). One process alone keeps the COMMIT's own fsync: its only other writer is its
+        delivery thread, and a sync of its own would cost the committer one more wait for the GIL per
+        group. Takes effect for a committer not yet started (before the first intake)."""
+        if self._intake_sync == "FULL" and self._wal_sync is None:
+            self._wal_sync = WalSync(self.path)
+
+    def _intake_connection(self) -> sqlite3.Connection:
+        """The committer's connection (opened on its thread, at the first intake)."""
+        self._syncs_after_commit = self._wal_sync is not None
+        return self._connect("NORMAL" if self._syncs_after_commit else self._intake_sync)
+
+    def _sync_wal(self) -> None:
+        if self._syncs_after_commit:
+            assert self._wal_sync is not None
+            self._wal_sync()
 
     def _no_room(self, conn: sqlite3.Connection) -> str | None:
         """Why intake must wait for room (None when there is enough): less than ``reserve_bytes`` left
@@ -406,6 +433,7 @@ class Outbox:
             # a worker of ``serve --workers N``: its supervisor holds the lock for the group
             # (``core/serve_workers.py``); the leases in the file share the rows among the workers
             self._lock_fd = os.dup(inherited)
+            self.share_writer()
             self._reap_dead_leases()
             self.watch()
             return
@@ -491,6 +519,8 @@ class Outbox:
             with contextlib.suppress(sqlite3.Error):
                 conn.close()
         self._write_lock.close()
+        if self._wal_sync is not None:
+            self._wal_sync.close()
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
@@ -528,7 +558,7 @@ class Outbox:
 
     def on_commit(self, listener: Callable[[list[tuple[int, OutboxRow]]], None]) -> None:
         """Call ``listener`` on the committer thread after every intake commit, with the (seq, row) pairs
-        that commit made durable, in seq order (the bridge hands them to its publishers in memory). They
+        that commit wrote, in seq order (the bridge hands them to its publishers in memory). They
         run before this store's own wake-up of idle claimants, so a woken claimant finds what they prepared."""
         self._committer.listeners.insert(len(self._committer.listeners) - 1, listener)
 

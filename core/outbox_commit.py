@@ -117,7 +117,8 @@ class _Committer:
     def __init__(self, connect: Callable[[], sqlite3.Connection], where: str,
                  no_room: Callable[[sqlite3.Connection], str | None] = lambda conn: None,
                  guard: Callable[[], str | None] = lambda: None,
-                 write_lock: contextlib.AbstractContextManager[Any] | None = None) -> None:
+                 write_lock: contextlib.AbstractContextManager[Any] | None = None,
+                 sync: Callable[[], None] | None = None) -> None:
         self._connect = connect
         self._where = where
         self._no_room = no_room
@@ -126,11 +127,15 @@ class _Committer:
         #: held around each transaction: the store's other writers in this process (delivery) queue on
         #: it instead of on SQLite's lock, whose busy handler sleeps in steps of up to 100 ms
         self._write_lock: contextlib.AbstractContextManager[Any] = write_lock or contextlib.nullcontext()
+        #: makes what the last COMMIT wrote durable (the WAL's fsync), called after the write lock is
+        #: let go and before the group is acknowledged; None: the COMMIT itself was durable enough
+        self._sync = sync
         self._cond = threading.Condition()
         self._queue: list[tuple[_Work, _Sink]] = []
         self._closing = False
         self._thread: threading.Thread | None = None
-        #: called on the committer thread after each commit with the rows it made durable, in seq order
+        #: called on the committer thread after each commit with the rows it committed, in seq order
+        #: (visible to every claimant from then on; on SQLite, possibly before the WAL's sync)
         self.listeners: list[Callable[[list[tuple[int, OutboxRow]]], None]] = []
         #: (transactions, requests) committed, for the measurements in the docs
         self.commits = 0
@@ -209,10 +214,19 @@ class _Committer:
                     outcomes = self._transaction(conn, group)
             except sqlite3.Error as again:
                 return self._fail(group, again)
+        # the rows are visible to every claimant from the COMMIT on: the in-memory hand-over need not
+        # wait for the sync (a claim between the two parses the stored bodies again). Nobody is answered
+        # before the WAL is synced and the file checked
+        self._hand_over(group, outcomes)
+        if self._sync is not None:
+            try:
+                self._sync()
+            except OSError as exc:
+                return self._refuse(group, f"the outbox's WAL could not be made durable: {exc.strerror or exc}")
         gone = self._guard()  # committed into a file that is no longer the outbox: not acknowledged
         if gone is not None:
             return self._refuse(group, gone)
-        return self._acknowledge(group, outcomes)
+        return self._resolve(group, outcomes)
 
     def _join(self, group: list[tuple[_Work, _Sink]]) -> None:
         """Once the write lock is held: the requests queued while this thread waited for it join the
@@ -234,8 +248,14 @@ class _Committer:
 
     def _acknowledge(self, group: list[tuple[Any, Any]], outcomes: Sequence[tuple[Any, BaseException | None]]
                      ) -> None:
-        """After the group's transaction is durable: count it, tell the listeners (the delivery workers)
-        which rows it committed, then resolve each request -- for every store built on this committer."""
+        """After the group's transaction is durable: :meth:`_hand_over`, then :meth:`_resolve`."""
+        self._hand_over(group, outcomes)
+        self._resolve(group, outcomes)
+
+    def _hand_over(self, group: list[tuple[Any, Any]], outcomes: Sequence[tuple[Any, BaseException | None]]
+                   ) -> None:
+        """Once the group's transaction is committed: count it and tell the listeners (the delivery
+        workers) which rows it committed -- for every store built on this committer."""
         self.commits += 1
         self.requests += len(group)
         if self.listeners:
@@ -245,8 +265,11 @@ class _Committer:
             for listener in self.listeners:
                 try:
                     listener(committed)
-                except Exception:  # a listener only speeds delivery up; the rows are durable regardless
+                except Exception:  # a listener only speeds delivery up; the rows are committed regardless
                     log.exception("an outbox commit listener failed")
+
+    def _resolve(self, group: list[tuple[Any, Any]], outcomes: Sequence[tuple[Any, BaseException | None]]) -> None:
+        """Once the group is durable: resolve each request."""
         for (_, sink), (result, error) in zip(group, outcomes, strict=True):
             if error is None:
                 sink.set_result(result)

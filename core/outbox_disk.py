@@ -5,6 +5,7 @@ running bridge). Used by the store (``core/outbox.py``) and its group committer 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import logging
 import os
@@ -261,6 +262,49 @@ def inherited_lock(path: Path) -> int | None:
     except OSError:
         return None
     return fd
+
+
+class WalSync:
+    """Makes an outbox's WAL durable: ``fdatasync`` on the ``-wal`` file, what SQLite's
+    ``synchronous=FULL`` does inside each COMMIT. Done by the group committer after the COMMIT, outside
+    the file's one write lock, and before the group is acknowledged: the fsync is most of a commit's
+    time, and with ``serve --workers N`` every other writer waited for it. The WAL is append-only between
+    checkpoints, and a checkpoint syncs it (and the database file) itself before the WAL is reused, so
+    one fdatasync after the COMMIT makes that transaction and everything before it durable.
+
+    The descriptor is kept open (closing any descriptor of a file drops the process's POSIX locks on it).
+    While the committer's connection is open SQLite never replaces the WAL (it deletes it only when the
+    last connection closes), so a WAL that is another file than the descriptor's was replaced by someone:
+    this process's commits went to the old one, and syncing the new one would vouch for nothing. When
+    the descriptor is opened, the directory is synced too, so that the WAL's own name is durable."""
+
+    def __init__(self, db: Path) -> None:
+        self._path = f"{db}-wal"
+        self._dir = str(db.parent)
+        self._fd: int | None = None
+        self._lock = threading.Lock()
+
+    def __call__(self) -> None:
+        """Raises OSError (a missing or replaced WAL is one: the commit cannot be vouched for)."""
+        with self._lock:
+            st = os.stat(self._path)
+            if self._fd is None:
+                self._fd = os.open(self._path, os.O_RDONLY)
+                dir_fd = os.open(self._dir, os.O_RDONLY)
+                try:
+                    os.fsync(dir_fd)
+                finally:
+                    os.close(dir_fd)
+            elif os.fstat(self._fd).st_ino != st.st_ino:
+                raise OSError(errno.ESTALE, f"{self._path} was replaced by another file")
+            os.fdatasync(self._fd)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._fd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(self._fd)
+                self._fd = None
 
 
 #: the first and the longest pause between two looks at a taken writer lock, seconds. The file's one

@@ -18,7 +18,7 @@ from batchbridge.core.bridge import Bridge
 from batchbridge.core.config import config_from_dict
 from batchbridge.core.driver import Message
 from batchbridge.core.errors import ConfigError
-from batchbridge.core.outbox import DeadLetter, Outbox, OutboxRow
+from batchbridge.core.outbox import DeadLetter, Outbox, OutboxError, OutboxRow
 from batchbridge.core.registry import BackendURI
 from vendor_payloads import alibaba_job, compact, tencent_element, tencent_message
 
@@ -131,6 +131,49 @@ def test_wal_and_full_sync_for_intake(tmp_path: Path) -> None:
         assert (mode, sync) == ("wal", 2)  # 2 = FULL
     with Outbox(tmp_path / "n.db", synchronous="normal") as ob:
         assert ob._committer.submit(lambda c: c.execute("PRAGMA synchronous").fetchone()[0]).result() == 1
+
+
+def test_a_shared_writer_is_acknowledged_only_once_its_wal_is_synced(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker of ``serve --workers N`` (``share_writer``), ``synchronous = "full"``: the COMMIT itself
+    does not fsync (the file's one write lock is not held for it); the committer fdatasyncs the WAL
+    after it and only then resolves the request. With ``normal`` nothing is synced."""
+    synced: list[tuple[str, bool]] = []
+    real = os.fdatasync
+    pending: list[Any] = []
+
+    def spy(fd: int) -> None:
+        real(fd)
+        synced.append((os.readlink(f"/proc/self/fd/{fd}"), all(f.done() for f in pending)))
+
+    monkeypatch.setattr(os, "fdatasync", spy)
+    for name, level in (("o.db", "full"), ("n.db", "normal")):
+        with Outbox(tmp_path / name, synchronous=level) as ob:
+            ob.share_writer()
+            sync = ob._committer.submit(lambda c: c.execute("PRAGMA synchronous").fetchone()[0]).result()
+            assert sync == 1  # NORMAL: with full, the sync is the committer's
+            synced.clear()
+            pending[:] = [ob.submit([OutboxRow("memory://a", "e1", None, b"{}")])]
+            pending[0].result()
+            expected = [(str(tmp_path / "o.db-wal"), False)] if level == "full" else []
+            assert synced == expected  # synced before it was acknowledged; normal: at the next checkpoint
+
+
+def test_a_shared_writer_refuses_intake_when_the_wal_cannot_be_synced(tmp_path: Path) -> None:
+    """A WAL that is gone after the COMMIT cannot vouch for it: the request is refused (retryable), not
+    acknowledged -- even without the file watch that a running bridge adds (``Outbox.watch``)."""
+    with Outbox(tmp_path / "o.db") as ob:
+        ob.share_writer()
+        ob.put([OutboxRow("memory://a", "e1", None, b"{}")])
+        wal = tmp_path / "o.db-wal"
+        os.rename(wal, tmp_path / "old-wal")
+        wal.write_bytes(b"")  # another file under the WAL's name: SQLite still writes the old one
+        with pytest.raises(OutboxError, match=r"WAL could not be made durable.*replaced") as caught:
+            ob.put([OutboxRow("memory://a", "e2", None, b"{}")])
+        assert caught.value.retryable
+        os.unlink(wal)
+        with pytest.raises(OutboxError, match="WAL could not be made durable"):
+            ob.put([OutboxRow("memory://a", "e3", None, b"{}")])
 
 
 def test_concurrent_intake_is_group_committed(tmp_path: Path) -> None:
@@ -499,3 +542,24 @@ def test_a_full_disk_with_a_wal_that_cannot_be_copied_back_recovers_through_the_
             assert not Path(room_file(ob.path)).exists()  # given up for the checkpoint
         finally:
             ob.close()
+
+
+def test_a_worker_of_serve_workers_shares_the_writer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The outbox lock inherited from a ``serve --workers N`` supervisor makes the outbox a shared
+    writer (its WAL synced after the write lock); one locked alone keeps the COMMIT's own fsync."""
+    from batchbridge.core.outbox_disk import LOCK_FD_ENV
+    from batchbridge.core.serve_workers import lock_outbox
+
+    fd = lock_outbox(tmp_path / "w.db")
+    try:
+        monkeypatch.setenv(LOCK_FD_ENV, str(fd))
+        with Outbox(tmp_path / "w.db") as ob:
+            ob.lock()
+            assert ob._committer.submit(lambda c: c.execute("PRAGMA synchronous").fetchone()[0]).result() == 1
+            assert ob.put([OutboxRow("memory://a", "e1", None, b"{}")]).seqs == [1]
+    finally:
+        os.close(fd)
+    monkeypatch.delenv(LOCK_FD_ENV)
+    with Outbox(tmp_path / "alone.db") as ob:
+        ob.lock()
+        assert ob._committer.submit(lambda c: c.execute("PRAGMA synchronous").fetchone()[0]).result() == 2
