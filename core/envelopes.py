@@ -107,7 +107,9 @@ def _may_repeat_keys(data: bytes | str, value: Any) -> bool:
     more colons than that re-serialisation lost a repeated key -- whatever its whitespace. Only a colon
     written as a ``\\u003a`` escape would hide one, so a text with such an escape takes the exact test."""
     raw = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else data
-    if b"\\u003" in raw:
+    # a one-byte search runs as memchr, far faster than the five-byte one, and most texts hold no
+    # backslash at all
+    if b"\\" in raw and b"\\u003" in raw:
         return True
     return raw.count(b":") != orjson.dumps(value).count(b":")
 
