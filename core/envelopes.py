@@ -92,8 +92,9 @@ def load_json(data: bytes | str, where: str) -> Any:
     if value.__class__ is dict or value.__class__ is list:  # a scalar has neither depth nor keys
         raw = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else data
         # nesting cannot exceed the number of opening brackets in the text (those inside strings only
-        # raise the bound), so the walk is needed only for the rare document with many of them
-        if raw.count(b"{") + raw.count(b"[") > MAX_JSON_DEPTH and not _depth_ok(value):
+        # raise the bound), so the walk is needed only for the rare document with many of them; one
+        # pass deleting both counts them for a fifth less than two counts
+        if len(raw) - len(raw.translate(None, b"{[")) > MAX_JSON_DEPTH and not _depth_ok(value):
             raise MalformedPayloadError(f"JSON nested deeper than {MAX_JSON_DEPTH} levels", where=where)
         if _may_repeat_keys(raw, value):
             _check_duplicate_keys(data, value, where)
@@ -107,9 +108,14 @@ def _may_repeat_keys(data: bytes | str, value: Any) -> bool:
     more colons than that re-serialisation lost a repeated key -- whatever its whitespace. Only a colon
     written as a ``\\u003a`` escape would hide one, so a text with such an escape takes the exact test."""
     raw = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else data
-    if b"\\u003" in raw:
+    # a one-byte search runs as memchr, far faster than the five-byte one, and most texts hold no
+    # backslash at all
+    if b"\\" in raw and b"\\u003" in raw:
         return True
-    return raw.count(b":") != orjson.dumps(value).count(b":")
+    again = orjson.dumps(value)
+    # a compact text (what machines send) is often its own re-serialisation, which holds every key
+    # once: one comparison spares both counts
+    return again != raw and raw.count(b":") != again.count(b":")
 
 
 class _Repeated(Exception):

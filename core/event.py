@@ -385,7 +385,11 @@ class Reader:
 
     def region(self, key: str) -> str | None:
         """:func:`as_region` of the field, its path formatted only for an error."""
-        value = self.obj.get(key)
+        return self.region_of(self.obj.get(key), key)
+
+    def region_of(self, value: Any, key: str) -> str | None:
+        """:func:`as_region` of ``value`` (read from ``key``, perhaps respelled), its path formatted
+        only for an error."""
         if value.__class__ is str and value in _KNOWN_REGIONS:
             known: str = value
             return known
@@ -588,14 +592,14 @@ NO_TASK = "-"
 
 
 def _segment(value: str) -> str:
-    return value.translate(_SEGMENT_ESCAPES)
+    # most ids hold neither character, and the membership tests are cheaper than translate()
+    return value.translate(_SEGMENT_ESCAPES) if "/" in value or "%" in value else value
 
 
 def _need(draft: Draft, value: str | None, what: str) -> str:
     if value is None:
         raise _malformed(f"a {draft.kind} event needs the {what}", draft.where)
-    # most ids hold neither character, and the membership tests are cheaper than translate()
-    return value.translate(_SEGMENT_ESCAPES) if "/" in value or "%" in value else value
+    return _segment(value)
 
 
 def subject_for(draft: Draft) -> str:

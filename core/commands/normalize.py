@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Iterator
-from typing import Any
 
 import orjson
 
@@ -22,39 +20,36 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.set_defaults(func=run)
 
 
-def normalized(source: str | None, provider: str | None) -> Iterator[list[dict[str, Any]] | InputError]:
-    """Every payload in ``source``: its events, or its typed error with the file and line in ``where``."""
-    for name, fh in open_inputs(source):
-        payloads = 0
-        for _, outcome in normalized_stream(fh, provider):
-            payloads += 1
-            if isinstance(outcome, InputError) and name != "stdin":
-                outcome.located(name)
-            yield outcome
-        if not payloads:
-            note(f"{name} holds no payloads (it is empty or blank)")
-
-
 #: events serialised before one write: big writes (not one per event) at a bounded memory cost
 _WRITE_EVERY = 256
 
 
 def run(args: argparse.Namespace) -> int:
+    """Every payload of every input: its events on stdout, or its typed error on stderr with the file
+    and line in ``where``. One loop from the input to the output: a stream of a million lines pays
+    for every generator in between a million times over."""
     out = sys.stdout.buffer
     dumps, newline = orjson.dumps, orjson.OPT_APPEND_NEWLINE  # no copy to append b"\n"
     bad = 0
     chunk: list[bytes] = []
     append = chunk.append
-    for outcome in normalized(args.source, args.provider):
-        if isinstance(outcome, InputError):
-            bad += 1
-            print(f"batchbridge: {outcome.code}: {outcome}", file=sys.stderr)
-            continue
-        for event in outcome:  # a vendor's sequence of events (a third party's need not be a list)
-            append(dumps(event, option=newline))
-        if len(chunk) >= _WRITE_EVERY:
-            out.write(b"".join(chunk))
-            chunk.clear()
+    for name, fh in open_inputs(args.source):
+        payloads = 0
+        for _, outcome in normalized_stream(fh, args.provider):
+            payloads += 1
+            if isinstance(outcome, InputError):
+                bad += 1
+                if name != "stdin":
+                    outcome.located(name)
+                print(f"batchbridge: {outcome.code}: {outcome}", file=sys.stderr)
+                continue
+            for event in outcome:  # a vendor's sequence of events (a third party's need not be a list)
+                append(dumps(event, option=newline))
+            if len(chunk) >= _WRITE_EVERY:
+                out.write(b"".join(chunk))
+                chunk.clear()
+        if not payloads:
+            note(f"{name} holds no payloads (it is empty or blank)")
     out.write(b"".join(chunk))
     out.flush()
     return 1 if bad else 0

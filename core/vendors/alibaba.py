@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from typing import Any, Final
 
 from ..errors import MalformedPayloadError, UnsupportedEventError
-from ..event import CloudEvent, Draft, Kind, Reader, State, as_region, build_event
+from ..event import CloudEvent, Draft, Kind, Reader, State, build_event
 from . import vendor
 
 PROVIDER: Final = "alibaba"
@@ -108,7 +108,7 @@ def normalize(obj: dict[str, Any], where: str) -> list[CloudEvent]:
         native_state=native_state,
         raw=obj,
         where=where,
-        region=as_region(r.first(("Region", "RegionId"))[1], r.path("Region")),
+        region=r.region_of(r.first(("Region", "RegionId"))[1], "Region"),
         created=r.time("CreationTime"),
         started=r.time("StartTime"),
         ended=r.time("EndTime"),

@@ -19,7 +19,7 @@ from typing import Any, Final
 
 from ..envelopes import load_json
 from ..errors import MalformedPayloadError, UnsupportedEventError
-from ..event import CloudEvent, Draft, Reader, State, as_region, build_event
+from ..event import CloudEvent, Draft, Reader, State, build_event
 from . import vendor
 
 PROVIDER: Final = "azure"
@@ -64,19 +64,22 @@ def matches(obj: Mapping[str, Any]) -> bool:
     return obj.get("category") in CATEGORIES or (isinstance(resource, str) and "/MICROSOFT.BATCH/" in resource.upper())
 
 
-def _properties(obj: Mapping[str, Any], where: str) -> dict[str, Any]:
+def _properties(obj: Mapping[str, Any], record: Reader) -> dict[str, Any]:
     value = obj.get("properties")
+    if value.__class__ is dict:  # its path is formatted only for text to parse, or an error
+        found: dict[str, Any] = value
+        return found
     if isinstance(value, str):
-        value = load_json(value, where)
+        value = load_json(value, record.path("properties"))
     if not isinstance(value, dict):
-        raise MalformedPayloadError("properties must be an object (or its JSON text)", where=where)
+        raise MalformedPayloadError("properties must be an object (or its JSON text)", where=record.path("properties"))
     return value
 
 
 def _region(record: Reader) -> str | None:
     location = record.text("location", "region")
     # Azure spells locations both "westeurope" and "West Europe"
-    return as_region(location.replace(" ", "").lower() if location else None, record.path("location"))
+    return record.region_of(location.replace(" ", "").lower() if location else None, "location")
 
 
 def _task_failed(execution: Reader, error: tuple[str | None, str | None]) -> bool:
@@ -162,7 +165,7 @@ def normalize(obj: dict[str, Any], where: str) -> list[CloudEvent]:
         raise UnsupportedEventError(
             f"Azure log category {category[:40]!r} is not mapped", where=record.path("category")
         )
-    props = Reader(_properties(obj, record.path("properties")), record.path("properties"))
+    props = Reader(_properties(obj, record), record, "properties")
     region = _region(record)
 
     if operation in TASK_EVENTS:

@@ -15,7 +15,7 @@ from typing import Any, Final
 
 from ..envelopes import decode_base64, load_json
 from ..errors import MalformedPayloadError, UnsupportedEventError
-from ..event import CloudEvent, Draft, Kind, Reader, State, as_region, as_str, build_event
+from ..event import CloudEvent, Draft, Kind, Reader, State, as_str, build_event
 from . import vendor
 
 PROVIDER: Final = "gcp"
@@ -115,7 +115,7 @@ def normalize(obj: dict[str, Any], where: str) -> list[CloudEvent]:
         if match is not None:
             region = match["location"]
         job_name = job_name.rsplit("/", 1)[-1] or None
-    region = as_region(region or attrs.text("Region"), attrs.path("JobName"))
+    region = attrs.region_of(region or attrs.text("Region"), "JobName")
     description = _body(obj, msg.path("data"))
     exit_match = _EXIT_CODE.search(description or "")
 

@@ -104,12 +104,13 @@ def normalize(obj: dict[str, Any], where: str) -> list[CloudEvent]:
     return out
 
 
-def _vars(value: Any, where: str) -> dict[str, Any]:
+def _vars(value: Any, top: Reader) -> dict[str, Any]:
     """``EventVars``: ``[{"name", "value"}]`` as the config declares them (a plain object is accepted too)."""
     if value is None or value == "":
         return {}
     if isinstance(value, dict):
         return dict(value)
+    where = top.path("EventVars")  # formatted only for a list, whose entries need it
     if not isinstance(value, list):
         raise MalformedPayloadError("EventVars must be a list of {name, value}", where=where)
     out: dict[str, Any] = {}
@@ -164,7 +165,7 @@ def _event(element: dict[str, Any], where: str) -> CloudEvent:
         cpu=batch.integer("Cpu", minimum=0),
         memory_gib=batch.number("Mem", minimum=0),
         # "event_vars" is how the config spells them; a relay may keep that spelling
-        vars=_vars(element.get("EventVars", element.get("event_vars")), top.path("EventVars")),
+        vars=_vars(element.get("EventVars", element.get("event_vars")), top),
     )
     return build_event(draft)
 
