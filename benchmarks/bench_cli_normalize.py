@@ -79,6 +79,28 @@ def write_input(path: Path, n: int, seed: int) -> None:
             fh.write(line + b"\n")
 
 
+def _baseline_env(tree: Path, tmp: Path) -> dict[str, str]:
+    """The environment that runs the CLI on ``tree``'s code: a checkout (``core/`` at its top, as this
+    repository is) is laid out as ``batchbridge/core`` first, since a checkout on PYTHONPATH as it is
+    would still import this tree's editable install, and the "baseline" would be this tree again."""
+    tree = tree.resolve()
+    if (tree / "core").is_dir() and not (tree / "batchbridge").is_dir():
+        package = tmp / "baseline" / "batchbridge"
+        package.mkdir(parents=True)
+        (package / "__init__.py").write_text("")
+        for part in ("core", "adapters", "contrib"):
+            if (tree / part).is_dir():
+                (package / part).symlink_to(tree / part)
+        tree = package.parent
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    where = subprocess.run([sys.executable, "-c", "import batchbridge.core as c; print(c.__file__)"], env=env,
+                           capture_output=True, text=True, check=True).stdout.strip()
+    if not Path(where).is_relative_to(tree):
+        raise SystemExit(f"--baseline-tree {tree}: the CLI would still import {where}, not that tree")
+    compileall.compile_dir(tree, quiet=1)
+    return env
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=None, help="payloads in the stream (default 200,000)")
@@ -86,8 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="20,000 payloads")
     parser.add_argument("--seed", type=int, default=8)
     parser.add_argument("--baseline-tree", type=Path, metavar="DIR",
-                        help="also run the CLI with DIR first on PYTHONPATH (a directory holding another "
-                             "checkout's code as batchbridge/core), alternating, and compare the outputs")
+                        help="also run the CLI on the code of DIR (another checkout, or a directory holding one "
+                             "as batchbridge/core), alternating, and compare the outputs")
     args = parser.parse_args(argv)
     n = args.events or (20_000 if args.quick else 200_000)
     cli = str(Path(sys.executable).parent / "batchbridge")
@@ -106,8 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         others: list[Run] = []
         other_env = None
         if args.baseline_tree:
-            other_env = {**os.environ, "PYTHONPATH": str(args.baseline_tree.resolve())}
-            compileall.compile_dir(args.baseline_tree, quiet=1)
+            other_env = _baseline_env(args.baseline_tree, Path(tmp))
         for rep in range(args.reps):
             f = timed([sys.executable, "-c", FLOOR, str(src), str(out)])
             b = timed([cli, "normalize", str(src)], out)
