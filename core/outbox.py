@@ -55,6 +55,7 @@ from .outbox_commit import (
 )
 from .outbox_disk import (
     DISK_RESERVE,
+    PAGE_CACHE_KIB,
     ROOM_FILE_SHARE,
     WAL_SIZE_LIMIT,
     DiskFullError,
@@ -359,6 +360,7 @@ class Outbox:
             conn.execute(f"PRAGMA busy_timeout = {self._busy_ms}")
             conn.execute(f"PRAGMA synchronous = {synchronous}")
             conn.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}")
+            conn.execute(f"PRAGMA cache_size = -{PAGE_CACHE_KIB}")
         except sqlite3.DatabaseError as exc:
             if _is_damage(exc):
                 raise self._damaged(str(exc)) from None
