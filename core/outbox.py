@@ -119,8 +119,9 @@ __all__ = [
 
 T = TypeVar("T")
 
-#: 2: rows carry their ordering key (``okey``) and ``key_lease`` holds the claims on keys
-SCHEMA_VERSION = 2
+#: 2: rows carry their ordering key (``okey``) and ``key_lease`` holds the claims on keys;
+#: 3: ``destination_lease``: which worker of a ``serve --workers N`` delivers a destination
+SCHEMA_VERSION = 3
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
     seq         INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -140,6 +141,11 @@ CREATE TABLE IF NOT EXISTS key_lease (
     owner       TEXT NOT NULL,
     expires     REAL NOT NULL,
     PRIMARY KEY (destination, okey)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS destination_lease (
+    destination TEXT NOT NULL PRIMARY KEY,
+    owner       TEXT NOT NULL,
+    expires     REAL NOT NULL
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS dead_letter (
     id          INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -215,6 +221,9 @@ class Outbox:
         self._inflight: dict[int, tuple[str, str]] = {}  # seq -> (destination, key): claimed, unsettled
         self._inflight_lock = threading.Lock()
         self._leased = False
+        #: set by :meth:`lock` in a worker of ``serve --workers N``: one worker at a time delivers each
+        #: destination (``destination_lease``), see :meth:`_delivers`
+        self._one_deliverer = False
         self._wakes: dict[str, threading.Event] = {}
         self._create()
         keep_room(self.path, self.reserve_bytes // ROOM_FILE_SHARE)
@@ -436,6 +445,7 @@ class Outbox:
             # (``core/serve_workers.py``); the leases in the file share the rows among the workers
             self._lock_fd = os.dup(inherited)
             self.share_writer()
+            self._one_deliverer = True
             self._reap_dead_leases()
             self.watch()
             return
@@ -447,26 +457,14 @@ class Outbox:
         """Give up the leases of processes on this host that are gone (a bridge or worker SIGKILLed):
         one host shares a SQLite file, so a lease whose owner's pid is dead will never be renewed, and its
         keys need not wait out the lease (30 s by default) before this process delivers them."""
-        host = socket.gethostname()
         try:
-            owners = [r[0] for r in self._read("SELECT DISTINCT owner FROM key_lease")]
+            owners = [r[0] for r in self._read("SELECT owner FROM key_lease UNION SELECT owner FROM destination_lease")]
         except OutboxError:
             return
-        dead = []
-        for owner in owners:
-            where, _, rest = owner.rpartition(":")[0].rpartition(":")
-            if where != host or not rest.isdigit() or int(rest) == os.getpid():
-                continue
-            try:
-                os.kill(int(rest), 0)
-            except ProcessLookupError:
-                dead.append(owner)
-            except OSError:
-                pass  # alive, someone else's
+        dead = [owner for owner in owners if _gone(owner)]
         if dead:
             with contextlib.suppress(OutboxError):
-                self._write(lambda conn: conn.executemany("DELETE FROM key_lease WHERE owner = ?",
-                                                          [(o,) for o in dead]))
+                self._write(lambda conn: _drop_leases(conn, dead))
             log.info("released the leases of %d gone process(es) on this outbox", len(dead))
 
     def watch(self) -> None:
@@ -590,7 +588,8 @@ class Outbox:
         candidates, work = self._claim_work(destination, limit, busy)
         # a look without the write lock first: idle claimants of N workers must not queue on it
         try:
-            if not candidates(self._conn()):
+            conn = self._conn()
+            if not self._delivers(conn, destination, take=False) or not candidates(conn):
                 return []
         except sqlite3.Error as exc:
             raise OutboxError(f"outbox read failed: {exc}", where=self._where, retryable=True) from None
@@ -619,6 +618,8 @@ class Outbox:
             return sorted(orjson.loads(found))
 
         def work(conn: sqlite3.Connection) -> list[tuple[Pending, str]]:
+            if not self._delivers(conn, destination, take=True):
+                return []
             keys = candidates(conn)  # again, under the lock: another claimant may have come first
             if not keys:
                 return []
@@ -648,12 +649,41 @@ class Outbox:
 
         return candidates, work
 
+    def _delivers(self, conn: sqlite3.Connection, destination: str, *, take: bool) -> bool:
+        """Whether this store object may claim ``destination``'s rows now. Always, except in a worker of
+        ``serve --workers N``: there one worker at a time delivers each destination (the
+        ``destination_lease``, renewed with the key leases), because the workers share one host's cores
+        and its disk, and every batch costs a file sync at the destination and a transaction here
+        whatever its size -- N workers each delivering a share sent N times as many batches, each 1/N
+        the size. The others take over when it stops (its leases are given back) or dies: a holder
+        whose pid is gone on this host is dropped at the next claim, its key leases with it, and one that is silent past its lease expires like any lease. With ``take``
+        (under the write lock, about to claim) the lease is taken or extended."""
+        if not self._one_deliverer:
+            return True
+        now = time.time()
+        row = conn.execute("SELECT owner, expires FROM destination_lease WHERE destination = ?",
+                           (destination,)).fetchone()
+        if row is not None and row[0] != self.owner and row[1] > now:
+            if not _gone(row[0]):
+                return False
+            if take:  # the holder died: its rows are not waited for until its leases run out
+                _drop_leases(conn, [row[0]])
+        if take and (row is None or row[0] != self.owner or row[1] < now + self.lease / 2):
+            conn.execute("INSERT INTO destination_lease (destination, owner, expires) VALUES (?, ?, ?) "
+                         "ON CONFLICT (destination) DO UPDATE SET owner = excluded.owner, expires = excluded.expires",
+                         (destination, self.owner, now + self.lease))
+        return True
+
     def renew(self) -> None:
-        """Extend the lease on every key this store object holds."""
+        """Extend the lease on every key (and destination) this store object holds."""
         if self._leased:
             expires = time.time() + self.lease
-            self._write(lambda conn: conn.execute("UPDATE key_lease SET expires = ? WHERE owner = ?",
-                                                  (expires, self.owner)))
+
+            def work(conn: sqlite3.Connection) -> None:
+                conn.execute("UPDATE key_lease SET expires = ? WHERE owner = ?", (expires, self.owner))
+                conn.execute("UPDATE destination_lease SET expires = ? WHERE owner = ?", (expires, self.owner))
+
+            self._write(work)
 
     def release(self) -> None:
         """Give back every key this store object holds (a clean stop): others take them at once."""
@@ -661,7 +691,7 @@ class Outbox:
             self._inflight.clear()
             leased, self._leased = self._leased, False
         if leased:
-            self._write(lambda conn: conn.execute("DELETE FROM key_lease WHERE owner = ?", (self.owner,)))
+            self._write(lambda conn: _drop_leases(conn, [self.owner]))
 
     def wait(self, destination: str, timeout: float = IDLE_WAIT) -> bool:
         """Block until rows for ``destination`` may have come (True) or ``timeout`` passes (False): woken
@@ -878,6 +908,26 @@ class Outbox:
         self._write(lambda conn: conn.execute(
             "UPDATE dead_letter SET attempts = attempts + 1, code = ?, reason = ?, location = ? WHERE id = ?",
             (error.code, redact(error.reason), redact(error.where) if error.where else None, dl_id)))
+
+
+def _gone(owner: str) -> bool:
+    """Whether a lease's owner (``host:pid:tag``) is a process of this host that no longer runs: one host
+    shares a SQLite file, so such a lease will never be renewed."""
+    where, _, rest = owner.rpartition(":")[0].rpartition(":")
+    if where != socket.gethostname() or not rest.isdigit() or int(rest) == os.getpid():
+        return False
+    try:
+        os.kill(int(rest), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        pass  # alive, someone else's
+    return False
+
+
+def _drop_leases(conn: sqlite3.Connection, owners: Sequence[str]) -> None:
+    for table in ("key_lease", "destination_lease"):
+        conn.executemany(f"DELETE FROM {table} WHERE owner = ?", [(o,) for o in owners])
 
 
 def _add_keys(conn: sqlite3.Connection) -> None:

@@ -32,6 +32,14 @@ Invariants of claims (tested by ``tests/store_conformance.py`` on every store):
 6. **Intake is durable when acknowledged.** The future of ``submit`` resolves only after the commit
    is durable; rows of one request are committed together or not at all.
 
+The workers of one ``serve --workers N`` on a SQLite file add one rule on top (``Outbox._delivers``):
+**one deliverer per destination**. A ``destination_lease`` in the file names the worker that claims a
+destination's rows; the others' claims return nothing until it lets go (a clean stop), its lease
+runs out, or its pid is gone from the host (then its key leases go too, at the next claim). Workers
+share one host's cores and disk, and every batch costs a sync at the destination and a transaction
+here whatever its size, so N deliverers sent N times the batches for the same events. Replicas on
+PostgreSQL share a destination by its keys, as above: each brings its own host.
+
 When the store cannot be reached (PostgreSQL down, the file unreadable), every call raises
 :class:`StoreUnavailableError` (an :class:`~batchbridge.core.outbox.OutboxError`, ``retryable``):
 intake answers 503, workers back off, and work resumes once it is back.

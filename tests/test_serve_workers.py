@@ -209,3 +209,41 @@ def test_a_port_in_use_is_refused_even_by_another_serve_with_workers(tmp_path: P
             assert "cannot listen" in second.log(), second.log()
         serve.signal(signal.SIGTERM)
         assert serve.wait(30) == 0, serve.log()
+
+
+def _destination_holders(outbox: Path) -> list[tuple[str, int]]:
+    """(destination, pid) of each ``destination_lease`` in the outbox: which worker delivers what."""
+    import sqlite3
+
+    conn = sqlite3.connect(f"file:{outbox}?mode=ro", uri=True)
+    try:
+        return [(d, int(o.split(":")[1])) for d, o in conn.execute("SELECT destination, owner FROM destination_lease")]
+    finally:
+        conn.close()
+
+
+def test_one_worker_delivers_a_destination_and_another_takes_over_at_once_when_it_is_killed(tmp_path: Path) -> None:
+    """Both workers take events in, one delivers them (bigger batches, half the syncs of two); SIGKILLed,
+    it is replaced as deliverer by the other worker at its next claim -- not after the lease, which
+    is made a minute long here so that waiting it out would fail the test."""
+    cfg, out = config(tmp_path)
+    cfg.write_text(cfg.read_text().replace("lease = 2.0", "lease = 60.0"))
+    first, second = tencent_payloads(80, "a"), tencent_payloads(80, "b")
+    with processes() as started:
+        serve = two_workers(started, cfg, tmp_path)
+        post_all(serve.url, first)
+        wait_until(lambda: {i for _, i in first} <= {e["id"] for e in read_events(out)}, 30, what="delivery")
+        holders = _destination_holders(tmp_path / "outbox.db")
+        workers = children(serve.proc.pid)
+        assert len(holders) == 1 and holders[0][1] in workers, (holders, workers)
+        deliverer = holders[0][1]
+        os.kill(deliverer, signal.SIGKILL)
+        started_at = time.monotonic()
+        post_all(serve.url, second)
+        wait_until(lambda: {i for _, i in first + second} <= {e["id"] for e in read_events(out)}, 20,
+                   what="the other worker to deliver in the killed one's place")
+        took = time.monotonic() - started_at
+        assert took < 20, took
+        assert [pid for _, pid in _destination_holders(tmp_path / "outbox.db")] != [deliverer]
+        serve.signal(signal.SIGTERM)
+        assert serve.wait(30) == 0, serve.log()
