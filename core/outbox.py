@@ -656,8 +656,9 @@ class Outbox:
         and its disk, and every batch costs a file sync at the destination and a transaction here
         whatever its size -- N workers each delivering a share sent N times as many batches, each 1/N
         the size. The others take over when it stops (its leases are given back) or dies: a holder
-        whose pid is gone on this host is dropped at the next claim, its key leases with it, and one that is silent past its lease expires like any lease. With ``take``
-        (under the write lock, about to claim) the lease is taken or extended."""
+        whose pid is gone on this host is dropped at the next claim, its key leases with it, and one
+        that is silent past its lease loses it like any lease. With ``take`` (under the write lock,
+        about to claim) the lease is taken or extended."""
         if not self._one_deliverer:
             return True
         now = time.time()
