@@ -239,22 +239,35 @@ class _Worker:
         d = self.delivery
         try:
             while not d.stopping.is_set():
-                self.wake.clear()
-                if self._unsettled is not None and not self._settle(self._unsettled):
-                    continue
-                rows, self._claimed = self._claimed, []
-                if not rows:
-                    try:
-                        rows = d.store.claim(self.destination, d.settings.batch_size)
-                    except BatchBridgeError as exc:
-                        self._backoff(exc)
-                        continue
-                if rows:
-                    self._send(rows)
-                else:
-                    self._idle()
+                try:
+                    self._turn()
+                except Exception as exc:
+                    # a bug must not end this destination's delivery for good: nothing restarts the
+                    # thread, and with ``serve --workers N`` its worker would keep the destination's
+                    # lease (renewed by another thread) while delivering nothing. The rows stay in the
+                    # store; those of this turn stay in flight here until this process stops
+                    log.exception("delivery to %s failed unexpectedly; retrying", self.label)
+                    self._backoff(wrap_error(exc, ErrorCode.INTERNAL, self.label))
         finally:
             self._close_publisher()
+
+    def _turn(self) -> None:
+        """Settle what is owed, claim (unless the last settle claimed already), send -- or wait for rows."""
+        d = self.delivery
+        self.wake.clear()
+        if self._unsettled is not None and not self._settle(self._unsettled):
+            return
+        rows, self._claimed = self._claimed, []
+        if not rows:
+            try:
+                rows = d.store.claim(self.destination, d.settings.batch_size)
+            except BatchBridgeError as exc:
+                self._backoff(exc)
+                return
+        if rows:
+            self._send(rows)
+        else:
+            self._idle()
 
     def _idle(self) -> None:
         """Wait for rows: this process's commits wake us at once, other processes' through the store."""

@@ -270,3 +270,31 @@ def test_the_leases_of_a_killed_process_do_not_hold_its_keys_back(tmp_path: Path
     finally:
         claimer.kill()
         claimer.wait(10)
+
+
+class _ClaimBreaksOnce(Outbox):  # type: ignore[misc]
+    """The first claim raises what no store should (a bug: not a BatchBridgeError)."""
+    broke = False
+
+    def claim(self, destination: str, limit: int) -> Any:
+        if not self.broke:
+            self.broke = True
+            raise KeyError("a bug (test)")
+        return super().claim(destination, limit)
+
+
+def test_an_unexpected_error_does_not_end_the_destinations_delivery(tmp_path: Path,
+                                                                    caplog: pytest.LogCaptureFixture) -> None:
+    """Nothing restarts a delivery thread, and in ``serve --workers N`` its worker keeps the
+    destination's lease: a bug in one turn is logged, backed off, and the next turn delivers."""
+    dest = Recorder()
+    with _ClaimBreaksOnce(tmp_path / "o.db") as store:
+        store.put([OutboxRow.of(DEST, event("k", n)) for n in range(10)])
+        d = delivery(store, dest)
+        with caplog.at_level("ERROR", logger="batchbridge.delivery"):
+            d.start([DEST])
+            wait_for(lambda: store.depth() == 0, what="delivery after the failed turn")
+        d.stop()
+        assert store.broke
+    assert dest.ids() == [f"k-{n}" for n in range(10)]
+    assert any("failed unexpectedly" in r.getMessage() for r in caplog.records)
