@@ -246,8 +246,9 @@ class _Worker:
                     # thread, and with ``serve --workers N`` its worker would keep the destination's
                     # lease (renewed by another thread) while delivering nothing. The rows stay in the
                     # store; those of this turn stay in flight here until this process stops
-                    log.exception("delivery to %s failed unexpectedly; retrying", self.label)
-                    self._backoff(wrap_error(exc, ErrorCode.INTERNAL, self.label))
+                    delay = self._failed(wrap_error(exc, ErrorCode.INTERNAL, self.label))
+                    log.exception("delivery to %s failed unexpectedly; retrying in %.1fs", self.label, delay)
+                    d.stopping.wait(delay)
         finally:
             self._close_publisher()
 
@@ -285,14 +286,18 @@ class _Worker:
                 return
 
     def _backoff(self, exc: BatchBridgeError) -> None:
+        delay = self._failed(exc)
+        log.warning("%s unavailable (%s); retrying in %.1fs", self.label, redact(str(exc)), delay)
+        self.delivery.stopping.wait(delay)
+
+    def _failed(self, exc: BatchBridgeError) -> float:
+        """Note a failure (for ``/readyz`` and ``status``); the pause before the next attempt, seconds."""
         self.last_error = redact(f"{exc.code}: {exc}")
         o = self.delivery.settings
         if self.failing_since is None:
             self.failing_since = time.monotonic()
         self._failures += 1
-        delay = Backoff(o.backoff_initial, o.backoff_max).delay(self._failures)
-        log.warning("%s unavailable (%s); retrying in %.1fs", self.label, redact(str(exc)), delay)
-        self.delivery.stopping.wait(delay)
+        return Backoff(o.backoff_initial, o.backoff_max).delay(self._failures)
 
     def _close_publisher(self) -> None:
         if self._publisher is not None:
