@@ -4,6 +4,16 @@
 #     -v "$PWD/bridge.toml:/etc/batchbridge/bridge.toml:ro" batchbridge
 # Not built in this project's CI (no Docker engine there); its install step, deploy/install.sh, is
 # what tests/test_deploy.py runs. docs/deployment.md has the rest.
+# the build stage has the C compiler that compiles the normalising path (setup.py: mypyc); the image
+# it runs in does not need one -- the venv is copied across (the same Python at the same path)
+FROM python:3.12 AS build
+COPY pyproject.toml setup.py README.md /src/
+COPY core /src/core
+COPY adapters /src/adapters
+COPY contrib /src/contrib
+COPY deploy/install.sh /src/deploy/install.sh
+RUN sh /src/deploy/install.sh /opt/batchbridge /src all
+
 FROM python:3.12-slim
 
 # an unprivileged account with a fixed uid, so a volume's ownership and Kubernetes'
@@ -13,12 +23,7 @@ RUN groupadd --system --gid 10001 batchbridge \
  && install -d -o 10001 -g 10001 -m 0700 /var/lib/batchbridge \
  && install -d -m 0755 /etc/batchbridge
 
-COPY pyproject.toml README.md /src/
-COPY core /src/core
-COPY adapters /src/adapters
-COPY contrib /src/contrib
-COPY deploy/install.sh /src/deploy/install.sh
-RUN sh /src/deploy/install.sh /opt/batchbridge /src all && rm -rf /src
+COPY --from=build /opt/batchbridge /opt/batchbridge
 
 # the SQLite outbox (one node): what was acknowledged and not yet delivered lives here, so it must
 # outlive the container

@@ -12,6 +12,9 @@ an idle machine they agree, the work being single-threaded). The peak resident s
 (``ru_maxrss``) is printed beside the ratio; a second, 4x larger input shows that the CLI's peak does
 not grow with its input (it streams). The package's bytecode is compiled first, as installing a
 wheel does (``PYTHONDONTWRITEBYTECODE`` would otherwise make every run compile every module).
+The CLI is timed as installed: with the normalising path compiled by ``setup.py`` (mypyc) where
+the install had a C compiler, which its first line of output says (``BATCHBRIDGE_PURE_PYTHON=1``
+times the pure-Python path instead).
 Target: batchbridge <= 2x the floor: the median over the repetitions of each one's CPU-time ratio,
 printed as PASS or FAIL (and in the RESULT line's ``verdict``).
 
@@ -114,6 +117,9 @@ def main(argv: list[str] | None = None) -> int:
     n = args.events or (20_000 if args.quick else 200_000)
     cli = str(Path(sys.executable).parent / "batchbridge")
     print(f"machine: {machine()}")
+    # which build the CLI runs: compiled by setup.py (mypyc), or pure Python and why
+    build = subprocess.run([cli, "--version"], capture_output=True, text=True, check=True).stdout.splitlines()[-1]
+    print(build)
     import batchbridge.core
 
     for package in batchbridge.core.__path__:  # and the adapters beside it: what a wheel install compiles
@@ -166,7 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     emit_result("cli_normalize", round(ours_s, 3), "s", baseline=round(floor, 3), ratio=round(ratio, 3),
                 target=f"<= {TARGET}", passed=ratio <= TARGET, verdict=verdict,
                 note=f"{n} payloads, CPU seconds; wall-clock ratio {wall_ratio:.2f}; peak RSS {rss:.0f} MiB "
-                     f"({big_rss:.0f} MiB on 4x the input), floor {floor_rss:.0f} MiB; start-up {start_up.cpu:.2f} s")
+                     f"({big_rss:.0f} MiB on 4x the input), floor {floor_rss:.0f} MiB; start-up {start_up.cpu:.2f} s; "
+                     f"{build}")
     return 0
 
 

@@ -99,6 +99,25 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "disable_tracing": ("tracing", "disable"),
 }
 
+
+class _ChooseBuild:
+    """Whether the compiled normalising path loads (``speedups.py``) is decided at the first import of
+    a submodule, not here: ``import batchbridge.core`` reads no file and imports nothing more."""
+
+    @staticmethod
+    def find_spec(name: str, path: _Any = None, target: _Any = None) -> _Any:
+        if not name.startswith(__name__ + "."):
+            return None
+        if _ChooseBuild in _sys.meta_path:
+            _sys.meta_path.remove(_ChooseBuild)
+        from .speedups import choose
+
+        finder = choose()
+        return None if finder is None else finder.find_spec(name, path, target)
+
+
+_sys.meta_path.insert(0, _ChooseBuild)
+
 if _TYPE_CHECKING:  # what type checkers and IDEs see; at run time these resolve in __getattr__
     from .backends import open_async_publisher, open_async_subscriber, open_publisher, open_subscriber
     from .bridge import Bridge, IntakeResult

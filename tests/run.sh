@@ -20,6 +20,14 @@ if [ "${BATCHBRIDGE_REINSTALL:-0}" = "1" ] || [ "$(cat "$stamp" 2>/dev/null)" !=
   echo "$want" > "$stamp"
 fi
 
+# the normalising path compiled with mypyc (setup.py) sits beside its sources in this editable checkout:
+# after an edit to one of them it no longer matches and the package runs them all from source
+# (core/speedups.py), so rebuild it here -- the tests exercise what `pip install .` ships
+if .venv/bin/python -c 'import sys, batchbridge.core.speedups as s; sys.exit(0 if s.needs_rebuild() else 1)'; then
+  echo "tests/run.sh: a compiled module's source changed: rebuilding the compiled normalising path" >&2
+  .venv/bin/python setup.py -q build_ext --inplace
+fi
+
 if [ "${BATCHBRIDGE_SKIP_LOCALSTACK:-0}" != "1" ] && [ -f localstack/install-host-localstack.sh ]; then
   # LocalStack needs Python >= 3.12, the project only >= 3.10: without one, say so and test the rest
   if ! bash localstack/install-host-localstack.sh; then

@@ -55,6 +55,11 @@ def test_install_script_installs_a_working_serve_into_a_new_venv(tmp_path: Path)
                            capture_output=True, text=True, check=True).stdout
     assert where.startswith(site), f"batchbridge was not installed into the new venv: {where}"
     assert (prefix / "bin" / "batchbridge").exists()
+    # the wheel carries the normalising path compiled (setup.py), and the installed package uses it
+    version = subprocess.run([str(prefix / "bin" / "batchbridge"), "--version"], capture_output=True, text=True,
+                             check=True, timeout=60).stdout
+    if shutil.which((sysconfig.get_config_var("CC") or "cc").split()[0]):
+        assert "normalising path: compiled with mypyc" in version, version + done.stderr[-3000:]
 
 
 def test_the_image_copies_every_package_the_project_ships() -> None:

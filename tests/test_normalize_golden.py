@@ -7,12 +7,17 @@ extra nesting. The SHA-256 of stdout and of stderr are those main's code (8b124f
 duplicate-key pre-test, the fast path and the chunked writes) produced from the same input; a change
 to the output of any one event or any one error fails here. When the output is *meant* to change,
 recompute them with the old code and say so in the commit.
+
+Both builds of the normalising path run against the same hashes: the pure-Python one and the one
+``setup.py`` compiles with mypyc (``core/speedups.py``) -- where this checkout is compiled, else the
+pure path twice.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import os
 import random
 import subprocess
 import sys
@@ -85,9 +90,13 @@ def hostile() -> Iterator[bytes]:
 STREAMS = {"mixed.jsonl": mixed, "hostile.jsonl": hostile}
 
 
-def run_normalize(path: Path) -> subprocess.CompletedProcess[bytes]:
+BUILDS = {"compiled": {}, "pure": {"BATCHBRIDGE_PURE_PYTHON": "1"}}
+
+
+def run_normalize(path: Path, build: str = "compiled") -> subprocess.CompletedProcess[bytes]:
+    env = {k: v for k, v in os.environ.items() if k != "BATCHBRIDGE_PURE_PYTHON"} | BUILDS[build]
     return subprocess.run([sys.executable, "-m", "batchbridge.core.cli", "normalize", path.name],
-                          cwd=path.parent, capture_output=True, timeout=300, check=False)
+                          cwd=path.parent, capture_output=True, timeout=300, check=False, env=env)
 
 
 def normalized(path: Path) -> tuple[str, str, int]:
@@ -95,11 +104,12 @@ def normalized(path: Path) -> tuple[str, str, int]:
     return hashlib.sha256(done.stdout).hexdigest(), hashlib.sha256(done.stderr).hexdigest(), done.returncode
 
 
+@pytest.mark.parametrize("build", sorted(BUILDS))
 @pytest.mark.parametrize("name", sorted(STREAMS))
-def test_normalize_output_is_unchanged(tmp_path: Path, name: str) -> None:
+def test_normalize_output_is_unchanged(tmp_path: Path, name: str, build: str) -> None:
     path = tmp_path / name
     path.write_bytes(b"\n".join(STREAMS[name]()) + b"\n")
-    done = run_normalize(path)
+    done = run_normalize(path, build)
     assert done.returncode == (1 if name == "hostile.jsonl" else 0)
     if name == "hostile.jsonl":  # the hashes are worth something only if the stream exercises the checks
         errors = done.stderr.decode().splitlines()
