@@ -324,6 +324,8 @@ def line_outcomes(
     number = 0
     for line in lines:
         number += 1
+        if line.__class__ is not bytes and isinstance(line, (bytearray, memoryview)):
+            line = bytes(line)  # the compiled decoders (core/speedups.py) take bytes, as their types say
         if number == 1 and line.startswith(b"\xef\xbb\xbf"):
             line = line[3:]
         body = line.strip()

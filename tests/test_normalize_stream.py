@@ -10,8 +10,8 @@ import orjson
 import pytest
 from batchbridge.core.errors import ConfigError, InputError, MalformedPayloadError, UnrecognizedFormatError
 from batchbridge.core.event import ordering_key
-from batchbridge.core.normalizing import dumps, iter_payloads, normalize, normalize_stream
-from vendor_payloads import SAMPLE_FILES, alibaba_job, compact, mns_xml, sample_bytes
+from batchbridge.core.normalizing import dumps, iter_payloads, normalize, normalize_lines, normalize_stream
+from vendor_payloads import SAMPLE_FILES, alibaba_job, compact, mns_xml, sample_bytes, sample_json
 
 NODE = sample_bytes("tencent-cmq-node-created.json")
 NODE_LINE = compact(json.loads(NODE))
@@ -258,3 +258,12 @@ def test_cli_says_when_there_is_nothing_to_read(tmp_path: Any) -> None:
     assert "skipped the subdirectory" in done.stderr and "holds no files" in done.stderr
     done = subprocess.run([cli, "normalize", "-"], input="", capture_output=True, text=True, check=False)
     assert "stdin holds no payloads" in done.stderr
+
+
+@pytest.mark.parametrize("form", [bytes, bytearray, memoryview])
+def test_lines_may_be_any_bytes_like_object(form: Any) -> None:
+    """A reader's lines are bytes; a caller's may be a bytearray or a view of one -- which the compiled
+    decoders, typed for bytes, would refuse with a TypeError rather than read."""
+    line = compact(sample_json("aws-eventbridge-job-succeeded.json"))
+    [(where, events)] = list(normalize_lines([form(line)]))
+    assert where == "line 1" and isinstance(events, list) and events == normalize(line)
