@@ -52,6 +52,15 @@ _HERE = Path(__file__).resolve().parent
 _PACKAGE = "batchbridge.core"
 
 
+def can_compile() -> bool:
+    """Whether this interpreter has what compiling the extensions needs: a C compiler and its headers."""
+    import shutil
+    import sysconfig
+
+    cc = (sysconfig.get_config_var("CC") or "cc").split()[0]
+    return shutil.which(cc) is not None and Path(sysconfig.get_paths()["include"], "Python.h").exists()
+
+
 def source_digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 

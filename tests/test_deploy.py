@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import tomllib
 import yaml
+from batchbridge.core.speedups import can_compile
 from batchbridge.core.store_postgres import parse_url
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -58,7 +59,7 @@ def test_install_script_installs_a_working_serve_into_a_new_venv(tmp_path: Path)
     # the wheel carries the normalising path compiled (setup.py), and the installed package uses it
     version = subprocess.run([str(prefix / "bin" / "batchbridge"), "--version"], capture_output=True, text=True,
                              check=True, timeout=60).stdout
-    if shutil.which((sysconfig.get_config_var("CC") or "cc").split()[0]):
+    if can_compile():
         assert "normalising path: compiled with mypyc" in version, version + done.stderr[-3000:]
 
 

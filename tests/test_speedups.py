@@ -25,11 +25,6 @@ SHOW = ("import batchbridge.core.speedups as s, importlib\n"
         "print(s.describe()); print('\\n'.join(files))")
 
 
-def _compiler() -> bool:
-    cc = (sysconfig.get_config_var("CC") or "cc").split()[0]
-    return shutil.which(cc) is not None
-
-
 def _env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in (speedups.PURE_ENV, "BATCHBRIDGE_COMPILE")}
     return {**env, **extra}
@@ -47,7 +42,7 @@ def _show(pythonpath: Path | None = None, **extra: str) -> tuple[str, list[str]]
 
 def test_the_suite_runs_the_compiled_path_where_it_can_be_built() -> None:
     """Where a C compiler is there (CI's machines), the tests exercise what ``pip install .`` ships."""
-    if not _compiler() or os.environ.get("BATCHBRIDGE_COMPILE") == "0" or os.environ.get(speedups.PURE_ENV):
+    if not speedups.can_compile() or os.environ.get("BATCHBRIDGE_COMPILE") == "0" or os.environ.get(speedups.PURE_ENV):
         pytest.skip("no C compiler here, or the pure build was asked for: the pure path is what runs")
     line, files = _show()
     assert line == f"normalising path: compiled with mypyc ({len(HOT)} modules)"
