@@ -58,7 +58,7 @@ def _extensions() -> list[Any]:
     config = tree / "mypy.ini"
     # the type check itself is CI's (.ci/typecheck, --strict); here only what compiling needs
     config.write_text("[mypy]\nignore_missing_imports = True\n")
-    paths = [str(package / "core" / Path(*m.split("."))) + ".py" for m in SPEEDUPS.MODULES]
+    paths = [str(SPEEDUPS.source(m, package / "core")) for m in SPEEDUPS.MODULES]
     try:
         return list(mypycify(["--config-file", str(config), *paths], opt_level="3",
                              group_name=SPEEDUPS.GROUP, target_dir=str(ROOT / "build" / "mypyc")))
@@ -70,6 +70,9 @@ def _extensions() -> list[Any]:
 class BuildExt(build_ext):
     """All or nothing: a failed extension removes the others; a built set gets its stamp."""
 
+    def _stamp(self) -> Path:
+        return Path(self.get_ext_fullpath(SPEEDUPS.GROUP + "__mypyc")).parent / SPEEDUPS.STAMP
+
     def run(self) -> None:
         if not self.extensions:
             return
@@ -78,18 +81,15 @@ class BuildExt(build_ext):
         except Exception as exc:  # a missing compiler or header surfaces as any of several errors
             for ext in self.extensions:
                 Path(self.get_ext_fullpath(ext.name)).unlink(missing_ok=True)
+            self._stamp().unlink(missing_ok=True)
             _say(f"compiling the normalising path failed ({type(exc).__name__}: {exc}): installing it as pure Python")
             return
-        lib = Path(self.get_ext_fullpath(SPEEDUPS.GROUP + "__mypyc"))
-        sources = [(m, ROOT / "core" / (m.replace(".", "/") + ".py")) for m in SPEEDUPS.MODULES]
-        (lib.parent / SPEEDUPS.STAMP).write_text(SPEEDUPS.stamp_text(sources))
+        self._stamp().write_text(SPEEDUPS.stamp_text(ROOT / "core"))
 
     def get_outputs(self) -> list[str]:
         outputs: list[str] = super().get_outputs()
-        if self.extensions:
-            stamp = Path(self.get_ext_fullpath(SPEEDUPS.GROUP + "__mypyc")).parent / SPEEDUPS.STAMP
-            if stamp.exists():
-                outputs.append(str(stamp))
+        if self.extensions and self._stamp().exists():
+            outputs.append(str(self._stamp()))
         return outputs
 
 

@@ -49,7 +49,7 @@ class _Version(argparse.Action):
         from .speedups import describe
 
         # on stdout, as argparse's own version action prints it; the second line says whether the
-        # normalising path runs compiled (a third of the CPU time) or as pure Python, and why
+        # normalising path runs compiled (about a third less CPU time) or as pure Python, and why
         print(f"batchbridge {_version()}\n{describe()}")
         parser.exit()
 

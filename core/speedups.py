@@ -61,30 +61,35 @@ def can_compile() -> bool:
     return shutil.which(cc) is not None and Path(sysconfig.get_paths()["include"], "Python.h").exists()
 
 
+def source(module: str, core: Path = _HERE) -> Path:
+    """The ``.py`` file of one of :data:`MODULES` in the package directory ``core``."""
+    return core.joinpath(*module.split(".")).with_suffix(".py")
+
+
 def source_digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def stamp_text(sources: Sequence[tuple[str, Path]]) -> str:
-    """The stamp ``setup.py`` writes: ``<sha256>  <module>`` per compiled module."""
-    return "".join(f"{source_digest(path)}  {module}\n" for module, path in sources)
+def stamp_text(core: Path) -> str:
+    """The stamp ``setup.py`` writes for the sources in ``core``: ``<sha256>  <module>`` per module."""
+    return "".join(f"{source_digest(source(module, core))}  {module}\n" for module in MODULES)
 
 
 def _compiled_files() -> list[Path]:
     suffixes = importlib.machinery.EXTENSION_SUFFIXES
     found = []
     for module in MODULES:
-        base = _HERE.joinpath(*module.split("."))
+        base = source(module).with_suffix("")
         found += [path for path in (base.with_name(base.name + suffix) for suffix in suffixes) if path.exists()]
     return found
 
 
-def _why_not_compiled() -> str | None:
-    """None when the compiled modules are there and match their sources; else why they are not used."""
-    if os.environ.get(PURE_ENV, "").strip().lower() in ("1", "true", "yes", "on"):
-        return f"{PURE_ENV} is set"
-    if not _compiled_files():
-        return "not compiled (installed without a C compiler, or from source with BATCHBRIDGE_COMPILE=0)"
+def _pure_asked() -> bool:
+    return os.environ.get(PURE_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _stale() -> str | None:
+    """None when the installed compiled modules match their sources; else why they do not."""
     try:
         lines = (_HERE / STAMP).read_text().splitlines()
     except OSError:
@@ -94,11 +99,11 @@ def _why_not_compiled() -> str | None:
         digest, _, module = line.partition("  ")
         recorded[module.strip()] = digest
     for module in MODULES:
-        source = _HERE.joinpath(*module.split(".")).with_suffix(".py")
+        path = source(module)
         if module not in recorded:
             return f"{module} is not in {STAMP}"
-        if source.exists() and source_digest(source) != recorded[module]:
-            return (f"{source.relative_to(_HERE.parent)} changed since it was compiled "
+        if path.exists() and source_digest(path) != recorded[module]:
+            return (f"{path.relative_to(_HERE.parent)} changed since it was compiled "
                     "(rebuild: python setup.py build_ext --inplace)")
     return None
 
@@ -107,29 +112,36 @@ class _FromSource:
     """A meta-path finder that loads :data:`MODULES` from their ``.py`` files, past the extensions."""
 
     def __init__(self) -> None:
-        self.names = {f"{_PACKAGE}.{module}": _HERE.joinpath(*module.split(".")).with_suffix(".py")
-                      for module in MODULES}
+        self.names = {f"{_PACKAGE}.{module}": source(module) for module in MODULES}
 
     def find_spec(self, name: str, path: Sequence[str] | None = None,
                   target: ModuleType | None = None) -> importlib.machinery.ModuleSpec | None:
-        source = self.names.get(name)
-        if source is None:
+        found = self.names.get(name)
+        if found is None:
             return None
-        return importlib.util.spec_from_file_location(name, source)
+        return importlib.util.spec_from_file_location(name, found)
 
 
 #: why the compiled modules are not in use, or None when they are (set by :func:`choose`)
 reason: str | None = "not chosen yet"
+#: whether compiled modules are installed here, used or not (set by :func:`choose`)
+installed = False
 _finder: _FromSource | None = None
 
 
 def choose() -> _FromSource | None:
     """Decide, once and before any of :data:`MODULES` is imported, whether the compiled ones load; the
     finder that loads them from source instead (installed first on ``sys.meta_path``), if any."""
-    global reason, _finder
+    global reason, installed, _finder
     if reason == "not chosen yet":
-        reason = _why_not_compiled()
-        if reason is not None and _compiled_files():
+        installed = bool(_compiled_files())
+        if _pure_asked():
+            reason = f"{PURE_ENV} is set"
+        elif not installed:
+            reason = "not compiled (installed without a C compiler, or from source with BATCHBRIDGE_COMPILE=0)"
+        else:
+            reason = _stale()
+        if reason is not None and installed:
             _finder = _FromSource()
             sys.meta_path.insert(0, _finder)
     return _finder
@@ -138,7 +150,8 @@ def choose() -> _FromSource | None:
 def needs_rebuild() -> bool:
     """Whether compiled modules are installed here but no longer match their sources (an editable
     checkout after an edit): what ``tests/run.sh`` rebuilds before testing."""
-    return bool(_compiled_files()) and os.environ.get(PURE_ENV) is None and _why_not_compiled() is not None
+    choose()
+    return installed and not _pure_asked() and reason is not None
 
 
 def describe() -> str:

@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import ast
+from pathlib import Path
 from typing import Any
 
 import pytest
 from batchbridge.core.errors import MalformedPayloadError
-from batchbridge.core.event import Draft, as_int, as_number, as_str, as_time, build_event, epoch_millis_time
+from batchbridge.core.event import (
+    _DRAFT_FIELDS,
+    Draft,
+    as_int,
+    as_number,
+    as_str,
+    as_time,
+    build_event,
+    epoch_millis_time,
+)
 
 
 @pytest.mark.parametrize(
@@ -108,6 +119,26 @@ def test_epoch_millis_refuses(value: Any) -> None:
 def _draft(**fields: Any) -> Draft:
     base: dict[str, Any] = {"provider": "aws", "kind": "job", "state": "running", "native_event": "x", "raw": {}}
     return Draft(**{**base, **fields})
+
+
+def test_a_draft_holds_exactly_the_fields_its_constructor_takes() -> None:
+    """``_DRAFT_FIELDS`` (its slots and repr) is written beside ``__init__``'s parameters: read from the
+    source, so it holds for the compiled class too, whose signature cannot be inspected."""
+    tree = ast.parse((Path(__file__).resolve().parent.parent / "core" / "event.py").read_text())
+    draft = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "Draft")
+    init = next(n for n in draft.body if isinstance(n, ast.FunctionDef) and n.name == "__init__")
+    params = init.args.args[1:]
+    assert tuple(a.arg for a in params) == _DRAFT_FIELDS
+    # a distinct value of each parameter's type (the compiled class checks them)
+    values: dict[str, Any] = {}
+    for i, param in enumerate(params):
+        annotation = ast.unparse(param.annotation) if param.annotation else ""
+        values[param.arg] = ({"n": i} if annotation.startswith("dict") else i if "int" in annotation
+                             else f"v{i}")
+    built = Draft(**values)
+    assert {name: getattr(built, name) for name in _DRAFT_FIELDS} == values
+    assert all(f"{name}={value!r}" in repr(built) for name, value in values.items())
+    assert Draft("aws", "job", "running", "x", {}).vars == {}
 
 
 def test_build_event_has_every_field_and_nulls() -> None:
